@@ -1,0 +1,66 @@
+# Every developer task, by name. Nothing at runtime shells out to this file.
+# Targets that run code install what they need first (scripts/setup.sh is idempotent and fast
+# once done).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+WEFT   := $(VENV)/bin/weft
+PYTEST := $(PY) -m pytest
+
+.PHONY: help setup demo test test-unit test-kernel test-e2e lint typecheck imports proto \
+        bench bench-quick lab-up lab-down vm-validate clean
+
+help:            ## list the tasks
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup:           ## install system packages, kernel headers links, bpffs, the virtualenv
+	bash scripts/setup.sh
+
+demo: setup      ## THE MAIN JOB: bring up a 3-node lab with the demo shop and show meshed traffic
+	$(WEFT) lab up --demo --replace
+	$(WEFT) lab traffic --requests 200
+	@echo "the lab keeps running: 'sudo $(WEFT) lab status', 'sudo $(WEFT) lab down' to remove it"
+
+test: setup      ## THE WHOLE SUITE: lint, types, import contracts, unit, kernel and lab tests
+	$(MAKE) lint typecheck imports
+	$(PYTEST) tests
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-kernel: setup
+	$(PYTEST) tests/kernel
+
+test-e2e: setup
+	$(PYTEST) tests/e2e
+
+lint:            ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck:       ## mypy strict on weft, agent, controller, waypoint
+	$(VENV)/bin/mypy
+
+imports:         ## import-linter: the import direction of design.md section 1
+	$(VENV)/bin/lint-imports
+
+proto:           ## regenerate weft/api/v1/*_pb2*.py from the .proto files
+	$(PY) -m weft.api.protogen
+
+bench-quick: setup ## benchmark, quick mode (< 3 min)
+	$(WEFT) bench --quick
+
+bench: setup     ## benchmark, full run (< 15 min), recorded under bench/results/
+	$(WEFT) bench
+
+lab-up: setup
+	$(WEFT) lab up --demo
+
+lab-down:
+	$(WEFT) lab down
+
+vm-validate: setup ## vagrant validate of vm/Vagrantfile
+	cd vm && vagrant validate
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Outbound and inbound capture: turning captured sockets into mesh connections."""

@@ -1,0 +1,1 @@
+"""Workload certificates: keys, CSRs, renewal and rotation."""

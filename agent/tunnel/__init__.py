@@ -1,0 +1,1 @@
+"""Tunnels from this agent to peers: HBONE pools and the inbound listener."""

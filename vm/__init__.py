@@ -1,0 +1,1 @@
+"""Lab descriptions and the machinery that builds them (network namespaces, Vagrant)."""

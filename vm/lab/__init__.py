@@ -1,0 +1,1 @@
+"""The network-namespace lab: nodes, workloads and the fabric on one machine."""

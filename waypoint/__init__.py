@@ -1,0 +1,1 @@
+"""Waypoint: the shared L7 proxy for namespaces and services that opt in."""

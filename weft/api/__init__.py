@@ -1,0 +1,1 @@
+"""Weft API definitions (protobuf) and their generated code."""
