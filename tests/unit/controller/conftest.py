@@ -8,6 +8,7 @@ from weft.resources import Document, ParsedResource, parse_documents
 def workload_doc(
     name: str,
     node: str,
+    *,
     ns: str = "shop",
     app: str | None = None,
     sa: str = "default",
