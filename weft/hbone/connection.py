@@ -1,0 +1,278 @@
+"""The sans-I/O HBONE protocol core: HTTP/2 CONNECT tunnels on top of h2, bytes in, events out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from weft.hbone.errors import StreamClosedError
+from weft.hbone.events import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    StreamEnded,
+    StreamReset,
+    TunnelEstablished,
+    TunnelRefused,
+    TunnelRejected,
+    TunnelRequested,
+    WindowOpened,
+)
+from weft.hbone.request import MalformedRequestError, parse_authority, validate_connect
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_WINDOW = 65_535  # RFC 9113 section 6.9.2: every window starts here
+_MAX_STREAM_ID = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    """HTTP/2 settings of one end of a tunnel.
+
+    The windows are large because a tunnel carries bulk TCP: with 64 KiB windows a single
+    stream would stall on every round trip. The windows are still finite, so a slow reader
+    back-pressures its writer instead of growing a buffer.
+    """
+
+    connection_window: int = 16 * 1024 * 1024
+    stream_window: int = 4 * 1024 * 1024
+    # Big frames mean fewer h2 calls per byte; TLS still cuts them into 16 KiB records.
+    max_frame_size: int = 1024 * 1024
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 16 * 1024
+
+
+class HboneConnection:
+    """One end of an HBONE connection; feed it bytes, act on its events, send data_to_send()."""
+
+    def __init__(self, *, client_side: bool, settings: TunnelSettings | None = None) -> None:
+        self.settings = settings or TunnelSettings()
+        # The server validates requests itself so that a malformed header block costs the
+        # client one stream (400), not the whole connection as h2's own check would.
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_inbound_headers=client_side,
+            normalize_inbound_headers=client_side,
+        )
+        self._h2 = h2.connection.H2Connection(config)
+        self._closed = False
+        self._h2.initiate_connection()
+        self._h2.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.settings.stream_window,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: self.settings.max_frame_size,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: (
+                    self.settings.max_concurrent_streams
+                ),
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
+            }
+        )
+        if self.settings.connection_window > _DEFAULT_WINDOW:
+            self._h2.increment_flow_control_window(
+                self.settings.connection_window - _DEFAULT_WINDOW
+            )
+
+    @property
+    def closed(self) -> bool:
+        """True once a GOAWAY was sent or received, or the connection failed."""
+        return self._closed
+
+    @property
+    def open_streams(self) -> int:
+        return self._h2.open_inbound_streams + self._h2.open_outbound_streams
+
+    def data_to_send(self) -> bytes:
+        """The bytes the core wants on the wire, in order; empty when there are none."""
+        return self._h2.data_to_send()
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Process bytes from the peer; never raises: a protocol error becomes ConnectionClosed."""
+        if self._closed:
+            return []
+        try:
+            h2_events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            # h2 has queued a GOAWAY with the right code already.
+            self._closed = True
+            return [ConnectionClosed(int(error.error_code), 0, str(error), remote=False)]
+        except Exception as error:
+            # A bug in a parser must close one connection, never the agent or the waypoint.
+            log.exception("HBONE core failed on received data; closing the connection")
+            return self._fail(INTERNAL_ERROR, f"internal error: {error!r}")
+        events: list[Event] = []
+        for h2_event in h2_events:
+            events.extend(self._translate(h2_event))
+        return events
+
+    def send_window(self, stream_id: int) -> int:
+        """How many bytes send_data() would accept now on `stream_id`."""
+        try:
+            return self._h2.local_flow_control_window(stream_id)
+        except h2.exceptions.H2Error as error:
+            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue as much of `data` as the flow-control windows allow; return how much that was."""
+        try:
+            allowed = min(len(data), self._h2.local_flow_control_window(stream_id))
+            frame_size = self._h2.max_outbound_frame_size
+            for offset in range(0, allowed, frame_size):
+                self._h2.send_data(stream_id, data[offset : min(offset + frame_size, allowed)])
+        except h2.exceptions.H2Error as error:
+            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
+        return allowed
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close our side of the stream (END_STREAM): the tunnel's TCP FIN."""
+        try:
+            self._h2.end_stream(stream_id)
+        except h2.exceptions.H2Error as error:
+            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
+
+    def reset_stream(self, stream_id: int, error_code: int = CANCEL) -> None:
+        """Abort the stream (RST_STREAM): the tunnel's TCP RST. A closed stream stays closed."""
+        # Already closed or reset: the abort has nothing left to do.
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._h2.reset_stream(stream_id, error_code)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """The application consumed `size` received bytes: give the peer that window back."""
+        if size <= 0 or self._closed:
+            return
+        # If h2 refuses, the connection is going away: there is no window left to return.
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._h2.acknowledge_received_data(size, stream_id)
+
+    def close(self, error_code: int = NO_ERROR) -> None:
+        """Send GOAWAY; streams already open may finish, no new ones are accepted."""
+        if self._closed:
+            return
+        self._closed = True
+        # If h2 refuses, the peer's GOAWAY closed its state machine first.
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._h2.close_connection(error_code)
+
+    def _fail(self, error_code: int, reason: str) -> list[Event]:
+        self.close(error_code)
+        return [ConnectionClosed(error_code, 0, reason, remote=False)]
+
+    def _translate(self, event: h2.events.Event) -> Iterable[Event]:
+        if isinstance(event, h2.events.DataReceived):
+            assert event.stream_id is not None
+            assert event.data is not None
+            yield DataReceived(event.stream_id, event.data, event.flow_controlled_length or 0)
+        elif isinstance(event, h2.events.WindowUpdated):
+            yield WindowOpened(event.stream_id or 0)
+        elif isinstance(event, h2.events.StreamEnded):
+            assert event.stream_id is not None
+            yield StreamEnded(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            assert event.stream_id is not None
+            yield StreamReset(event.stream_id, int(event.error_code or 0), event.remote_reset)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            # A new initial window or frame size changes what every stream may send.
+            yield WindowOpened(0)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._closed = True
+            reason = (event.additional_data or b"").decode("utf-8", "replace")
+            yield ConnectionClosed(
+                int(event.error_code or 0), event.last_stream_id or 0, reason, remote=True
+            )
+        elif isinstance(event, h2.events.RequestReceived):
+            yield from self._on_request(event)
+        elif isinstance(event, h2.events.ResponseReceived):
+            yield from self._on_response(event)
+        # Pings are answered by h2; trailers, priorities, unknown frames mean nothing to a tunnel.
+
+    def _on_request(self, event: h2.events.RequestReceived) -> Iterable[Event]:
+        raise NotImplementedError  # pragma: no cover - only servers receive requests
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> Iterable[Event]:
+        raise NotImplementedError  # pragma: no cover - only clients receive responses
+
+
+class ClientConnection(HboneConnection):
+    """The client end: opens one CONNECT stream per tunnelled TCP connection."""
+
+    def __init__(self, settings: TunnelSettings | None = None) -> None:
+        super().__init__(client_side=True, settings=settings)
+
+    @property
+    def can_open_tunnel(self) -> bool:
+        """True if one more stream fits under both ends' concurrency limits."""
+        limit = min(
+            self._h2.remote_settings.max_concurrent_streams, self.settings.max_concurrent_streams
+        )
+        return (
+            not self._closed
+            and self._h2.open_outbound_streams < limit
+            and self._h2.highest_outbound_stream_id < _MAX_STREAM_ID - 2
+        )
+
+    def open_tunnel(self, authority: str, headers: Iterable[tuple[str, str]] = ()) -> int:
+        """Send a CONNECT for `authority` (`<ip>:<port>`); return the new stream's id."""
+        parse_authority(authority)
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+            self._h2.send_headers(
+                stream_id, [(":method", "CONNECT"), (":authority", authority), *headers]
+            )
+        except h2.exceptions.H2Error as error:
+            raise StreamClosedError(f"cannot open a stream on this connection: {error}") from error
+        return stream_id
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> Iterable[Event]:
+        assert event.stream_id is not None
+        status = dict(event.headers or []).get(b":status", b"")
+        if status == b"200":
+            yield TunnelEstablished(event.stream_id)
+        else:
+            yield TunnelRefused(event.stream_id, int(status) if status.isdigit() else 0)
+
+
+class ServerConnection(HboneConnection):
+    """The server end: validates CONNECT requests; the driver accepts or rejects them."""
+
+    def __init__(self, settings: TunnelSettings | None = None) -> None:
+        super().__init__(client_side=False, settings=settings)
+
+    def accept(self, stream_id: int) -> None:
+        """Answer 200: the tunnel is open."""
+        try:
+            self._h2.send_headers(stream_id, [(b":status", b"200")])
+        except h2.exceptions.H2Error as error:
+            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
+
+    def reject(self, stream_id: int, status: int) -> None:
+        """Answer `status` (401, 503, ...) and end the stream; a closed stream is left alone."""
+        try:
+            self._h2.send_headers(stream_id, [(b":status", str(status).encode())], end_stream=True)
+        except h2.exceptions.H2Error:
+            return  # the client gave up first
+        # RFC 9113 8.1: after a complete response the server may stop the request with NO_ERROR,
+        # so a client that never half-closes does not hold a stream slot.
+        self.reset_stream(stream_id, NO_ERROR)
+
+    def _on_request(self, event: h2.events.RequestReceived) -> Iterable[Event]:
+        assert event.stream_id is not None
+        headers = [(bytes(name), bytes(value)) for name, value in event.headers or []]
+        try:
+            request = validate_connect(headers)
+        except MalformedRequestError as error:
+            self.reject(event.stream_id, 400)
+            yield TunnelRejected(event.stream_id, 400, str(error))
+            return
+        yield TunnelRequested(event.stream_id, request.authority, request.headers)

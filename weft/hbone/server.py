@@ -1,0 +1,175 @@
+"""HboneServer: accept mTLS HBONE connections, authorize each CONNECT, connect and splice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+from weft.hbone.connection import ServerConnection, TunnelSettings
+from weft.hbone.errors import HboneError
+from weft.hbone.events import TunnelRequested
+from weft.hbone.relay import relay
+from weft.hbone.session import TunnelSession
+from weft.hbone.stream import HboneStream
+from weft.identity import Identity
+from weft.tls import ALPN_HBONE, PeerIdentityError, peer_identity
+
+log = logging.getLogger(__name__)
+
+Headers = tuple[tuple[str, str], ...]
+# authorize(peer, authority, headers) -> True to allow; the agent evaluates L4 policy here.
+Authorize = Callable[[Identity, str, Headers], Awaitable[bool]]
+# connect(authority) -> an open TCP connection to the target; OSError/LookupError mean 503.
+Connect = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+@dataclass
+class ServerStats:
+    """Counters an operator reads to tell handshakes from tunnels and refusals from failures."""
+
+    connections_accepted: int = 0
+    connections_refused: int = 0  # TLS succeeded but ALPN or the peer identity was wrong
+    tunnels_opened: int = 0
+    tunnels_denied: int = 0  # 401
+    tunnels_unavailable: int = 0  # 503
+
+
+class HboneServer:
+    """The HBONE listener (port 15008): one TLS connection per peer, one stream per tunnel."""
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        authorize: Authorize,
+        connect: Connect,
+        *,
+        settings: TunnelSettings | None = None,
+        handshake_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.ssl_context = ssl_context
+        self.authorize = authorize
+        self.connect = connect
+        self.settings = settings or TunnelSettings()
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._sessions: set[TunnelSession] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        assert self._server is not None, "start() the server first"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._new_session,
+                host,
+                port,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout,
+                reuse_address=True,
+            )
+        except OSError as error:
+            raise HboneError(
+                f"cannot listen for HBONE on {host}:{port}: {error.strerror}",
+                hint=f"is another agent already bound to port {port}?",
+            ) from error
+
+    async def close(self) -> None:
+        """Stop accepting, then close every connection and tunnel."""
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.close()
+            if session.transport is not None:
+                session.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _new_session(self) -> TunnelSession:
+        session = _ServerSession(self)
+        self._sessions.add(session)
+        session.closed.add_done_callback(lambda _: self._sessions.discard(session))
+        return session
+
+    def _on_tunnel_requested(
+        self, session: TunnelSession, stream: HboneStream, request: TunnelRequested
+    ) -> None:
+        assert isinstance(session, _ServerSession)
+        assert session.peer is not None
+        task = asyncio.get_running_loop().create_task(
+            self._serve_tunnel(session, session.peer, stream, request)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_tunnel(
+        self,
+        session: TunnelSession,
+        peer: Identity,
+        stream: HboneStream,
+        request: TunnelRequested,
+    ) -> None:
+        try:
+            allowed = await self.authorize(peer, request.authority, request.headers)
+        except Exception:
+            log.exception("authorize() failed for %s -> %s; refusing", peer, request.authority)
+            allowed = False
+        if not allowed:
+            self.stats.tunnels_denied += 1
+            session.reject(stream, 401)
+            return
+        try:
+            reader, writer = await asyncio.wait_for(
+                self.connect(request.authority), self.connect_timeout
+            )
+        except (OSError, LookupError, TimeoutError) as error:
+            log.info("HBONE target %s unreachable: %r", request.authority, error)
+            self.stats.tunnels_unavailable += 1
+            session.reject(stream, 503)
+            return
+        if stream.finished:  # the client gave up while we were connecting
+            writer.close()
+            return
+        self.stats.tunnels_opened += 1
+        session.accept(stream)
+        await relay(stream, reader, writer)
+
+
+class _ServerSession(TunnelSession):
+    """A server-side session that checks ALPN and the client's SPIFFE ID before any stream."""
+
+    def __init__(self, server: HboneServer) -> None:
+        super().__init__(ServerConnection(server.settings), server._on_tunnel_requested)
+        self.server = server
+        self.peer: Identity | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        peername = transport.get_extra_info("peername")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        try:
+            if alpn != ALPN_HBONE:
+                raise HboneError(f"client offered no ALPN {ALPN_HBONE!r} (got {alpn!r})")
+            self.peer = peer_identity(ssl_object)
+        except (HboneError, PeerIdentityError) as error:
+            log.warning("refusing HBONE connection from %s: %s", peername, error)
+            self.server.stats.connections_refused += 1
+            self._lost = True
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.server.stats.connections_accepted += 1
+        super().connection_made(transport)

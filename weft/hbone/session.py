@@ -1,0 +1,273 @@
+"""The asyncio driver of one HBONE TLS connection: moves bytes between a transport and a core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import cast
+
+from weft.hbone.connection import ClientConnection, HboneConnection, ServerConnection
+from weft.hbone.errors import StreamClosedError, TunnelRefusedError, TunnelUnavailableError
+from weft.hbone.events import (
+    CANCEL,
+    CONNECT_ERROR,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    StreamEnded,
+    StreamReset,
+    TunnelEstablished,
+    TunnelRefused,
+    TunnelRejected,
+    TunnelRequested,
+    WindowOpened,
+)
+from weft.hbone.stream import HboneStream
+
+log = logging.getLogger(__name__)
+
+# The TLS transport pauses us above this many unsent bytes: enough to keep a 256 KiB read
+# in flight while the previous one is being encrypted, small enough to bound memory.
+WRITE_BUFFER_HIGH = 1024 * 1024
+
+
+class TunnelSession(asyncio.Protocol):
+    """One TLS connection carrying many tunnels; the asyncio shell around an HboneConnection."""
+
+    def __init__(
+        self,
+        core: HboneConnection,
+        on_tunnel_requested: Callable[[TunnelSession, HboneStream, TunnelRequested], None]
+        | None = None,
+    ) -> None:
+        self.core = core
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, HboneStream] = {}
+        self._on_tunnel_requested = on_tunnel_requested
+        self._responses: dict[int, asyncio.Future[int]] = {}
+        self._write_waiters: list[asyncio.Future[None]] = []
+        self._paused = False
+        self._flush_scheduled = False
+        self._lost = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass but has its interface.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._dispatch(self.core.receive_data(data))
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False  # a TLS peer that stops sending is gone: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.core.close()
+        for future in self._responses.values():
+            if not future.done():
+                future.set_exception(
+                    TunnelUnavailableError("the HBONE connection closed before the peer answered")
+                )
+        for stream in list(self.streams.values()):
+            stream.on_reset(CONNECT_ERROR)
+        self.streams.clear()
+        self._wake_transport_writers()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_transport_writers()
+
+    # Used by HboneStream and the pool.
+
+    @property
+    def usable(self) -> bool:
+        return not self._lost and not self.core.closed
+
+    async def open_tunnel(
+        self, authority: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> HboneStream:
+        """Send a CONNECT and wait for the answer; TunnelRefusedError unless it is 200."""
+        assert isinstance(self.core, ClientConnection)
+        if not self.usable:
+            raise StreamClosedError("this HBONE connection is closing; open a new one")
+        stream_id = self.core.open_tunnel(authority, headers)
+        stream = self._register(stream_id, authority)
+        response = asyncio.get_running_loop().create_future()
+        self._responses[stream_id] = response
+        self._flush()
+        try:
+            status = await response
+        except asyncio.CancelledError:
+            stream.abort(CANCEL)
+            self._flush()
+            raise
+        finally:
+            self._responses.pop(stream_id, None)
+        if status != 200:
+            stream.abort(CANCEL)
+            self._flush()
+            raise TunnelRefusedError(authority, status)
+        return stream
+
+    def accept(self, stream: HboneStream) -> None:
+        assert isinstance(self.core, ServerConnection)
+        self.core.accept(stream.stream_id)
+        self._flush()
+
+    def reject(self, stream: HboneStream, status: int) -> None:
+        assert isinstance(self.core, ServerConnection)
+        self.core.reject(stream.stream_id, status)
+        stream.on_reset(0)
+        self._flush()
+
+    def close(self) -> None:
+        """GOAWAY, then close the transport once what is queued has been written."""
+        self.core.close()
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_transport_writable(self) -> None:
+        while self._paused and not self._lost:
+            waiter = asyncio.get_running_loop().create_future()
+            self._write_waiters.append(waiter)
+            await waiter
+        if self._lost:
+            raise StreamClosedError("the HBONE connection is closed")
+
+    def send_data(self, stream_id: int, data: memoryview) -> int:
+        sent = self.core.send_data(stream_id, data)
+        if sent:
+            self._schedule_flush()
+        return sent
+
+    def end_stream(self, stream_id: int) -> None:
+        self.core.end_stream(stream_id)
+        self._schedule_flush()
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        self.core.reset_stream(stream_id, error_code)
+        self._schedule_flush()
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        self.core.acknowledge(stream_id, size)
+        self._schedule_flush()
+
+    # Internals
+
+    def _register(self, stream_id: int, authority: str) -> HboneStream:
+        stream = HboneStream(self, stream_id, authority)
+        self.streams[stream_id] = stream
+        stream.add_finished_callback(self._forget)
+        return stream
+
+    def _forget(self, stream: HboneStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        if self.core.closed and not self.streams and self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is None:
+                    self.core.acknowledge(event.stream_id, event.flow_controlled_length)
+                else:
+                    stream.on_data(event.data, event.flow_controlled_length)
+            elif isinstance(event, WindowOpened):
+                self._on_window_opened(event.stream_id)
+            elif isinstance(event, StreamEnded):
+                if (stream := self.streams.get(event.stream_id)) is not None:
+                    stream.on_remote_end()
+            elif isinstance(event, StreamReset):
+                self._on_stream_reset(event)
+            elif isinstance(event, TunnelRequested):
+                self._on_request(event)
+            elif isinstance(event, TunnelEstablished | TunnelRefused):
+                status = 200 if isinstance(event, TunnelEstablished) else event.status
+                response = self._responses.get(event.stream_id)
+                if response is not None and not response.done():
+                    response.set_result(status)
+            elif isinstance(event, TunnelRejected):
+                log.info(
+                    "HBONE stream %d answered %d: %s", event.stream_id, event.status, event.reason
+                )
+            elif isinstance(event, ConnectionClosed):
+                self._on_connection_closed(event)
+
+    def _on_request(self, event: TunnelRequested) -> None:
+        stream = self._register(event.stream_id, event.authority)
+        if self._on_tunnel_requested is None:
+            self.reject(stream, 503)
+        else:
+            self._on_tunnel_requested(self, stream, event)
+
+    def _on_window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            if (stream := self.streams.get(stream_id)) is not None:
+                stream.on_window_opened()
+            return
+        for stream in list(self.streams.values()):
+            stream.on_window_opened()
+
+    def _on_stream_reset(self, event: StreamReset) -> None:
+        response = self._responses.get(event.stream_id)
+        if response is not None and not response.done():
+            response.set_exception(
+                TunnelUnavailableError(
+                    f"the peer reset the CONNECT (HTTP/2 error code {event.error_code:#x})",
+                    hint="the destination agent refused the stream; see its log",
+                )
+            )
+        if (stream := self.streams.get(event.stream_id)) is not None:
+            stream.on_reset(event.error_code)
+
+    def _on_connection_closed(self, event: ConnectionClosed) -> None:
+        if event.remote:
+            if isinstance(self.core, ClientConnection):
+                # Streams the server never saw will not be served; the rest may finish.
+                for stream_id, response in self._responses.items():
+                    if stream_id > event.last_stream_id and not response.done():
+                        response.set_exception(TunnelUnavailableError("the peer sent GOAWAY"))
+                for stream_id, stream in list(self.streams.items()):
+                    if stream_id > event.last_stream_id:
+                        stream.on_reset(event.error_code or CANCEL)
+            if not self.streams and self.transport is not None:
+                self.transport.close()
+            return
+        log.warning("HBONE connection failed: %s (error code %#x)", event.reason, event.error_code)
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _schedule_flush(self) -> None:
+        # Writes made in one loop iteration (DATA from many streams, WINDOW_UPDATEs) leave in
+        # one transport write, so small messages are coalesced into fewer TLS records.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self._lost:
+            self.transport.write(data)
+
+    def _wake_transport_writers(self) -> None:
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
