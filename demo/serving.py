@@ -1,0 +1,71 @@
+"""Process runtime shared by the demo services: CLI listen flags, uvloop, signals, log lines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+
+def add_listen_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0, every interface)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port to listen on; 0 picks a free one (default: {default_port})",
+    )
+
+
+def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a service's async main on uvloop when it is installed, else on the stdlib loop."""
+    # The lab reads our stdout through a pipe: without line buffering the log would arrive late.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+async def wait_for_termination() -> str:
+    """Return the name of the first SIGTERM or SIGINT the process receives."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum.name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await received
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def announce_listening(host: str, port: int) -> None:
+    """Print the line the lab and the tests wait for before they send traffic."""
+    print(f"listening on {host}:{port}", flush=True)
+
+
+def log(service: str, message: str) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sys.stdout.write(f"{stamp} {service} {message}\n")
+
+
+def bind_error_message(service: str, host: str, port: int, error: OSError) -> str:
+    return (
+        f"{service}: cannot listen on {host}:{port}: {error.strerror or error}; "
+        "stop whatever holds the port or pass another --port/--host"
+    )

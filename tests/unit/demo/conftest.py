@@ -1,0 +1,78 @@
+"""Fixtures that run the real demo services as processes on 127.0.0.1 with ephemeral ports."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from demo_processes import RunningService, start_service
+
+ServiceStarter = Callable[..., RunningService]
+
+
+@pytest.fixture
+def start() -> Iterator[ServiceStarter]:
+    """Start services for one test; every one still running is stopped afterwards."""
+    started: list[RunningService] = []
+
+    def starter(module: str, *args: str) -> RunningService:
+        service = start_service(module, *args)
+        started.append(service)
+        return service
+
+    yield starter
+    for service in started:
+        service.stop()
+        service.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class Shop:
+    catalog: RunningService
+    reviews_v1: RunningService
+    reviews_v2: RunningService
+    ratings: RunningService
+    echo: RunningService
+    frontend: RunningService
+
+
+@pytest.fixture(scope="session")
+def shop() -> Iterator[Shop]:
+    """The whole demo shop, shared by the tests that only send it traffic."""
+    services: list[RunningService] = []
+    try:
+        for module, args in (
+            ("catalog", ()),
+            ("reviews", ("--version", "v1")),
+            ("reviews", ("--version", "v2")),
+            ("ratings", ()),
+            ("echo", ()),
+        ):
+            services.append(start_service(module, *args))
+        catalog, reviews_v1, reviews_v2, ratings, echo = services
+        frontend = start_service(
+            "frontend",
+            "--catalog",
+            catalog.address,
+            "--reviews",
+            reviews_v2.address,
+            "--ratings",
+            ratings.address,
+        )
+        services.append(frontend)
+        yield Shop(catalog, reviews_v1, reviews_v2, ratings, echo, frontend)
+    finally:
+        for service in services:
+            service.stop()
+            service.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def refused_address() -> Iterator[str]:
+    """A loopback address whose port is bound but not listening: connecting is refused."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    yield f"127.0.0.1:{holder.getsockname()[1]}"
+    holder.close()

@@ -1,0 +1,74 @@
+"""Start the real demo services as processes on 127.0.0.1 with ephemeral ports, for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+LISTENING = re.compile(r"^listening on (\S+):(\d+)$")
+START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class RunningService:
+    """A demo service process and the address it announced."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM the process and return its exit code (it must exit by itself in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_service(module: str, *args: str) -> RunningService:
+    """Start `python -m demo.<module> --host 127.0.0.1 --port 0 ...` and wait for its port.
+
+    Output goes to a file, not a pipe: a service logging a line per request would block once
+    an unread pipe filled up.
+    """
+    handle, name = tempfile.mkstemp(prefix=f"demo-{module}-", suffix=".log")
+    log_path = Path(name)
+    with os.fdopen(handle, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"demo.{module}", "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in log_path.read_text().splitlines():
+            if match := LISTENING.match(line.strip()):
+                return RunningService(
+                    module, process, log_path, match.group(1), int(match.group(2))
+                )
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"demo.{module} did not announce a port: {log_path.read_text()}")

@@ -1,0 +1,58 @@
+"""demo.frontend: the product page composed from the real catalog, reviews and ratings."""
+
+from __future__ import annotations
+
+from conftest import ServiceStarter, Shop
+from http_probe import get
+
+
+def test_product_page_composes_all_three_backends(shop: Shop) -> None:
+    status, headers, page = get(shop.frontend, "/product/1")
+    assert status == 200
+    assert headers["x-demo-reviews-version"] == "v2"
+    assert page["product"]["name"] == "Loom shuttle"
+    assert page["reviews"]["version"] == page["reviews_version"] == "v2"
+    assert [r["stars"] for r in page["reviews"]["items"]] == [5, 4]
+    assert page["rating"] == {"stars": 4.5, "votes": 120}
+
+
+def test_unknown_product_is_404_and_healthz_answers(shop: Shop) -> None:
+    assert get(shop.frontend, "/product/77")[0] == 404
+    assert get(shop.frontend, "/product/x")[0] == 404
+    assert get(shop.frontend, "/healthz")[:1] == (200,)
+
+
+def test_a_down_backend_is_a_502_naming_that_backend(
+    shop: Shop, start: ServiceStarter, refused_address: str
+) -> None:
+    frontend = start(
+        "frontend",
+        "--catalog",
+        shop.catalog.address,
+        "--reviews",
+        refused_address,
+        "--ratings",
+        shop.ratings.address,
+    )
+    status, _, body = get(frontend, "/product/1")
+    assert status == 502
+    assert (body["backend"], body["address"]) == ("reviews", refused_address)
+    assert "refused" in body["detail"]
+    assert [f["backend"] for f in body["failures"]] == ["reviews"]
+
+
+def test_a_down_grpc_backend_is_a_502_naming_ratings(
+    shop: Shop, start: ServiceStarter, refused_address: str
+) -> None:
+    frontend = start(
+        "frontend",
+        "--catalog",
+        shop.catalog.address,
+        "--reviews",
+        shop.reviews_v1.address,
+        "--ratings",
+        refused_address,
+    )
+    status, _, body = get(frontend, "/product/2")
+    assert (status, body["backend"]) == (502, "ratings")
+    assert "UNAVAILABLE" in body["detail"]
