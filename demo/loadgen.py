@@ -17,11 +17,11 @@ from typing import Any
 from demo.addresses import Address, address_argument
 from demo.httpclient import HttpClient, HttpRequestError
 from demo.loadreport import KindStats, LoadReport
+from demo.loadtable import render_table
 from demo.serving import run_service
 
 FRONTEND_VERSION_HEADER = "x-demo-reviews-version"
 DEFAULT_PRODUCTS = (1, 2, 3, 4)
-CUT_OFF = "still in flight when --duration-limit expired"
 
 
 class LoadRun:
@@ -56,16 +56,23 @@ class LoadRun:
         timeout: float = self.args.timeout
         return min(timeout, max(self.remaining(), 0.001))
 
-    def cut_off_or(self, reason: str) -> str:
-        """The reason to record for a failure: the deadline, when it is what ended the operation."""
-        return CUT_OFF if self.remaining() <= 0 else reason
+    def failed_or_cut_off(self, stats: KindStats, reason: str) -> None:
+        """Record a failure, unless it was our own --duration-limit that ended the operation."""
+        if self.remaining() <= 0:
+            stats.cut_off += 1
+        else:
+            stats.failed(reason)
 
     async def run(self) -> LoadReport:
         started = time.perf_counter()
         await asyncio.gather(self.run_http(), self.run_echo(), self.run_grpc())
         self.report.elapsed_s = time.perf_counter() - started
+        for stats in self.report.kinds.values():
+            if stats.sent and not stats.ok and not stats.errors:
+                # Everything was cut off: a mesh that hangs every connection must not pass.
+                stats.failed(f"none of {stats.sent} sent completed before --duration-limit")
         self.report.stopped_by_duration_limit = any(
-            s.sent < s.planned for s in self.report.kinds.values()
+            s.sent < s.planned or s.cut_off for s in self.report.kinds.values()
         )
         return self.report
 
@@ -99,7 +106,7 @@ class LoadRun:
                     "GET", f"/product/{product_id}", timeout=self.op_timeout()
                 )
             except HttpRequestError as error:
-                stats.failed(self.cut_off_or(str(error)))
+                self.failed_or_cut_off(stats, str(error))
                 return
             latency_ms = (time.perf_counter() - started) * 1000
             stats.responses[str(response.status)] += 1
@@ -124,7 +131,7 @@ class LoadRun:
                 async with asyncio.timeout(self.op_timeout()):
                     received = await _echo_exchange(self.args.echo, payload)
             except TimeoutError:
-                stats.failed(self.cut_off_or(f"{self.args.echo}: no echo within the timeout"))
+                self.failed_or_cut_off(stats, f"{self.args.echo}: no echo within the timeout")
                 return
             except OSError as error:
                 reason = error.strerror or str(error) or type(error).__name__
@@ -161,7 +168,7 @@ class LoadRun:
                 )
             except grpc.aio.AioRpcError as error:
                 unary.responses[error.code().name] += 1
-                unary.failed(self.cut_off_or(_describe_rpc_error(self.args.ratings, error)))
+                self.failed_or_cut_off(unary, _describe_rpc_error(self.args.ratings, error))
                 return
             unary.responses["OK"] += 1
             if rating.product_id != product_id:
@@ -185,7 +192,7 @@ class LoadRun:
             except grpc.aio.AioRpcError as error:
                 stream.totals["messages_received"] += len(sequences)
                 stream.responses[error.code().name] += 1
-                stream.failed(self.cut_off_or(_describe_rpc_error(self.args.ratings, error)))
+                self.failed_or_cut_off(stream, _describe_rpc_error(self.args.ratings, error))
                 return
             stream.totals["messages_received"] += len(sequences)
             stream.responses["OK"] += 1
@@ -239,41 +246,6 @@ def _describe_mismatch(sent: bytes, received: bytes) -> str:
 def _describe_rpc_error(address: Address, error: Any) -> str:
     details = (error.details() or "").splitlines()[0][:160]
     return f"{address}: gRPC {error.code().name}: {details}"
-
-
-def render_table(report: LoadReport) -> None:
-    """Print the report as a terminal table (plain text when stdout is not a terminal)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title="weft demo load", title_justify="left")
-    for column in ("kind", "planned", "sent", "ok", "errors", "responses", "p50 ms", "p90 ms"):
-        table.add_column(column, justify="left" if column in ("kind", "responses") else "right")
-    table.add_column("p99 ms", justify="right")
-    for kind, stats in report.kinds.items():
-        latency = stats.latency_summary()
-        seen = [f"{code}x{count}" for code, count in sorted(stats.responses.items())]
-        if stats.reviews_versions:
-            versions = ", ".join(f"{v}x{n}" for v, n in sorted(stats.reviews_versions.items()))
-            seen.append(f"reviews {versions}")
-        seen += [f"{name}={value}" for name, value in sorted(stats.totals.items())]
-        table.add_row(
-            kind,
-            str(stats.planned),
-            str(stats.sent),
-            str(stats.ok),
-            f"[red]{stats.errors}[/red]" if stats.errors else "0",
-            "; ".join(seen) or "-",
-            *(f"{value:.2f}" if value is not None else "-" for value in latency.values()),
-        )
-    console.print(table)
-    for kind, stats in report.kinds.items():
-        for reason, count in stats.error_reasons.most_common(5):
-            console.print(f"[red]error[/red] {kind}: {reason} (x{count})", highlight=False)
-    verdict = "[green]OK[/green]" if report.ok else f"[red]FAILED[/red] ({report.errors} errors)"
-    cut = ", stopped by --duration-limit" if report.stopped_by_duration_limit else ""
-    console.print(f"{verdict} in {report.elapsed_s:.2f}s{cut}")
 
 
 def _positive_int(text: str) -> int:

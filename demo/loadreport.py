@@ -26,6 +26,8 @@ class KindStats:
     planned: int
     sent: int = 0
     ok: int = 0
+    # Still in flight when --duration-limit expired: not counted as errors, reported apart.
+    cut_off: int = 0
     # Status codes (HTTP) or status names (gRPC, echo) of the answers that came back.
     responses: Counter[str] = field(default_factory=Counter)
     reviews_versions: Counter[str] = field(default_factory=Counter)
@@ -58,6 +60,7 @@ class KindStats:
             "sent": self.sent,
             "ok": self.ok,
             "errors": self.errors,
+            "cut_off": self.cut_off,
             "responses": dict(sorted(self.responses.items())),
             "reviews_versions": dict(sorted(self.reviews_versions.items())),
             "latency_ms": self.latency_summary(),
