@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 from demo.addresses import Address
 from demo.http1 import MessageParser, ParseError, Response, encode_request
 
 READ_SIZE = 64 * 1024
+
+
+def connection_error_reason(error: OSError) -> str:
+    """'connection refused' rather than the event loop's own wording of the same errno."""
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return str(error) or type(error).__name__
 
 
 class HttpRequestError(Exception):
@@ -51,8 +59,7 @@ class HttpClient:
         except ParseError as error:
             raise HttpRequestError(f"{self.address}: malformed response: {error.reason}") from None
         except OSError as error:
-            reason = error.strerror or str(error) or type(error).__name__
-            raise HttpRequestError(f"{self.address}: {reason.lower()}") from None
+            raise HttpRequestError(f"{self.address}: {connection_error_reason(error)}") from None
 
     async def _send(self, payload: bytes) -> Response:
         while self._idle:

@@ -64,6 +64,7 @@ class HttpServer:
 
     service: str
     handler: Handler
+    idle_timeout: float = 120.0
     _server: asyncio.Server | None = None
     _connections: set[asyncio.Task[None]] = field(default_factory=set)
     _state: dict[asyncio.Task[None], _Connection] = field(default_factory=dict)
@@ -131,7 +132,12 @@ class HttpServer:
                 return
             if request is None:
                 connection.busy = parser.has_partial_message
-                data = await reader.read(READ_SIZE)
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    # Idle keep-alive or a stalled half-sent request: free the connection.
+                    return
                 connection.busy = True
                 if data:
                     parser.feed(data)

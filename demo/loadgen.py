@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from demo.addresses import Address, address_argument
-from demo.httpclient import HttpClient, HttpRequestError
+from demo.httpclient import HttpClient, HttpRequestError, connection_error_reason
 from demo.loadreport import KindStats, LoadReport
 from demo.loadtable import render_table
 from demo.serving import run_service
@@ -134,8 +134,7 @@ class LoadRun:
                 self.failed_or_cut_off(stats, f"{self.args.echo}: no echo within the timeout")
                 return
             except OSError as error:
-                reason = error.strerror or str(error) or type(error).__name__
-                stats.failed(f"{self.args.echo}: {reason.lower()}")
+                stats.failed(f"{self.args.echo}: {connection_error_reason(error)}")
                 return
             stats.totals["bytes_sent"] += len(payload)
             stats.totals["bytes_received"] += len(received)
