@@ -16,6 +16,7 @@ import h2.settings
 from weft.hbone.errors import StreamClosedError
 from weft.hbone.events import (
     CANCEL,
+    FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
     ConnectionClosed,
@@ -115,6 +116,11 @@ class HboneConnection:
         events: list[Event] = []
         for h2_event in h2_events:
             events.extend(self._translate(h2_event))
+        # h2 checks a frame's length only once the whole frame has arrived, so a peer declaring
+        # a 16 MiB frame would make us buffer 16 MiB. What h2 leaves buffered is at most one
+        # partial frame: more than a maximal frame means the declared length is too long.
+        if len(self._h2.incoming_buffer._data) > self._h2.max_inbound_frame_size + 9:
+            events.extend(self._fail(FRAME_SIZE_ERROR, "frame longer than SETTINGS_MAX_FRAME_SIZE"))
         return events
 
     def send_window(self, stream_id: int) -> int:
@@ -173,7 +179,11 @@ class HboneConnection:
         if isinstance(event, h2.events.DataReceived):
             assert event.stream_id is not None
             assert event.data is not None
-            yield DataReceived(event.stream_id, event.data, event.flow_controlled_length or 0)
+            if event.data:
+                yield DataReceived(event.stream_id, event.data, event.flow_controlled_length or 0)
+            else:
+                # Only padding or an END_STREAM carrier: nothing for the application to consume.
+                self.acknowledge(event.stream_id, event.flow_controlled_length or 0)
         elif isinstance(event, h2.events.WindowUpdated):
             yield WindowOpened(event.stream_id or 0)
         elif isinstance(event, h2.events.StreamEnded):

@@ -9,6 +9,7 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 CONNECT_ERROR = 0xA  # the TCP connection behind a CONNECT stream was reset or failed

@@ -68,6 +68,11 @@ class HboneServer:
         assert self._server is not None, "start() the server first"
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def connection_count(self) -> int:
+        """TLS connections currently open (each carries up to 100 tunnels)."""
+        return len(self._sessions)
+
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:

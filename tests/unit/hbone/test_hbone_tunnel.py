@@ -1,0 +1,581 @@
+"""HbonePool -> HboneServer -> a real TCP target, over loopback with real mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, make_ca, run
+
+from weft.hbone import (
+    HbonePool,
+    HboneServer,
+    HboneStream,
+    StreamResetError,
+    TunnelRefusedError,
+    TunnelUnavailableError,
+)
+from weft.hbone.request import MalformedRequestError, parse_authority
+from weft.identity import Identity
+from weft.tls import Svid, client_context, server_context
+
+LOOPBACK = "127.0.0.1"
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until the client half-closes, then half-close back."""
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
+    writer.close()
+
+
+async def count_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read everything until FIN, then answer with the byte count: needs a real half-close."""
+    total = 0
+    while data := await reader.read(65536):
+        total += len(data)
+    writer.write(f"got {total}".encode())
+    await writer.drain()
+    writer.close()
+
+
+async def reset_after_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Say hello, wait for the answer, then abort the connection with a TCP RST."""
+    writer.write(b"hello")
+    await writer.drain()
+    await reader.readexactly(3)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def allow_all(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+    return True
+
+
+async def connect_tcp(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = parse_authority(authority)
+    return await asyncio.open_connection(host, port)
+
+
+@dataclass
+class Mesh:
+    """A loopback mesh: an HBONE server in front of TCP targets, and a client pool."""
+
+    ca: TestCa
+    client_svid: Svid
+    server: HboneServer
+    pool: HbonePool
+    targets: dict[str, str]  # name -> authority
+
+    async def open(self, target: str = "echo", **kwargs: object) -> HboneStream:
+        return await self.pool.open_stream(
+            CLIENT_ID,
+            SERVER_ID,
+            (LOOPBACK, self.server.port),
+            self.targets.get(target, target),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def assert_serving(self) -> None:
+        """A fresh tunnel still echoes: whatever happened before did not hurt the server."""
+        stream = await self.open()
+        await stream.write(b"still here")
+        stream.close_write()
+        assert await read_all(stream) == b"still here"
+
+
+async def read_all(stream: HboneStream) -> bytes:
+    chunks = []
+    while data := await stream.read():
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def loopback_mesh(
+    ca: TestCa,
+    client_svid: Svid,
+    server_svid: Svid,
+    authorize: Callable[[Identity, str, tuple[tuple[str, str], ...]], Awaitable[bool]] = allow_all,
+    **pool_options: float,
+) -> AsyncIterator[Mesh]:
+    listeners = {
+        name: await asyncio.start_server(handler, LOOPBACK, 0)
+        for name, handler in [
+            ("echo", echo),
+            ("count", count_then_reply),
+            ("reset", reset_after_hello),
+        ]
+    }
+    targets = {
+        name: f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
+        for name, listener in listeners.items()
+    }
+    server = HboneServer(server_context(server_svid, ca.bundle_pem), authorize, connect_tcp)
+    await server.start(LOOPBACK, 0)
+    pool = HbonePool(lambda source: client_context(client_svid, ca.bundle_pem), **pool_options)  # type: ignore[arg-type]
+    try:
+        yield Mesh(ca, client_svid, server, pool, targets)
+    finally:
+        await pool.close()
+        await server.close()
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_tunnel_carries_data_both_ways_with_half_close(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open("count")
+            await stream.write(b"x" * 100_000)
+            stream.close_write()  # the target answers only after it sees our FIN
+            assert await read_all(stream) == b"got 100000"
+
+    run(main)
+
+
+def test_bulk_echo_beyond_the_flow_control_windows_is_byte_exact(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    payload = os.urandom(24 * 1024 * 1024)  # > the 16 MiB connection window
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open()
+
+            async def send() -> None:
+                await stream.write(payload)
+                stream.close_write()
+
+            sender = asyncio.create_task(send())
+            assert await read_all(stream) == payload
+            await sender
+            assert (stream.bytes_sent, stream.bytes_received) == (len(payload), len(payload))
+
+    run(main)
+
+
+def test_mesh_headers_reach_authorize_with_the_client_identity(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    seen: list[tuple[Identity, str, tuple[tuple[str, str], ...]]] = []
+
+    async def record(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        seen.append((peer, authority, headers))
+        return True
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid, record) as mesh:
+            headers = [("forwarded", "for=10.0.0.5"), ("baggage", "a=b"), ("traceparent", "00-1")]
+            stream = await mesh.open(headers=headers)
+            stream.close_write()
+            await read_all(stream)
+            assert seen == [(CLIENT_ID, mesh.targets["echo"], tuple(headers))]
+
+    run(main)
+
+
+def test_many_application_connections_share_one_tls_connection(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def one_exchange(mesh: Mesh, index: int) -> bytes:
+        stream = await mesh.open()
+        await stream.write(b"%d" % index)
+        stream.close_write()
+        return await read_all(stream)
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            for index in range(20):  # one after the other
+                assert await one_exchange(mesh, index) == b"%d" % index
+            replies = await asyncio.gather(*(one_exchange(mesh, i) for i in range(50)))
+            assert replies == [b"%d" % i for i in range(50)]
+            assert mesh.pool.stats.handshakes == 1
+            assert mesh.server.stats.connections_accepted == 1
+            assert mesh.server.stats.tunnels_opened == 70
+
+    run(main)
+
+
+def test_the_101st_concurrent_stream_opens_a_second_connection(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            streams = await asyncio.gather(*(mesh.open() for _ in range(100)))
+            assert mesh.pool.stats.handshakes == 1
+            streams.append(await mesh.open())
+            assert mesh.pool.stats.handshakes == 2
+            assert mesh.server.connection_count == 2
+            for stream in streams:
+                stream.close_write()
+            await asyncio.gather(*(read_all(stream) for stream in streams))
+            # A slot freed on the first connection is reused before any new handshake.
+            await mesh.assert_serving()
+            assert mesh.pool.stats.handshakes == 2
+
+    run(main)
+
+
+def test_idle_timeout_closes_the_pooled_connection(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid, idle_timeout=0.2) as mesh:
+            await mesh.assert_serving()
+            assert mesh.pool.connection_count() == 1
+            await asyncio.sleep(0.6)
+            assert mesh.pool.connection_count() == 0
+            assert mesh.server.connection_count == 0
+            await mesh.assert_serving()
+            assert mesh.pool.stats.handshakes == 2
+
+    run(main)
+
+
+def test_a_busy_connection_is_not_closed_by_the_idle_timeout(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid, idle_timeout=0.1) as mesh:
+            stream = await mesh.open()
+            await asyncio.sleep(0.3)
+            await stream.write(b"late")
+            stream.close_write()
+            assert await read_all(stream) == b"late"
+            assert mesh.pool.stats.handshakes == 1
+
+    run(main)
+
+
+def test_denied_authorization_is_401(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
+    async def deny(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        return authority != mesh_targets["count"]
+
+    mesh_targets: dict[str, str] = {}
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid, deny) as mesh:
+            mesh_targets.update(mesh.targets)
+            with pytest.raises(TunnelRefusedError) as refused:
+                await mesh.open("count")
+            assert refused.value.status == 401
+            assert "AuthorizationPolicy" in str(refused.value)
+            assert mesh.server.stats.tunnels_denied == 1
+            await mesh.assert_serving()
+            assert mesh.pool.stats.handshakes == 1
+
+    run(main)
+
+
+def test_unreachable_target_is_503(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind((LOOPBACK, 0))
+        closed_port = probe.getsockname()[1]
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            with pytest.raises(TunnelRefusedError) as refused:
+                await mesh.open(f"{LOOPBACK}:{closed_port}")
+            assert refused.value.status == 503
+            assert mesh.server.stats.tunnels_unavailable == 1
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_target_reset_reaches_the_client_as_stream_reset(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open("reset")
+            assert await stream.read() == b"hello"
+            await stream.write(b"ack")
+            with pytest.raises(StreamResetError) as reset:
+                await stream.read()
+            assert reset.value.error_code == 0xA  # CONNECT_ERROR
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_client_abort_resets_the_target_connection(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    outcome: asyncio.Future[str]
+
+    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            data = await reader.read(100)
+            data += await reader.read(100)
+            outcome.set_result(f"eof after {data!r}")
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        writer.close()
+
+    async def main() -> None:
+        nonlocal outcome
+        outcome = asyncio.get_running_loop().create_future()
+        watcher = await asyncio.start_server(watch, LOOPBACK, 0)
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open(f"{LOOPBACK}:{watcher.sockets[0].getsockname()[1]}")
+            await stream.write(b"a")
+            await asyncio.sleep(0.05)
+            stream.abort()
+            assert await asyncio.wait_for(outcome, 5) == "reset"
+        watcher.close()
+
+    run(main)
+
+
+def test_bad_authority_is_refused_before_anything_is_sent(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            with pytest.raises(MalformedRequestError):
+                await mesh.open("shop.svc:80")
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_pool_refuses_a_peer_with_the_wrong_identity(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            impostor_check = Identity.parse("spiffe://cluster.local/ns/bank/sa/vault")
+            with pytest.raises(TunnelUnavailableError, match="presented identity"):
+                await mesh.pool.open_stream(
+                    CLIENT_ID,
+                    impostor_check,
+                    (LOOPBACK, mesh.server.port),
+                    mesh.targets["echo"],
+                )
+            assert mesh.pool.connection_count() == 0
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_pool_reports_a_closed_port_as_unavailable(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        closed_port = probe.getsockname()[1]
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            with pytest.raises(TunnelUnavailableError, match=f"{closed_port}"):
+                await mesh.pool.open_stream(
+                    CLIENT_ID, SERVER_ID, (LOOPBACK, closed_port), mesh.targets["echo"]
+                )
+
+    run(main)
+
+
+# Misbehaving clients: each gets a clean refusal or a closed connection, and the server stays up.
+
+
+async def raw_tls(
+    mesh: Mesh, context: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(LOOPBACK, mesh.server.port, ssl=context)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends before it closes; a TLS alert also counts as closed."""
+    received = b""
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        while data := await asyncio.wait_for(reader.read(65536), 5):
+            received += data
+    return received
+
+
+def test_client_without_alpn_h2_is_disconnected(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            context = client_context(client_svid, ca.bundle_pem)
+            context.set_alpn_protocols(["http/1.1"])
+            reader, writer = await raw_tls(mesh, context)
+            assert await read_until_closed(reader) == b""
+            writer.close()
+            assert mesh.server.stats.connections_refused == 1
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_client_without_a_certificate_is_disconnected(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.load_verify_locations(cadata=ca.bundle_pem.decode())
+            context.set_alpn_protocols(["h2"])
+            reader, writer = await raw_tls(mesh, context)
+            writer.write(h2_preface())
+            assert await read_until_closed(reader) == b""
+            writer.close()
+            assert mesh.server.stats.connections_accepted == 0
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_client_with_an_untrusted_certificate_is_disconnected(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    rogue = make_ca("rogue root")
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            context = client_context(rogue.issue(CLIENT_ID), ca.bundle_pem)
+            reader, writer = await raw_tls(mesh, context)
+            writer.write(h2_preface())
+            assert await read_until_closed(reader) == b""
+            writer.close()
+            assert mesh.server.stats.connections_accepted == 0
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_garbage_instead_of_tls_is_disconnected(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            reader, writer = await asyncio.open_connection(LOOPBACK, mesh.server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(2000))
+            await read_until_closed(reader)
+            writer.close()
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_garbage_inside_tls_gets_goaway_and_a_close(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            reader, writer = await raw_tls(mesh, client_context(client_svid, ca.bundle_pem))
+            writer.write(h2_preface() + b"\xff" * (2 * 1024 * 1024))  # one endless frame
+            received = await read_until_closed(reader)
+            writer.close()
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            parsed = client.receive_data(received)
+            assert any(isinstance(e, h2.events.ConnectionTerminated) for e in parsed)
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def h2_preface() -> bytes:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    return client.data_to_send()
+
+
+async def raw_request(mesh: Mesh, headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """Send one hand-made request; return (status or None, whether the connection closed)."""
+    reader, writer = await raw_tls(mesh, client_context(mesh.client_svid, mesh.ca.bundle_pem))
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
+    client.initiate_connection()
+    client.send_headers(1, headers)
+    writer.write(client.data_to_send())
+    status: int | None = None
+    closed = False
+    try:
+        while status is None and not closed:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                closed = True
+                break
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    closed = True
+            writer.write(client.data_to_send())
+    finally:
+        writer.close()
+    return status, closed
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected_status"),
+    [
+        (
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")],
+            400,
+        ),
+        ([(b":method", b"CONNECT"), (b":authority", b"shop.svc:80")], 400),
+        ([(b":method", b"CONNECT"), (b":authority", b"10.0.0.1")], 400),
+        ([(b":method", b"CONNECT")], 400),
+        ([(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80"), (b"Upper", b"x")], 400),
+        ([(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80"), (b"connection", b"x")], 400),
+    ],
+)
+def test_malformed_requests_are_400_and_the_server_keeps_serving(
+    ca: TestCa,
+    client_svid: Svid,
+    server_svid: Svid,
+    headers: list[tuple[bytes, bytes]],
+    expected_status: int,
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            status, _ = await raw_request(mesh, headers)
+            assert status == expected_status
+            await mesh.assert_serving()
+
+    run(main)
+
+
+def test_oversized_headers_close_the_connection_and_the_server_keeps_serving(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            headers = [
+                (b":method", b"CONNECT"),
+                (b":authority", b"10.0.0.1:80"),
+                (b"baggage", b"x" * 64 * 1024),
+            ]
+            status, closed = await raw_request(mesh, headers)
+            assert status in (None, 431)
+            assert closed or status == 431
+            await mesh.assert_serving()
+
+    run(main)
