@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
-from demo_processes import RunningService, start_service
-
-ServiceStarter = Callable[..., RunningService]
+from demo_processes import RunningService, ServiceStarter, Shop, start_service
 
 
 @pytest.fixture
@@ -26,16 +23,6 @@ def start() -> Iterator[ServiceStarter]:
     for service in started:
         service.stop()
         service.log_path.unlink(missing_ok=True)
-
-
-@dataclass
-class Shop:
-    catalog: RunningService
-    reviews_v1: RunningService
-    reviews_v2: RunningService
-    ratings: RunningService
-    echo: RunningService
-    frontend: RunningService
 
 
 @pytest.fixture(scope="session")

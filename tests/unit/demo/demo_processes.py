@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,16 @@ def start_service(module: str, *args: str) -> RunningService:
     process.kill()
     process.wait()
     raise RuntimeError(f"demo.{module} did not announce a port: {log_path.read_text()}")
+
+
+ServiceStarter = Callable[..., RunningService]
+
+
+@dataclass
+class Shop:
+    catalog: RunningService
+    reviews_v1: RunningService
+    reviews_v2: RunningService
+    ratings: RunningService
+    echo: RunningService
+    frontend: RunningService

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from conftest import ServiceStarter, Shop
+from demo_processes import ServiceStarter, Shop
 from http_probe import exchange_raw, get
 
 

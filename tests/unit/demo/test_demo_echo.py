@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from conftest import Shop
+from demo_processes import Shop
 from http_probe import exchange_raw
 
 

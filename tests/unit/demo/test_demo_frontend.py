@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ServiceStarter, Shop
+from demo_processes import ServiceStarter, Shop
 from http_probe import get
 
 

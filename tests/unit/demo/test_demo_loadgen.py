@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ServiceStarter, Shop
-from demo_processes import REPO_ROOT
+from demo_processes import REPO_ROOT, ServiceStarter, Shop
 
 
 def run_loadgen(

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from conftest import Shop
+from demo_processes import Shop
 
 from demo import ratings_pb2, ratings_pb2_grpc
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Shop
+from demo_processes import Shop
 from http_probe import get
 
 
