@@ -19,6 +19,8 @@ from weft.hbone.events import (
     FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
     ConnectionClosed,
     DataReceived,
     Event,
@@ -208,10 +210,15 @@ class HboneConnection:
         # Pings are answered by h2; trailers, priorities, unknown frames mean nothing to a tunnel.
 
     def _on_request(self, event: h2.events.RequestReceived) -> Iterable[Event]:
-        raise NotImplementedError  # pragma: no cover - only servers receive requests
+        # h2 lets a server open a stream towards a client; HBONE never does, so refuse it.
+        assert event.stream_id is not None
+        self.reset_stream(event.stream_id, REFUSED_STREAM)
+        return ()
 
     def _on_response(self, event: h2.events.ResponseReceived) -> Iterable[Event]:
-        raise NotImplementedError  # pragma: no cover - only clients receive responses
+        assert event.stream_id is not None
+        self.reset_stream(event.stream_id, PROTOCOL_ERROR)
+        return ()
 
 
 class ClientConnection(HboneConnection):

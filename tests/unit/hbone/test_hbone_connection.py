@@ -220,6 +220,17 @@ def test_peer_goaway_is_reported_with_its_last_stream() -> None:
     assert not client.can_open_tunnel
 
 
+def test_client_refuses_a_stream_the_server_tries_to_open() -> None:
+    client, _ = connected()
+    block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    opened_by_server = hf.HeadersFrame(2, data=block, flags=["END_HEADERS"])
+    assert client.receive_data(opened_by_server.serialize()) == []
+    [refusal] = frames(client.data_to_send())
+    assert isinstance(refusal, hf.RstStreamFrame)
+    assert (refusal.stream_id, refusal.error_code) == (2, 0x7)  # REFUSED_STREAM
+    assert not client.closed
+
+
 def test_client_stops_offering_streams_at_the_concurrency_limit() -> None:
     client, server = connected()
     for _ in range(100):
