@@ -49,7 +49,7 @@ class Backends:
     catalog: HttpClient
     reviews: HttpClient
     ratings_address: Address
-    ratings: ratings_pb2_grpc.RatingsStub
+    ratings: ratings_pb2_grpc.RatingsAsyncStub
     timeout: float
 
     async def fetch_product(self, product_id: int, headers: tuple[tuple[str, str], ...]) -> Any:
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             catalog=HttpClient(args.catalog),
             reviews=HttpClient(args.reviews),
             ratings_address=args.ratings,
-            ratings=ratings_pb2_grpc.RatingsStub(channel),  # type: ignore[no-untyped-call]
+            ratings=ratings_pb2_grpc.RatingsStub(channel),
             timeout=args.backend_timeout,
         )
         return make_handler(backends)

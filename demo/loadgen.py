@@ -155,7 +155,7 @@ class LoadRun:
         unary = self.report.kinds["grpc-unary"]
         stream = self.report.kinds["grpc-stream"]
         channel = grpc.aio.insecure_channel(str(self.args.ratings))
-        stub = ratings_pb2_grpc.RatingsStub(channel)  # type: ignore[no-untyped-call]
+        stub = ratings_pb2_grpc.RatingsStub(channel)
 
         async def get_rating(index: int) -> None:
             product_id = self.products[index % len(self.products)]

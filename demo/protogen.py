@@ -10,7 +10,21 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO_FILE = PACKAGE_DIR / "proto" / "ratings.proto"
-GENERATED_NAMES = ("ratings_pb2.py", "ratings_pb2.pyi", "ratings_pb2_grpc.py")
+GENERATED_NAMES = (
+    "ratings_pb2.py",
+    "ratings_pb2.pyi",
+    "ratings_pb2_grpc.py",
+    "ratings_pb2_grpc.pyi",
+)
+
+
+def _plugin(name: str) -> str:
+    """A mypy-protobuf plugin next to this interpreter (the virtualenv's bin/), or on PATH."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install mypy-protobuf into this environment")
+    return found
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -18,6 +32,7 @@ def generate(out_dir: Path) -> list[Path]:
 
     The .proto is compiled from a staging copy at `demo/ratings.proto` so the generated stub
     imports `from demo import ratings_pb2`, which works when `demo` is imported as a package.
+    mypy-protobuf writes the .pyi stubs, so the services type-check against real message types.
     """
     from grpc_tools import protoc  # heavy; only the generator needs it
 
@@ -32,9 +47,12 @@ def generate(out_dir: Path) -> list[Path]:
             [
                 "grpc_tools.protoc",
                 f"-I{staging}",
+                f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+                f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
                 f"--python_out={generated}",
-                f"--pyi_out={generated}",
                 f"--grpc_python_out={generated}",
+                f"--mypy_out={generated}",
+                f"--mypy_grpc_out={generated}",
                 str(staging / "demo" / "ratings.proto"),
             ]
         )

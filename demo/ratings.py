@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         server = grpc.aio.server()
-        ratings_pb2_grpc.add_RatingsServicer_to_server(RatingsService(), server)  # type: ignore[no-untyped-call]
+        ratings_pb2_grpc.add_RatingsServicer_to_server(RatingsService(), server)
         try:
             port = server.add_insecure_port(f"{args.host}:{args.port}")
         except RuntimeError as error:
