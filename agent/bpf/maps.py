@@ -1,0 +1,276 @@
+"""The pinned eBPF maps as typed Python: ctypes mirrors of weft_maps.h and one wrapper per map.
+
+This is the one place where map entries become model values and back. Each mirror quotes the C
+struct it copies; tests/kernel/test_map_layouts.py checks every mirror's size and field offsets
+against the layout bcc compiled, so the C and the Python cannot drift apart silently.
+Map access needs only libbpf (through agent.bpf.libbpf), not bcc: reading maps is cheap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import TracebackType
+
+from agent.bpf import libbpf
+from weft.errors import UnavailableError
+
+
+class EnrollmentC(ctypes.Structure):
+    """struct weft_enrollment { __u16 mode; __u16 inbound; __be32 agent_addr; };"""
+
+    _fields_ = (
+        ("mode", ctypes.c_uint16),
+        ("inbound", ctypes.c_uint16),
+        ("agent_addr", ctypes.c_uint32),  # network order
+    )
+
+
+class OrigC(ctypes.Structure):
+    """struct weft_orig { __be32 addr; __be16 port; __u16 reserved; __u64 cgroup_id; };"""
+
+    _fields_ = (
+        ("addr", ctypes.c_uint32),  # network order
+        ("port", ctypes.c_uint16),  # network order
+        ("reserved", ctypes.c_uint16),
+        ("cgroup_id", ctypes.c_uint64),
+    )
+
+
+class TupleC(ctypes.Structure):
+    """struct weft_tuple { __be32 src_addr; __be32 dst_addr; __be16 src_port; __be16 dst_port; };"""
+
+    _fields_ = (
+        ("src_addr", ctypes.c_uint32),
+        ("dst_addr", ctypes.c_uint32),
+        ("src_port", ctypes.c_uint16),
+        ("dst_port", ctypes.c_uint16),
+    )
+
+
+class WorkloadStatsC(ctypes.Structure):
+    """struct weft_wl_stats { __u64 captured, passed, inbound_dropped, spliced_bytes; };"""
+
+    _fields_ = (
+        ("captured", ctypes.c_uint64),
+        ("passed", ctypes.c_uint64),
+        ("inbound_dropped", ctypes.c_uint64),
+        ("spliced_bytes", ctypes.c_uint64),
+    )
+
+
+# map name -> (key mirror, value mirror), exactly as declared in weft_maps.h
+MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
+    "weft_enroll": (ctypes.c_uint64, EnrollmentC),
+    "weft_skip_port": (ctypes.c_uint16, ctypes.c_uint8),
+    "weft_wl_stats": (ctypes.c_uint64, WorkloadStatsC),
+    "weft_orig_ck": (ctypes.c_uint64, OrigC),
+    "weft_orig_tp": (TupleC, OrigC),
+}
+
+
+class Mode(IntEnum):
+    """WEFT_MODE_*: whether a workload's outbound TCP is captured."""
+
+    NONE = 0
+    AMBIENT = 1
+
+
+class Inbound(IntEnum):
+    """WEFT_INBOUND_*: the workload's PeerAuthentication mode."""
+
+    PERMISSIVE = 0
+    STRICT = 1
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A workload's entry: captured or not, inbound mode, and where it reaches its node agent."""
+
+    mode: Mode
+    inbound: Inbound
+    agent_addr: IPv4Address
+
+
+@dataclass(frozen=True)
+class OriginalDestination:
+    """Where a captured connection was going, and the workload (cgroup id) that opened it."""
+
+    addr: IPv4Address
+    port: int
+    cgroup_id: int
+
+
+@dataclass(frozen=True)
+class WorkloadStats:
+    captured: int
+    passed: int
+    inbound_dropped: int
+    spliced_bytes: int
+
+
+def _addr_to_be32(addr: IPv4Address) -> int:
+    return socket.htonl(int(addr))
+
+
+def _be32_to_addr(value: int) -> IPv4Address:
+    return IPv4Address(socket.ntohl(value))
+
+
+def _orig_from_c(orig: OrigC) -> OriginalDestination:
+    return OriginalDestination(
+        _be32_to_addr(orig.addr), socket.ntohs(orig.port), int(orig.cgroup_id)
+    )
+
+
+class PinnedMap:
+    """An open pinned map whose key and value sizes were checked against their mirrors."""
+
+    def __init__(self, maps_dir: Path, name: str) -> None:
+        self.name = name
+        self.path = maps_dir / name
+        self.key_type, self.value_type = MAP_LAYOUTS[name]
+        try:
+            self.fd = libbpf.obj_get(str(self.path))
+        except FileNotFoundError as exc:
+            raise UnavailableError(
+                f"pinned map {self.path} does not exist",
+                hint="the agent's eBPF programs are not loaded for this scope; start the agent "
+                "(it loads and pins them) or check the scope name",
+            ) from exc
+        info = libbpf.map_info(self.fd)
+        expected = (ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type))
+        if (info.key_size, info.value_size) != expected:
+            os.close(self.fd)
+            raise UnavailableError(
+                f"pinned map {self.path} has key/value sizes {info.key_size}/{info.value_size}, "
+                f"this agent expects {expected[0]}/{expected[1]}",
+                hint="it was pinned by another Weft version: remove the scope's pins "
+                f"(rm -r {self.path.parent.parent}) and restart the agent",
+            )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def get(self, key: ctypes._CData) -> ctypes._CData | None:
+        value = self.value_type()
+        return value if libbpf.map_lookup(self.fd, key, value) else None
+
+    def put(self, key: ctypes._CData, value: ctypes._CData, flags: int = libbpf.BPF_ANY) -> None:
+        libbpf.map_update(self.fd, key, value, flags)
+
+    def delete(self, key: ctypes._CData) -> bool:
+        return libbpf.map_delete(self.fd, key)
+
+    def __iter__(self) -> Iterator[ctypes._CData]:
+        """The keys, in the kernel's order."""
+        key: ctypes._CData | None = None
+        while True:
+            next_key = self.key_type()
+            if not libbpf.map_next_key(self.fd, key, next_key):
+                return
+            yield next_key
+            key = next_key
+
+
+class CaptureMaps:
+    """The capture maps of one scope: enrollment, excluded ports, counters, original destinations.
+
+    Use as a context manager, or call close(); every map is opened from its pin.
+    """
+
+    def __init__(self, maps_dir: Path) -> None:
+        self._maps: dict[str, PinnedMap] = {}
+        try:
+            for name in MAP_LAYOUTS:
+                self._maps[name] = PinnedMap(maps_dir, name)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> CaptureMaps:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for pinned in self._maps.values():
+            pinned.close()
+
+    def enroll(self, cgroup_id: int, enrollment: Enrollment) -> None:
+        """Write a workload's entry, and create its counters if it has none yet."""
+        value = EnrollmentC(
+            mode=enrollment.mode,
+            inbound=enrollment.inbound,
+            agent_addr=_addr_to_be32(enrollment.agent_addr),
+        )
+        if self.stats(cgroup_id) is None:
+            self._maps["weft_wl_stats"].put(ctypes.c_uint64(cgroup_id), WorkloadStatsC())
+        self._maps["weft_enroll"].put(ctypes.c_uint64(cgroup_id), value)
+
+    def unenroll(self, cgroup_id: int) -> bool:
+        """Forget a workload (its counters go too); False if it was not enrolled."""
+        self._maps["weft_wl_stats"].delete(ctypes.c_uint64(cgroup_id))
+        return self._maps["weft_enroll"].delete(ctypes.c_uint64(cgroup_id))
+
+    def enrollment(self, cgroup_id: int) -> Enrollment | None:
+        value = self._maps["weft_enroll"].get(ctypes.c_uint64(cgroup_id))
+        if not isinstance(value, EnrollmentC):
+            return None
+        return Enrollment(Mode(value.mode), Inbound(value.inbound), _be32_to_addr(value.agent_addr))
+
+    def enrollments(self) -> dict[int, Enrollment]:
+        result = {}
+        for key in self._maps["weft_enroll"]:
+            assert isinstance(key, ctypes.c_uint64)
+            found = self.enrollment(key.value)
+            if found is not None:
+                result[key.value] = found
+        return result
+
+    def skip_port(self, port: int) -> None:
+        """Never capture connects to this destination port."""
+        self._maps["weft_skip_port"].put(ctypes.c_uint16(port), ctypes.c_uint8(1))
+
+    def unskip_port(self, port: int) -> bool:
+        return self._maps["weft_skip_port"].delete(ctypes.c_uint16(port))
+
+    def stats(self, cgroup_id: int) -> WorkloadStats | None:
+        value = self._maps["weft_wl_stats"].get(ctypes.c_uint64(cgroup_id))
+        if not isinstance(value, WorkloadStatsC):
+            return None
+        return WorkloadStats(
+            value.captured, value.passed, value.inbound_dropped, value.spliced_bytes
+        )
+
+    def original_destination_by_cookie(self, cookie: int) -> OriginalDestination | None:
+        value = self._maps["weft_orig_ck"].get(ctypes.c_uint64(cookie))
+        return _orig_from_c(value) if isinstance(value, OrigC) else None
+
+    def original_destination(
+        self, src: tuple[str, int], dst: tuple[str, int]
+    ) -> OriginalDestination | None:
+        """The original destination of the captured connection src -> dst, as the agent sees it
+        on accept(): src is the peer (the workload), dst the agent's own listener address."""
+        key = TupleC(
+            src_addr=_addr_to_be32(IPv4Address(src[0])),
+            dst_addr=_addr_to_be32(IPv4Address(dst[0])),
+            src_port=socket.htons(src[1]),
+            dst_port=socket.htons(dst[1]),
+        )
+        value = self._maps["weft_orig_tp"].get(key)
+        return _orig_from_c(value) if isinstance(value, OrigC) else None

@@ -1,0 +1,39 @@
+"""The eBPF programs Weft loads: entry function, C file, program type, hook and attach target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from agent.bpf.libbpf import AttachType, ProgType
+
+
+class Target(Enum):
+    """What a program is attached to."""
+
+    WORKLOADS_CGROUP = "the enrolled workloads' cgroup"
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """One entry function of ebpf/<source>, loaded as `prog_type` and attached at `attach_type`."""
+
+    function: str
+    source: str
+    prog_type: ProgType
+    attach_type: AttachType
+    target: Target = Target.WORKLOADS_CGROUP
+
+
+CONNECT4 = ProgramSpec(
+    "weft_connect4", "weft_connect.c", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET4_CONNECT
+)
+GETPEERNAME4 = ProgramSpec(
+    "weft_getpeername4",
+    "weft_connect.c",
+    ProgType.CGROUP_SOCK_ADDR,
+    AttachType.CGROUP_INET4_GETPEERNAME,
+)
+
+# Outbound capture: what a node agent attaches to its workloads' cgroup.
+CAPTURE: tuple[ProgramSpec, ...] = (CONNECT4, GETPEERNAME4)

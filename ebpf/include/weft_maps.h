@@ -1,0 +1,78 @@
+/* weft_maps.h: every map and struct shared by Weft's eBPF programs and the agent, declared once.
+ *
+ * The agent mirrors each struct with ctypes in agent/bpf/maps.py; a kernel test compares the
+ * mirrors' sizes and offsets with the layouts bcc compiled from this file. Every map is pinned
+ * under WEFT_PIN_DIR, so all program files of one scope share the same maps, and an agent restart
+ * finds the state (enrollment, original destinations of live connections) where it left it.
+ */
+#ifndef WEFT_MAPS_H
+#define WEFT_MAPS_H
+
+#ifndef WEFT_PIN_DIR
+#error "WEFT_PIN_DIR (bpffs directory of this scope's maps, a C string) must be passed as a cflag"
+#endif
+
+#define WEFT_PIN(name) WEFT_PIN_DIR "/" #name
+
+/* Program return codes of the cgroup hooks, named (the kernel's are bare 0 and 1). */
+#define WEFT_SYS_REJECT 0
+#define WEFT_SYS_PROCEED 1
+
+/* weft_enrollment.mode: is this workload's traffic captured at all? */
+#define WEFT_MODE_NONE 0    /* opted out (`weft.io/dataplane-mode: none`): never touched */
+#define WEFT_MODE_AMBIENT 1 /* outbound TCP is captured to the node agent */
+
+/* weft_enrollment.inbound: PeerAuthentication of the workload. */
+#define WEFT_INBOUND_PERMISSIVE 0
+#define WEFT_INBOUND_STRICT 1 /* new TCP connections are accepted only from the node agent */
+
+#define WEFT_MAX_WORKLOADS 4096
+#define WEFT_MAX_CONNS 65536
+
+/* A workload, keyed by the id (inode number) of its cgroup v2 directory. */
+struct weft_enrollment {
+	__u16 mode;
+	__u16 inbound;
+	__be32 agent_addr; /* network order: the node agent's address as this workload reaches it */
+};
+
+/* Where a captured connect() was going before it was redirected to the agent. */
+struct weft_orig {
+	__be32 addr; /* network order */
+	__be16 port; /* network order */
+	__u16 reserved;
+	__u64 cgroup_id; /* the workload that connected: the agent needs no IP lookup to know it */
+};
+
+/* A TCP connection as seen from the workload that opened it. Network order throughout. */
+struct weft_tuple {
+	__be32 src_addr;
+	__be32 dst_addr;
+	__be16 src_port;
+	__be16 dst_port;
+};
+
+/* Per-workload counters. The agent creates a workload's entry when it enrolls it; the eBPF side
+ * only looks up and adds atomically (creating entries here would put a second map-update call
+ * site in the capture program, which bcc's clang compiles into an indirect call, callx, that the
+ * verifier rejects). */
+struct weft_wl_stats {
+	__u64 captured;        /* outbound connects redirected to the agent */
+	__u64 passed;          /* outbound connects left alone: loopback or an excluded port */
+	__u64 inbound_dropped; /* STRICT: connection attempts not from the agent, dropped */
+	__u64 spliced_bytes;   /* bytes moved socket-to-socket by the kernel (same-node splice) */
+};
+
+BPF_TABLE_PINNED("hash", __u64, struct weft_enrollment, weft_enroll, WEFT_MAX_WORKLOADS,
+		 WEFT_PIN(weft_enroll));
+/* Destination ports (host order) never captured, e.g. the control plane's. */
+BPF_TABLE_PINNED("hash", __u16, __u8, weft_skip_port, 256, WEFT_PIN(weft_skip_port));
+BPF_TABLE_PINNED("hash", __u64, struct weft_wl_stats, weft_wl_stats, WEFT_MAX_WORKLOADS,
+		 WEFT_PIN(weft_wl_stats));
+/* LRU: an entry whose close was never seen (agent restart) ages out instead of filling the map. */
+BPF_TABLE_PINNED("lru_hash", __u64, struct weft_orig, weft_orig_ck, WEFT_MAX_CONNS,
+		 WEFT_PIN(weft_orig_ck));
+BPF_TABLE_PINNED("lru_hash", struct weft_tuple, struct weft_orig, weft_orig_tp, WEFT_MAX_CONNS,
+		 WEFT_PIN(weft_orig_tp));
+
+#endif /* WEFT_MAPS_H */

@@ -1,0 +1,156 @@
+"""The loader: compile and verifier failures are reported and attach nothing; reattaching is
+idempotent (a restart reuses the pinned link instead of adding a second attachment)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from kernel_sandbox import CgroupTree
+
+from agent.bpf import libbpf
+from agent.bpf.loader import EBPF_DIR, Loader, ProgramLoadError
+from agent.bpf.programs import CAPTURE, CONNECT4, ProgramSpec
+
+BROKEN_VERIFIER = """
+#include <uapi/linux/bpf.h>
+#include "weft_maps.h"
+
+int weft_broken(struct bpf_sock_addr *ctx)
+{
+	__u64 id = 1;
+	struct weft_enrollment *e = weft_enroll.lookup(&id);
+	return e->mode; /* no NULL check: the verifier must refuse this */
+}
+"""
+
+BROKEN_SYNTAX = """
+#include "weft_maps.h"
+int weft_broken(struct bpf_sock_addr *ctx) { return undeclared_identifier; }
+"""
+
+
+def attached(cgroup: Path, attach_type: libbpf.AttachType) -> list[int]:
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return libbpf.prog_query(fd, attach_type)
+    finally:
+        os.close(fd)
+
+
+def ebpf_dir_with(tmp_path: Path, name: str, text: str) -> Path:
+    """A copy of ebpf/ plus one extra C file."""
+    copy = tmp_path / "ebpf"
+    shutil.copytree(EBPF_DIR, copy)
+    (copy / name).write_text(text)
+    return copy
+
+
+BROKEN = ProgramSpec(
+    "weft_broken",
+    "weft_broken.c",
+    CONNECT4.prog_type,
+    libbpf.AttachType.CGROUP_INET4_GETPEERNAME,
+)
+
+
+def test_verifier_refusal_names_the_program_includes_the_log_and_attaches_nothing(
+    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
+) -> None:
+    loader = Loader(
+        "broken",
+        pin_root=pin_root,
+        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", BROKEN_VERIFIER),
+    )
+    with pytest.raises(ProgramLoadError) as exc:
+        loader.attach([CONNECT4, BROKEN], cgroups.workloads)
+    text = str(exc.value)
+    assert "weft_broken" in text
+    assert "failed to load" in text
+    assert "invalid mem access" in text  # the verifier's own words
+    assert attached(cgroups.workloads, CONNECT4.attach_type) == []
+    assert not loader.scope_dir.exists()
+
+
+def test_compile_error_names_the_file_and_quotes_clang(
+    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
+) -> None:
+    loader = Loader(
+        "broken",
+        pin_root=pin_root,
+        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", BROKEN_SYNTAX),
+    )
+    with pytest.raises(ProgramLoadError) as exc:
+        loader.attach([CONNECT4, BROKEN], cgroups.workloads)
+    text = str(exc.value)
+    assert "weft_broken.c" in text
+    assert "failed to compile" in text
+    assert "undeclared_identifier" in text
+    assert attached(cgroups.workloads, CONNECT4.attach_type) == []
+    assert not loader.scope_dir.exists()
+
+
+def test_a_missing_cflag_is_a_compile_error_not_a_silent_default(
+    cgroups: CgroupTree, pin_root: Path
+) -> None:
+    class LoaderWithoutPort(Loader):
+        def cflags(self) -> list[str]:
+            return [f for f in super().cflags() if "WEFT_OUTBOUND_PORT" not in f]
+
+    loader = LoaderWithoutPort("noport", pin_root=pin_root)
+    with pytest.raises(ProgramLoadError, match="WEFT_OUTBOUND_PORT"):
+        loader.attach(CAPTURE, cgroups.workloads)
+
+
+def test_failed_reload_leaves_the_previous_attachment_running(
+    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
+) -> None:
+    good = Loader("node", pin_root=pin_root)
+    first = good.attach([CONNECT4], cgroups.workloads)
+    bad = Loader(
+        "node",
+        pin_root=pin_root,
+        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", BROKEN_VERIFIER),
+    )
+    with pytest.raises(ProgramLoadError):
+        bad.attach([CONNECT4, BROKEN], cgroups.workloads)
+    assert attached(cgroups.workloads, CONNECT4.attach_type) == [first[0].prog_id]
+    assert first[0].link_pin.exists()
+
+
+def test_five_restarts_leave_exactly_one_attachment_per_program(
+    cgroups: CgroupTree, pin_root: Path
+) -> None:
+    first = Loader("node", pin_root=pin_root).attach(CAPTURE, cgroups.workloads)
+    last = first
+    for _ in range(5):
+        last = Loader("node", pin_root=pin_root).attach(CAPTURE, cgroups.workloads)
+        assert all(a.reused for a in last)
+    for before, after in zip(first, last, strict=True):
+        assert after.link_id == before.link_id  # the same link, now running the new program
+        ids = attached(
+            cgroups.workloads, next(s for s in CAPTURE if s.function == after.function).attach_type
+        )
+        assert ids == [after.prog_id]
+
+
+def test_a_link_pinned_for_another_cgroup_is_a_conflict(
+    cgroups: CgroupTree, pin_root: Path
+) -> None:
+    Loader("node", pin_root=pin_root).attach([CONNECT4], cgroups.workloads)
+    other = cgroups.make("other")
+    with pytest.raises(Exception, match="detach scope 'node' first"):
+        Loader("node", pin_root=pin_root).attach([CONNECT4], other)
+    assert attached(other, CONNECT4.attach_type) == []
+
+
+def test_a_link_whose_cgroup_was_removed_is_replaced(cgroups: CgroupTree, pin_root: Path) -> None:
+    gone = cgroups.make("gone")
+    Loader("node", pin_root=pin_root).attach([CONNECT4], gone)
+    gone.rmdir()
+    cgroups.made.remove(gone)
+    attachment = Loader("node", pin_root=pin_root).attach([CONNECT4], cgroups.workloads)[0]
+    assert not attachment.reused
+    assert attached(cgroups.workloads, CONNECT4.attach_type) == [attachment.prog_id]
