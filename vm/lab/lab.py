@@ -357,12 +357,16 @@ class Lab:
             n.netns, cgroups.node_cgroup(node), argv, timeout=timeout, check=check, input=input
         )
 
-    def traffic(self, requests: int, duration_limit: float) -> subprocess.CompletedProcess[str]:
+    def traffic(
+        self, requests: int, duration_limit: float, json_report: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run the demo's load client (demo.traffic in the topology) and wait for its report."""
         traffic = self.topology.demo.traffic
         if traffic is None:
             raise UsageError(f"{self.topology.source} has no demo.traffic section")
         argv = self.expand(traffic.command, requests=requests, duration_limit=duration_limit)
+        if json_report:
+            argv.append("--json")
         return self.exec(traffic.workload, argv, timeout=duration_limit + 30, check=False)
 
     # ------------------------------------------------------------------ lookups
@@ -441,7 +445,7 @@ class Lab:
                     "labels": w.labels,
                     "ports": list(w.ports),
                 }
-                for w in state.workloads.values()
+                for w in sorted(state.workloads.values(), key=lambda w: (w.node, w.name))
             ],
             "services": [
                 {

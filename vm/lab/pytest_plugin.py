@@ -1,1 +1,130 @@
-"""pytest plugin: a `lab` fixture that builds a network-namespace lab for end-to-end tests."""
+"""pytest plugin: a `lab` fixture that builds a network-namespace lab for end-to-end tests.
+
+- `lab` (session): the default topology with the demo shop, built once per session and torn
+  down at its end. With WEFT_LAB_REUSE=1 an already running lab is used as is and left running.
+- `lab_factory` (function): `build(topology=None, nodes=None, demo=True) -> Lab` for tests that
+  need their own lab; whatever it built is removed when the test ends.
+- marker `lab_lifecycle`: the test tears labs down and builds them again; such tests run after
+  every other test of the session, so they never pull the shared lab from under anyone.
+
+The lab is one per machine (its netns names are fixed), so a session takes a machine-wide lock
+before building one: two pytest sessions of different developers queue instead of colliding.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vm.lab.lab import Lab
+from vm.lab.state import DEFAULT_STATE_DIR
+from vm.lab.topology import Topology, load_topology, with_workers
+
+SESSION_LOCK = Path("/run/weft/lab-session.lock")
+# Below pytest's per-test timeout (300 s), so a long wait fails with our message, not a timeout.
+SESSION_LOCK_WAIT = 240.0
+REUSE_ENV = "WEFT_LAB_REUSE"
+
+LabBuilder = Callable[..., Lab]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lab_lifecycle: tears the lab down and rebuilds it; runs after every other test",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Stable partition: lifecycle tests last, every other test keeps its order.
+    items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
+
+
+class _SessionLock:
+    """A machine-wide flock held for the rest of the pytest session once acquired."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.fd is not None:
+            return
+        SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + SESSION_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    pytest.fail(
+                        f"another test session (pid {holder}) has used the lab for over "
+                        f"{SESSION_LOCK_WAIT:.0f} s ({SESSION_LOCK}); run the e2e tests again "
+                        "when it has finished"
+                    )
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, cgroups): run the e2e tests with sudo")
+
+
+@pytest.fixture(scope="session")
+def _lab_session_lock() -> Iterator[_SessionLock]:
+    lock = _SessionLock()
+    yield lock
+    lock.release()
+
+
+@pytest.fixture(scope="session")
+def lab(_lab_session_lock: _SessionLock) -> Iterator[Lab]:
+    """The default lab with the demo shop, up for the whole session."""
+    _require_root()
+    if os.environ.get(REUSE_ENV) == "1":
+        yield Lab.attach()
+        return
+    _lab_session_lock.acquire()
+    built = Lab(load_topology(), DEFAULT_STATE_DIR)
+    built.up(demo=True, replace=True)
+    try:
+        yield built
+    finally:
+        built.down()
+
+
+@pytest.fixture
+def lab_factory(_lab_session_lock: _SessionLock) -> Iterator[LabBuilder]:
+    """Build labs of your own (`build(topology=None, nodes=None, demo=True)`); removed after."""
+    _require_root()
+    _lab_session_lock.acquire()
+    built: list[Lab] = []
+
+    def build(topology: Topology | None = None, nodes: int | None = None, demo: bool = True) -> Lab:
+        chosen = topology or load_topology()
+        if nodes is not None:
+            chosen = with_workers(chosen, nodes)
+        new = Lab(chosen, DEFAULT_STATE_DIR)
+        built.append(new)
+        new.up(demo=demo, replace=True)
+        return new
+
+    yield build
+    if built:
+        built[-1].down()
