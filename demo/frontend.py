@@ -171,12 +171,22 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for each backend before answering 502 (default: 2)",
     )
 
+    parser.add_argument(
+        "--no-backend-keepalive",
+        dest="backend_keepalive",
+        action="store_false",
+        help=(
+            "one connection per backend request, so L4 (per-connection) load balancing splits "
+            "reviews v1/v2 per request (default: reuse connections)"
+        ),
+    )
+
     def build(args: argparse.Namespace) -> Callable[[Request], Awaitable[Reply]]:
         # The gRPC channel connects lazily, so building it before the loop serves is fine.
         channel = grpc.aio.insecure_channel(str(args.ratings))
         backends = Backends(
-            catalog=HttpClient(args.catalog),
-            reviews=HttpClient(args.reviews),
+            catalog=HttpClient(args.catalog, keep_alive=args.backend_keepalive),
+            reviews=HttpClient(args.reviews, keep_alive=args.backend_keepalive),
             ratings_address=args.ratings,
             ratings=ratings_pb2_grpc.RatingsStub(channel),
             timeout=args.backend_timeout,

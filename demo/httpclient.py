@@ -36,10 +36,15 @@ class _Connection:
 
 @dataclass
 class HttpClient:
-    """Sends requests to one address, reusing idle connections; safe for concurrent callers."""
+    """Sends requests to one address, reusing idle connections; safe for concurrent callers.
+
+    With keep_alive=False every request gets its own connection, so a mesh that balances per
+    connection (L4) spreads requests as it would spread independent clients.
+    """
 
     address: Address
     max_idle: int = 64
+    keep_alive: bool = True
     _idle: list[_Connection] = field(default_factory=list)
 
     async def request(
@@ -50,6 +55,8 @@ class HttpClient:
         body: bytes = b"",
         timeout: float = 2.0,
     ) -> Response:
+        if not self.keep_alive:
+            headers = (*headers, ("connection", "close"))
         payload = encode_request(method, target, str(self.address), headers, body)
         try:
             async with asyncio.timeout(timeout):
@@ -98,7 +105,7 @@ class HttpClient:
             connection.close()
             raise
         assert isinstance(response, Response)
-        if response.keep_alive and len(self._idle) < self.max_idle:
+        if self.keep_alive and response.keep_alive and len(self._idle) < self.max_idle:
             self._idle.append(connection)
         else:
             connection.close()

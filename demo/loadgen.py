@@ -96,7 +96,9 @@ class LoadRun:
 
     async def run_http(self) -> None:
         stats = self.report.kinds["http"]
-        client = HttpClient(self.args.frontend, max_idle=self.args.concurrency)
+        client = HttpClient(
+            self.args.frontend, max_idle=self.args.concurrency, keep_alive=self.args.keepalive
+        )
 
         async def get_product_page(index: int) -> None:
             product_id = self.products[index % len(self.products)]
@@ -312,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=20,
         help="messages to ask for in the WatchRatings stream (default: 20)",
+    )
+    parser.add_argument(
+        "--no-keepalive",
+        dest="keepalive",
+        action="store_false",
+        help="open a new connection for every HTTP request (default: reuse connections)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from demo_processes import ServiceStarter, Shop
 from http_probe import get
 
@@ -56,3 +57,28 @@ def test_a_down_grpc_backend_is_a_502_naming_ratings(
     status, _, body = get(frontend, "/product/2")
     assert (status, body["backend"]) == (502, "ratings")
     assert "UNAVAILABLE" in body["detail"]
+
+
+@pytest.mark.parametrize(("flags", "connections"), [((), 1), (("--no-backend-keepalive",), 5)])
+def test_backend_keepalive_decides_connections_per_request(
+    shop: Shop, start: ServiceStarter, flags: tuple[str, ...], connections: int
+) -> None:
+    catalog = start("catalog")
+    frontend = start(
+        "frontend",
+        "--catalog",
+        catalog.address,
+        "--reviews",
+        shop.reviews_v1.address,
+        "--ratings",
+        shop.ratings.address,
+        *flags,
+    )
+    for _ in range(5):
+        status, headers, _ = get(frontend, "/product/2")
+        assert (status, headers["x-demo-reviews-version"]) == (200, "v1")
+    assert catalog.stop() == 0
+    peers = {
+        line.split()[2] for line in catalog.output().splitlines() if '"GET /products/2"' in line
+    }
+    assert len(peers) == connections

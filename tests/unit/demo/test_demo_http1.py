@@ -123,6 +123,8 @@ def test_no_content_response_has_no_body_even_without_length() -> None:
     (response, following) = parse_all(
         "response", b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
     )
+    assert isinstance(response, Response)
+    assert isinstance(following, Response)
     assert (response.status, following.status) == (204, 200)
 
 
@@ -162,9 +164,10 @@ def test_any_split_of_encoded_requests_parses_back_to_the_same_requests(
 ) -> None:
     wire = b"".join(encode_request(m, t, "h:1", body=b) for m, t, b in requests)
     parser = MessageParser("request")
-    parsed = []
+    parsed: list[Request] = []
     for start in range(0, len(wire), chunk):
         parser.feed(wire[start : start + chunk])
         while (message := parser.next_message()) is not None:
+            assert isinstance(message, Request)
             parsed.append(message)
     assert [(m.method, m.target, m.body) for m in parsed] == requests

@@ -68,3 +68,20 @@ def test_refused_connection_is_an_error_naming_the_address(refused_address: str)
     client = HttpClient(Address(host, int(port)))
     with pytest.raises(HttpRequestError, match=f"{refused_address}: connection refused"):
         asyncio.run(client.request("GET", "/"))
+
+
+def test_without_keep_alive_every_request_gets_its_own_connection() -> None:
+    asyncio.run(connection_per_request())
+
+
+async def connection_per_request() -> None:
+    server, accepted = await serve_requests_then_close(per_connection=1)
+    address = Address("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = HttpClient(address, keep_alive=False)
+    try:
+        for index in range(3):
+            assert (await client.request("GET", f"/{index}")).status == 200
+    finally:
+        await client.close()
+        server.close()
+    assert len(accepted) == 3
