@@ -1,0 +1,124 @@
+"""`weft bench`: direct vs meshed vs peer proxies, in a lab it brings up itself."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.loads import LOADS, load_named
+from bench.paths import PATH_NAMES
+from bench.report import print_report
+from bench.result import BenchResult
+from bench.runner import FULL, QUICK, BenchSettings
+from bench.session import Selection, expand_paths, run_bench
+from bench.targets import check_targets, paths_for_targets
+from weft.errors import ExitCode, NotRootError, UsageError
+
+RESULTS_DIR = Path(__file__).parent / "results"
+QUICK_RESULTS_DIR = RESULTS_DIR / "tmp"  # gitignored: quick runs are not records
+
+EPILOG = f"""\
+scenarios (any mix; none = everything):
+  paths: {", ".join(PATH_NAMES)}
+  loads: {", ".join(load.name for load in LOADS)}
+  A path's baseline (direct or direct-same-node) and its peer (stunnel, haproxy) are added
+  so every ratio can be computed. Paths the project cannot run yet are reported, not skipped.
+
+examples:
+  sudo weft bench --quick                  # every path and load, < 3 minutes
+  sudo weft bench                          # the full run (< 15 minutes), saved in bench/results/
+  sudo weft bench stunnel rr connrate      # direct vs stunnel, two loads
+  sudo weft bench --check                  # run what the targets need, print PASS/FAIL
+  weft bench --check --from bench/results/<run>.json   # check a recorded run
+"""
+
+
+def register(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="paths and/or loads")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s per load")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--seconds", type=float, help="override the seconds per load run")
+    parser.add_argument(
+        "--check", action="store_true", help="print each performance target and PASS/FAIL"
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_file",
+        type=Path,
+        help="with --check or alone: report on a recorded JSON result instead of running",
+    )
+    parser.add_argument(
+        "--testbed",
+        choices=("lab", "running", "scratch"),
+        default="lab",
+        help="lab: bring up vm.lab's lab and remove it after (default); running: use the lab "
+        "that is up and leave it; scratch: the bench's own two namespaces-only nodes",
+    )
+    parser.add_argument("--output", type=Path, help="directory for the JSON result and plots")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.set_defaults(func=run_bench_command)
+
+
+def parse_scenarios(scenarios: list[str], check: bool) -> Selection:
+    """Split SCENARIO words into paths and loads; an unknown word is a usage error."""
+    load_names = {load.name for load in LOADS}
+    paths = [s for s in scenarios if s in PATH_NAMES]
+    loads = [s for s in scenarios if s in load_names]
+    unknown = [s for s in scenarios if s not in PATH_NAMES and s not in load_names]
+    if unknown:
+        raise UsageError(
+            f"unknown scenario {', '.join(repr(u) for u in unknown)}",
+            hint=f"paths: {', '.join(PATH_NAMES)}; loads: {', '.join(sorted(load_names))}",
+        )
+    if not paths:
+        paths = sorted(paths_for_targets(), key=PATH_NAMES.index) if check else list(PATH_NAMES)
+    chosen_loads = tuple(load_named(n) for n in loads) if loads else LOADS
+    return Selection(paths=expand_paths(paths), loads=chosen_loads)
+
+
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    base = QUICK if args.quick else FULL
+    rounds = args.rounds if args.rounds is not None else base.rounds
+    seconds = args.seconds if args.seconds is not None else base.seconds
+    if rounds < 1 or rounds > 50:
+        raise UsageError(f"--rounds {rounds}: expected 1..50")
+    if seconds < 0.5 or seconds > 60:
+        raise UsageError(f"--seconds {seconds}: expected 0.5..60")
+    mode = base.mode if (rounds, seconds) == (base.rounds, base.seconds) else "custom"
+    return BenchSettings(mode, rounds, seconds)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    console = Console()
+    if not console.is_terminal:  # piped or logged: wide enough that the tables do not wrap
+        console = Console(width=130)
+    if args.from_file is not None:
+        result = BenchResult.load(args.from_file)
+        print_report(console, result, check_targets(result) if args.check else None)
+        return ExitCode.OK
+    selection = parse_scenarios(args.scenarios, args.check)
+    settings = settings_from(args)
+    if os.geteuid() != 0:
+        raise NotRootError("weft bench")
+    output = run_bench(
+        selection, settings, args.testbed, lambda line: console.print(f"[dim]{line}[/]")
+    )
+    result = output.result
+    directory = args.output or (QUICK_RESULTS_DIR if settings.mode == "quick" else RESULTS_DIR)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stem = f"{stamp}-{settings.mode}"
+    json_path = directory / f"{stem}.json"
+    result.save(json_path)
+    print_report(console, result, check_targets(result) if args.check else None)
+    console.print(f"result: {json_path}")
+    if not args.no_plots:
+        from bench.plots import write_plots  # matplotlib is slow to import; only when plotting
+
+        for plot in write_plots(result, output.samples_us, directory, stem):
+            console.print(f"plot:   {plot}")
+    return ExitCode.OK

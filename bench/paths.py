@@ -1,0 +1,217 @@
+"""The paths traffic can take from the bench client to a server: direct, meshed, or a peer proxy.
+
+Each path says whether it can run here (`availability`), brings up what it needs (`setup`,
+returning where the client connects for each server), names the processes whose CPU and memory
+are its cost (`mesh_pids`), and removes what it started (`teardown`). A later issue plugs a
+meshed path in by filling in its `setup`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.listening import wait_listening
+from bench.loads.catalog import SERVICE_PORTS
+from bench.peer_configs import haproxy_config, stunnel_client_config, stunnel_server_config
+from bench.pki import create_peer_pki
+from bench.testbed import BenchLayout, Testbed
+
+ALL_LOADS = frozenset({"bulk", "rr", "connrate", "http1", "http16", "grpc"})
+HTTP_LOADS = frozenset({"http1", "http16", "grpc"})
+
+
+@dataclass(frozen=True)
+class PathTarget:
+    """Where the load client runs and, for each service, the address it connects to."""
+
+    client: str
+    addresses: dict[str, tuple[str, int]]
+
+
+class BenchPath:
+    """A path; subclasses set the class attributes and override what they need."""
+
+    name: str = ""
+    description: str = ""
+    baseline: str = "direct"  # the unmeshed path its figures are divided by
+    peer: str | None = None  # the proxy a user would pick instead, if any
+    loads: frozenset[str] = ALL_LOADS
+
+    def __init__(self) -> None:
+        self._pids: list[int] = []
+        self._testbed: Testbed | None = None
+
+    def availability(self) -> str | None:
+        """None if the path can run here, else why not (shown as "not available: <reason>")."""
+        return None
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        raise NotImplementedError
+
+    def mesh_pids(self) -> list[int]:
+        return list(self._pids)
+
+    def _spawned(self, testbed: Testbed, pid: int) -> None:
+        self._testbed = testbed
+        self._pids.append(pid)
+
+    def teardown(self) -> None:
+        """Stop what setup started, by pid, through the lab (which also forgets them)."""
+        if self._testbed is not None:
+            for pid in self._pids:
+                self._testbed.stop(pid)
+        self._pids.clear()
+
+
+def _direct_addresses(testbed: Testbed, workload: str) -> dict[str, tuple[str, int]]:
+    ip = testbed.workload_ip(workload)
+    return {service: (ip, port) for service, port in SERVICE_PORTS.items()}
+
+
+class DirectPath(BenchPath):
+    name = "direct"
+    description = "no mesh: client workload to a server workload on another node"
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        return PathTarget(layout.client, _direct_addresses(testbed, layout.remote_server))
+
+
+class DirectSameNodePath(BenchPath):
+    name = "direct-same-node"
+    description = "no mesh: client workload to a server workload on the same node"
+    baseline = "direct-same-node"
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        return PathTarget(layout.client, _direct_addresses(testbed, layout.local_server))
+
+
+class StunnelPath(BenchPath):
+    """An stunnel on each node: the client's node wraps plaintext in TLS 1.3 with a client cert."""
+
+    name = "stunnel"
+    description = "stunnel mTLS pair between the two nodes (TLS 1.3, ECDSA P-256, client certs)"
+    CLIENT_PORT_BASE = 20000  # client node listens on 20000 + index, server node on 21000 + index
+    SERVER_PORT_BASE = 21000
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        pki = create_peer_pki(workdir / "stunnel-pki")
+        client_node_ip = testbed.node_ip(layout.client_node)
+        server_node_ip = testbed.node_ip(layout.server_node)
+        server_ip = testbed.workload_ip(layout.remote_server)
+        client_routes, server_routes = {}, {}
+        for index, (service, port) in enumerate(SERVICE_PORTS.items()):
+            client_port = self.CLIENT_PORT_BASE + index
+            tunnel_port = self.SERVER_PORT_BASE + index
+            client_routes[service] = (client_node_ip, client_port, server_node_ip, tunnel_port)
+            server_routes[service] = (server_node_ip, tunnel_port, server_ip, port)
+        sides = (
+            (layout.client_node, "client", stunnel_client_config(pki, client_routes)),
+            (layout.server_node, "server", stunnel_server_config(pki, server_routes)),
+        )
+        for node, side, text in sides:
+            config = workdir / f"stunnel-{side}.conf"
+            config.write_text(text)
+            pid = testbed.node_spawn(node, ["stunnel", str(config)], f"bench-stunnel-{side}")
+            self._spawned(testbed, pid)
+        for node, routes in (
+            (layout.client_node, client_routes),
+            (layout.server_node, server_routes),
+        ):
+            wait_listening(testbed, [route[1] for route in routes.values()], node=node)
+        return PathTarget(
+            layout.client, {service: (r[0], r[1]) for service, r in client_routes.items()}
+        )
+
+
+class HaproxyPath(BenchPath):
+    """haproxy on the server's node as one HTTP hop (HTTP/1.1 and h2c for gRPC)."""
+
+    name = "haproxy"
+    description = "haproxy HTTP hop on the server's node (HTTP/1.1 keep-alive, h2c for gRPC)"
+    peer = None
+    loads = HTTP_LOADS
+    HTTP_PORT = 22080
+    GRPC_PORT = 22090
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        node_ip = testbed.node_ip(layout.server_node)
+        server_ip = testbed.workload_ip(layout.remote_server)
+        config = workdir / "haproxy.cfg"
+        config.write_text(
+            haproxy_config(
+                node_ip,
+                http=(self.HTTP_PORT, server_ip, SERVICE_PORTS["http"]),
+                grpc=(self.GRPC_PORT, server_ip, SERVICE_PORTS["grpc"]),
+            )
+        )
+        argv = ["haproxy", "-f", str(config), "-db"]
+        self._spawned(testbed, testbed.node_spawn(layout.server_node, argv, "bench-haproxy"))
+        wait_listening(testbed, [self.HTTP_PORT, self.GRPC_PORT], node=layout.server_node)
+        return PathTarget(
+            layout.client,
+            {"http": (node_ip, self.HTTP_PORT), "grpc": (node_ip, self.GRPC_PORT)},
+        )
+
+
+class MeshPath(BenchPath):
+    """A path through Weft itself; available once its component exists and is wired in here."""
+
+    component_module = "agent.main"
+    component_name = "node agent"
+
+    def availability(self) -> str | None:
+        try:
+            found = importlib.util.find_spec(self.component_module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"{self.component_name} not built yet ({self.component_module} is missing)"
+        return (
+            f"{self.component_name} exists, but bench/paths.py {type(self).__name__}.setup does "
+            "not yet enroll the bench workloads with it"
+        )
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        raise NotImplementedError(self.availability())
+
+
+class WeftSameNodePath(MeshPath):
+    name = "weft-same-node"
+    description = "Weft L4, client and server on one node (eBPF capture, in-kernel splice)"
+    baseline = "direct-same-node"
+
+
+class WeftCrossNodePath(MeshPath):
+    name = "weft-cross-node"
+    description = "Weft L4 between two nodes (capture, HBONE mTLS tunnel between agents)"
+    peer = "stunnel"
+
+
+class WeftWaypointPath(MeshPath):
+    name = "weft-waypoint"
+    description = "Weft L7: through a waypoint proxy (HBONE to the waypoint, HTTP routing)"
+    peer = "haproxy"
+    loads = HTTP_LOADS
+    component_module = "waypoint.main"
+    component_name = "waypoint"
+
+
+PATH_TYPES: tuple[type[BenchPath], ...] = (
+    DirectPath,
+    DirectSameNodePath,
+    WeftSameNodePath,
+    WeftCrossNodePath,
+    StunnelPath,
+    WeftWaypointPath,
+    HaproxyPath,
+)
+PATH_NAMES: tuple[str, ...] = tuple(path_type.name for path_type in PATH_TYPES)
+
+
+def make_path(name: str) -> BenchPath:
+    for path_type in PATH_TYPES:
+        if path_type.name == name:
+            return path_type()
+    raise KeyError(name)

@@ -1,0 +1,35 @@
+"""Starts the servers every path talks to, in each bench server workload."""
+
+from __future__ import annotations
+
+import sys
+
+from bench.listening import wait_listening
+from bench.loads.catalog import SERVICE_PORTS
+from bench.native import NativeTools
+from bench.testbed import BenchLayout, Testbed
+
+
+def start_servers(testbed: Testbed, layout: BenchLayout, tools: NativeTools) -> list[int]:
+    """iperf3, the C echo and HTTP servers and the gRPC echo server, bound to the workload's IP."""
+    pids = []
+    for workload, _node in layout.servers:
+        ip = testbed.workload_ip(workload)
+        commands = {
+            "iperf": ["iperf3", "-s", "-B", ip, "-p", str(SERVICE_PORTS["iperf"])],
+            "echo": [str(tools.echo_server), ip, str(SERVICE_PORTS["echo"])],
+            "http": [str(tools.http_server), ip, str(SERVICE_PORTS["http"])],
+            "grpc": [
+                sys.executable,
+                "-m",
+                "bench.grpc_echo",
+                "serve",
+                ip,
+                str(SERVICE_PORTS["grpc"]),
+            ],
+        }
+        for service, argv in commands.items():
+            pids.append(testbed.spawn(workload, argv, f"{workload}-{service}"))
+    for workload, _node in layout.servers:
+        wait_listening(testbed, list(SERVICE_PORTS.values()), workload=workload)
+    return pids

@@ -1,0 +1,138 @@
+"""The performance targets other issues set, in one table, and how a run measures up to them."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from bench.result import BenchResult
+from bench.stats import median
+
+
+class Measure(Enum):
+    """How a target compares a path with its reference."""
+
+    RATIO = "ratio"  # path / reference
+    ADDED = "added"  # path - reference (e.g. microseconds a hop adds)
+    ADDED_RATIO = "added ratio"  # (path - direct) / (reference - direct): overhead vs overhead
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    issue: str
+    description: str
+    path: str
+    reference: str
+    load: str
+    metric: str
+    measure: Measure
+    op: str
+    bound: float
+    direct: str = "direct"  # for ADDED_RATIO: the unmeshed path both overheads are measured from
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("eBPF capture", "same-node bulk >= 0.9x direct same-node", "weft-same-node",
+           "direct-same-node", "bulk", "gbit_s", Measure.RATIO, ">=", 0.9),
+    Target("eBPF capture", "1 KiB RR p50 <= 1.2x direct same-node", "weft-same-node",
+           "direct-same-node", "rr", "p50_us", Measure.RATIO, "<=", 1.2),
+    Target("eBPF capture", "capture adds < 10 us to connect() p50", "weft-same-node",
+           "direct-same-node", "connrate", "connect_p50_us", Measure.ADDED, "<", 10.0),
+    Target("node agent", "cross-node bulk >= 1.0x stunnel", "weft-cross-node", "stunnel",
+           "bulk", "gbit_s", Measure.RATIO, ">=", 1.0),
+    Target("node agent", "cross-node 1 KiB RR p50 <= 1.1x stunnel", "weft-cross-node",
+           "stunnel", "rr", "p50_us", Measure.RATIO, "<=", 1.1),
+    Target("node agent", "cross-node new conn/s >= 5x stunnel", "weft-cross-node", "stunnel",
+           "connrate", "conn_s", Measure.RATIO, ">=", 5.0),
+    Target("waypoint", "HTTP/1.1 keep-alive 16 conns req/s >= 0.5x haproxy", "weft-waypoint",
+           "haproxy", "http16", "req_s", Measure.RATIO, ">=", 0.5),
+    Target("waypoint", "added p50 latency at 1 conn <= 2x haproxy's added latency",
+           "weft-waypoint", "haproxy", "http1", "p50_us", Measure.ADDED_RATIO, "<=", 2.0),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    target: Target
+    measured: float | None  # None when not measurable
+    passed: bool | None  # None when not measurable
+    note: str  # "n/a (path not available)" and the like, or the figures it came from
+
+    @property
+    def verdict(self) -> str:
+        if self.passed is None:
+            return "n/a"
+        return "PASS" if self.passed else "FAIL"
+
+
+def _unavailable(result: BenchResult, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        info = result.path(name)
+        if info is None:
+            return f"n/a ({name} was not run)"
+        if not info.available:
+            return f"n/a (path not available: {name})"  # the paths table says why
+    return None
+
+
+def check_target(result: BenchResult, target: Target) -> CheckResult:
+    needed: tuple[str, ...] = (target.path, target.reference)
+    if target.measure is Measure.ADDED_RATIO:
+        needed += (target.direct,)
+    missing = _unavailable(result, needed)
+    if missing:
+        return CheckResult(target, None, None, missing)
+    if target.measure is Measure.ADDED_RATIO:
+        triples = result.paired((target.path, target.reference, target.direct), target.load,
+                                target.metric)  # fmt: skip
+        if not triples:
+            return CheckResult(target, None, None, "n/a (no round where all three ran)")
+        added_mine = median([mine - base for mine, _, base in triples])
+        added_theirs = median([theirs - base for _, theirs, base in triples])
+        if added_theirs <= 0:
+            return CheckResult(
+                target,
+                None,
+                None,
+                f"n/a ({target.reference} added no latency over {target.direct})",
+            )
+        measured = added_mine / added_theirs
+        note = f"+{added_mine:,.1f} / +{added_theirs:,.1f} {target.metric} over {target.direct}"
+        return CheckResult(target, measured, _OPS[target.op](measured, target.bound), note)
+    pairs = result.paired((target.path, target.reference), target.load, target.metric)
+    if not pairs:
+        return CheckResult(target, None, None, "n/a (no round where both ran)")
+    if target.measure is Measure.RATIO:
+        ratios = [mine / theirs for mine, theirs in pairs if theirs != 0]
+        if not ratios:
+            return CheckResult(target, None, None, "n/a (reference measured zero)")
+        measured = median(ratios)
+        note = f"median of {len(ratios)} per-round ratios"
+    else:
+        measured = median([mine - theirs for mine, theirs in pairs])
+        note = f"median of {len(pairs)} per-round differences ({target.metric})"
+    return CheckResult(target, measured, _OPS[target.op](measured, target.bound), note)
+
+
+def check_targets(result: BenchResult) -> list[CheckResult]:
+    return [check_target(result, target) for target in TARGETS]
+
+
+def paths_for_targets() -> set[str]:
+    """Every path some target needs, so `weft bench --check` runs just those."""
+    names: set[str] = set()
+    for target in TARGETS:
+        names |= {target.path, target.reference}
+        if target.measure is Measure.ADDED_RATIO:
+            names.add(target.direct)
+    return names

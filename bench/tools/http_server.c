@@ -1,0 +1,143 @@
+/* http_server: the far end of the HTTP/1.1 keep-alive load (wrk).
+ *
+ * One thread, epoll: every request (head ending in CRLF CRLF, no body) gets the same 200 response
+ * with a 1 KiB body, on a connection that stays open. nginx is not installed here and a Python
+ * server tops out far below what a proxy in front of it can carry, so the server would be the
+ * bottleneck and every path would look alike; this one does well over 100k requests/s on a core.
+ *
+ * usage: http_server BIND_ADDR PORT
+ * It runs until killed (the harness kills it by pid at teardown).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+#define MAX_FDS 65536
+#define REQ_BUF 16384
+#define BODY_SIZE 1024
+
+struct conn {
+    size_t used;
+    char buf[REQ_BUF];
+};
+
+static struct conn *conns[MAX_FDS];
+static char response[BODY_SIZE + 256];
+static size_t response_len;
+
+static void build_response(void) {
+    int head = snprintf(response, sizeof response,
+                        "HTTP/1.1 200 OK\r\nServer: weft-bench\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: %d\r\n\r\n",
+                        BODY_SIZE);
+    memset(response + head, 'x', BODY_SIZE);
+    response_len = (size_t)head + BODY_SIZE;
+}
+
+static void drop(int fd) {
+    free(conns[fd]);
+    conns[fd] = NULL;
+    close(fd);
+}
+
+static int send_all(int fd, const char *data, size_t len) {
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            continue; /* responses are small; the peer is reading */
+        if (w <= 0)
+            return -1;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+/* Answer every complete request head in the buffer (wrk may pipeline nothing, proxies may). */
+static void serve_ready(int fd) {
+    struct conn *c = conns[fd];
+    for (;;) {
+        ssize_t n = read(fd, c->buf + c->used, REQ_BUF - c->used);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            drop(fd);
+            return;
+        }
+        if (n < 0)
+            return;
+        c->used += (size_t)n;
+        char *start = c->buf;
+        char *end;
+        while ((end = memmem(start, c->used - (size_t)(start - c->buf), "\r\n\r\n", 4)) != NULL) {
+            if (send_all(fd, response, response_len) < 0) {
+                drop(fd);
+                return;
+            }
+            start = end + 4;
+        }
+        size_t rest = c->used - (size_t)(start - c->buf);
+        if (rest == REQ_BUF) { /* a request head larger than the buffer: not ours to serve */
+            drop(fd);
+            return;
+        }
+        memmove(c->buf, start, rest);
+        c->used = rest;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: http_server BIND_ADDR PORT\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    build_response();
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 ||
+        bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(lfd, 4096) < 0) {
+        fprintf(stderr, "http_server: cannot listen on %s:%s: %s\n", argv[1], argv[2],
+                strerror(errno));
+        return 1;
+    }
+    fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL, 0) | O_NONBLOCK);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    struct epoll_event events[MAX_EVENTS];
+    for (;;) {
+        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd != lfd) {
+                serve_ready(fd);
+                continue;
+            }
+            for (;;) {
+                int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+                if (c < 0)
+                    break;
+                if (c >= MAX_FDS) {
+                    close(c);
+                    continue;
+                }
+                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                conns[c] = calloc(1, sizeof(struct conn));
+                struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+            }
+        }
+    }
+}

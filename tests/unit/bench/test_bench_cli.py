@@ -1,0 +1,92 @@
+"""bench.cli: scenario words, settings bounds, and reporting on a recorded run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from bench.cli import parse_scenarios, register, settings_from
+from bench.paths import make_path
+from bench.result import BenchResult, PathInfo
+from bench.runner import FULL, QUICK, Figure
+from weft.cli import main
+from weft.errors import ExitCode, UsageError
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser, "bench")
+    return parser.parse_args(list(argv))
+
+
+def test_a_path_brings_its_baseline_and_its_peer() -> None:
+    selection = parse_scenarios(["weft-cross-node"], check=False)
+    assert selection.paths == ("direct", "weft-cross-node", "stunnel")
+
+
+def test_same_node_path_is_compared_with_direct_same_node() -> None:
+    assert parse_scenarios(["weft-same-node"], check=False).paths == (
+        "direct-same-node",
+        "weft-same-node",
+    )
+
+
+def test_load_words_select_loads_and_leave_every_path() -> None:
+    selection = parse_scenarios(["rr", "bulk"], check=False)
+    assert [load.name for load in selection.loads] == ["rr", "bulk"]
+    assert "haproxy" in selection.paths
+    assert "weft-waypoint" in selection.paths
+
+
+def test_unknown_scenario_is_a_usage_error_listing_the_choices() -> None:
+    with pytest.raises(UsageError) as exc:
+        parse_scenarios(["nginx"], check=False)
+    assert "'nginx'" in str(exc.value)
+    assert "stunnel" in str(exc.value)
+
+
+def test_check_without_paths_runs_the_paths_targets_need() -> None:
+    paths = parse_scenarios([], check=True).paths
+    assert {"weft-same-node", "direct-same-node", "stunnel", "haproxy", "direct"} <= set(paths)
+
+
+def test_quick_and_full_settings_and_their_bounds() -> None:
+    assert settings_from(_args("--quick")) == QUICK
+    assert settings_from(_args()) == FULL
+    assert settings_from(_args("--rounds", "3")).mode == "custom"
+    with pytest.raises(UsageError, match="--rounds"):
+        settings_from(_args("--rounds", "0"))
+    with pytest.raises(UsageError, match="--seconds"):
+        settings_from(_args("--seconds", "600"))
+
+
+def test_quick_mode_fits_three_minutes_of_load_with_every_path() -> None:
+    # Upper bound of load time: every load on every path that could run it, each round.
+    runs = sum(len(make_path(p).loads) for p in parse_scenarios([], check=False).paths)
+    assert runs * QUICK.rounds * (QUICK.seconds + 1.0) < 150
+    assert runs * FULL.rounds * (FULL.seconds + 1.0) < 14 * 60
+
+
+def test_check_from_a_recorded_run_prints_targets_without_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = BenchResult(
+        started="t0",
+        finished="t1",
+        machine={"cpu_model": "test cpu", "cores": 2},
+        commit={"sha": "abc"},
+        settings={"rounds": 1, "mode": "quick"},
+        paths=[
+            PathInfo("direct", "", "direct", None, ["bulk"]),
+            PathInfo("weft-same-node", "", "direct-same-node", None, ["bulk"], "not built yet"),
+        ],
+        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+    )
+    result.save(tmp_path / "run.json")
+    assert main(["bench", "--check", "--from", str(tmp_path / "run.json")]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "not available" in out
+    assert "n/a (path not available" in out
+    assert "20.0 Gbit/s" in out
