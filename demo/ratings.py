@@ -103,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def run() -> int:
-        server = grpc.aio.server()
+        # Without SO_REUSEPORT a second server on the same port fails loudly instead of
+        # silently sharing the port with the first.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ratings_pb2_grpc.add_RatingsServicer_to_server(RatingsService(), server)
         try:
             port = server.add_insecure_port(f"{args.host}:{args.port}")
-        except RuntimeError as error:
-            failure = OSError(0, str(error))
-            print(bind_error_message("ratings", args.host, args.port, failure), file=sys.stderr)
+        except RuntimeError:
+            reason = "address already in use or not an address of this host"
+            print(bind_error_message("ratings", args.host, args.port, reason), file=sys.stderr)
             return 1
         await server.start()
         announce_listening(args.host, port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -64,8 +65,10 @@ def log(service: str, message: str) -> None:
     sys.stdout.write(f"{stamp} {service} {message}\n")
 
 
-def bind_error_message(service: str, host: str, port: int, error: OSError) -> str:
+def bind_error_message(service: str, host: str, port: int, reason: OSError | str) -> str:
+    if isinstance(reason, OSError):
+        reason = os.strerror(reason.errno).lower() if reason.errno else str(reason)
     return (
-        f"{service}: cannot listen on {host}:{port}: {error.strerror or error}; "
-        "stop whatever holds the port or pass another --port/--host"
+        f"{service}: cannot listen on {host}:{port}: {reason}; "
+        "stop whatever holds the port, or pass another --port or --host"
     )
