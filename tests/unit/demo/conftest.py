@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
-from demo_processes import RunningService, ServiceStarter, Shop, start_service
+from demo_processes import RunningService, ServiceStarter, Shop, SilentBackend, start_service
 
 
 @pytest.fixture
@@ -63,3 +64,32 @@ def refused_address() -> Iterator[str]:
     holder.bind(("127.0.0.1", 0))
     yield f"127.0.0.1:{holder.getsockname()[1]}"
     holder.close()
+
+
+@pytest.fixture
+def silent_backend() -> Iterator[SilentBackend]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    accepted = threading.Event()
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept_and_hold() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(connection)
+            accepted.set()
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    yield SilentBackend(f"127.0.0.1:{listener.getsockname()[1]}", accepted)
+    stop.set()
+    thread.join(timeout=2)
+    for connection in held:
+        connection.close()
+    listener.close()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,3 +87,11 @@ class Shop:
     ratings: RunningService
     echo: RunningService
     frontend: RunningService
+
+
+@dataclass
+class SilentBackend:
+    """A loopback server that accepts connections and never answers; `accepted` is set once."""
+
+    address: str
+    accepted: threading.Event

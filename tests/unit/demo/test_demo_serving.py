@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from demo_processes import REPO_ROOT, ServiceStarter
+from demo_processes import REPO_ROOT, ServiceStarter, Shop, SilentBackend
 
 SERVICES = [
     ("catalog", ()),
@@ -64,3 +65,30 @@ def test_bad_backend_address_is_a_usage_error_naming_the_value() -> None:
     )
     assert result.returncode == 2
     assert "'catalog.local' is not HOST:PORT" in result.stderr
+
+
+def test_sigterm_lets_an_in_flight_request_finish_before_exiting(
+    shop: Shop, start: ServiceStarter, silent_backend: SilentBackend
+) -> None:
+    frontend = start(
+        "frontend",
+        "--catalog",
+        silent_backend.address,
+        "--reviews",
+        shop.reviews_v1.address,
+        "--ratings",
+        shop.ratings.address,
+        "--backend-timeout",
+        "1",
+    )
+    with socket.create_connection((frontend.host, frontend.port), timeout=5) as client:
+        client.sendall(b"GET /product/1 HTTP/1.1\r\nHost: f\r\n\r\n")
+        assert silent_backend.accepted.wait(5), "the frontend never called the catalog"
+        frontend.process.send_signal(signal.SIGTERM)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 502 ")
+    assert b"connection: close" in reply
+    assert b'"backend":"catalog"' in reply
+    assert frontend.process.wait(5) == 0
