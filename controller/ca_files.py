@@ -64,6 +64,9 @@ class CAFiles:
         self.signer_pem = state_dir / "ca" / "signer.pem"
         self.signer_key = state_dir / "ca" / "signer.key"
         self.bundle_json = state_dir / "ca" / "bundle.json"
+        self.previous_pem = state_dir / "ca" / "previous.pem"
+        self.previous_key = state_dir / "ca" / "previous.key"
+        self.previous_json = state_dir / "ca" / "previous.json"
         self.config_json = state_dir / "controller.json"
         self.admin_pem = state_dir / "admin.pem"
 
@@ -74,7 +77,7 @@ class CAFiles:
         """Changes whenever rotate-root rewrites the CA (mtime_ns of each file)."""
         return tuple(
             p.stat().st_mtime_ns if p.exists() else 0.0
-            for p in (self.signer_pem, self.signer_key, self.bundle_json)
+            for p in (self.signer_pem, self.signer_key, self.bundle_json, self.previous_json)
         )
 
     @property
@@ -122,6 +125,14 @@ class CAFiles:
             for r in self.bundle_roots(now)
         ]
         ca, roots = self._new_signer(self.trust_domain, now, ca_cert, ca_key)
+        # Keep the outgoing signer for the overlap: the controller's own serving certificate
+        # stays under the old root until every agent has had time to learn the new bundle.
+        previous = self.load()
+        _write_private(self.previous_key, key_to_pem(previous.key))
+        _write_public(self.previous_pem, certs_to_pem([previous.cert, *previous.chain]))
+        _write_public(
+            self.previous_json, json.dumps({"drop_after": (now + overlap).isoformat()}).encode()
+        )
         self._save(ca, [BundleRoot(r, None) for r in roots] + old)
         self.write_admin_credential(ca, now)
         return ca
@@ -169,8 +180,10 @@ class CAFiles:
         _write_public(self.bundle_json, json.dumps(entries, indent=2).encode())
 
     def write_admin_credential(self, ca: CertificateAuthority, now: dt.datetime) -> Path:
+        """One file for the CLI: the admin cert chain, its key, and the roots to trust."""
         chain, key = ca.issue_with_new_key(admin_uri(ca.trust_domain), ADMIN_LIFETIME, now)
-        _write_private(self.admin_pem, certs_to_pem(chain) + key_to_pem(key))
+        roots = certs_to_pem(self.bundle(now))
+        _write_private(self.admin_pem, certs_to_pem(chain) + key_to_pem(key) + roots)
         return self.admin_pem
 
     # --- loading -------------------------------------------------------------------------------
@@ -183,6 +196,20 @@ class CAFiles:
             )
         certs = certs_from_pem(self.signer_pem.read_bytes())
         key = key_from_pem(self.signer_key.read_bytes())
+        return CertificateAuthority(self.trust_domain, certs[0], key, tuple(certs[1:]))
+
+    def previous_signer(self, now: dt.datetime) -> CertificateAuthority | None:
+        """The signer replaced by the last rotation, while its overlap lasts."""
+        try:
+            drop_after = dt.datetime.fromisoformat(
+                json.loads(self.previous_json.read_text())["drop_after"]
+            )
+            if now >= drop_after:
+                return None
+            certs = certs_from_pem(self.previous_pem.read_bytes())
+            key = key_from_pem(self.previous_key.read_bytes())
+        except (OSError, ValueError, KeyError, CertificateError):
+            return None
         return CertificateAuthority(self.trust_domain, certs[0], key, tuple(certs[1:]))
 
     def bundle_roots(self, now: dt.datetime) -> list[BundleRoot]:

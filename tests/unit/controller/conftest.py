@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.ca_files import CAFiles
+from controller.server import Controller, ControllerConfig
+from weft.controller_client import Credentials
 from weft.resources import Document, ParsedResource, parse_documents
 
 
@@ -49,3 +58,40 @@ def parsed(*bodies: dict[str, object]) -> list[ParsedResource]:
 
 def ip_of(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+# --- a real controller on loopback ephemeral ports ----------------------------------------------
+
+
+TRUST_DOMAIN = "cluster.local"
+
+
+def start_controller(state_dir: Path) -> Controller:
+    if not CAFiles(state_dir).exists():
+        CAFiles(state_dir).init(TRUST_DOMAIN, dt.datetime.now(dt.UTC))
+    controller = Controller(
+        ControllerConfig(
+            state_dir=state_dir, listen="127.0.0.1", grpc_port=0, join_port=0, http_port=0
+        )
+    )
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[Controller]:
+    running = start_controller(tmp_path / "state")
+    yield running
+    running.stop(grace=0.2)
+
+
+def admin_credentials(controller: Controller) -> Credentials:
+    return Credentials.from_file(controller.config.state_dir / "admin.pem")
+
+
+def grpc_address(controller: Controller) -> str:
+    return f"127.0.0.1:{controller.grpc_port}"
+
+
+def join_address(controller: Controller) -> str:
+    return f"127.0.0.1:{controller.join_port}"

@@ -1,0 +1,80 @@
+"""DiscoveryService.Watch: the gRPC stream around a DiscoveryHub watcher (see discovery.proto)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from controller.callers import require_node
+from controller.discovery import DiscoveryHub, Watcher
+from controller.metrics import ControllerMetrics
+from weft.api.v1 import discovery_pb2, discovery_pb2_grpc
+
+LOG = logging.getLogger("weft.controller.discovery")
+POLL_SECONDS = 0.5  # how often an idle stream checks that its client is still there
+
+
+class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
+    def __init__(self, hub: DiscoveryHub, trust_domain: str, metrics: ControllerMetrics) -> None:
+        self.hub = hub
+        self.trust_domain = trust_domain
+        self.metrics = metrics
+
+    def Watch(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: Iterator[discovery_pb2.WatchRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[discovery_pb2.WatchUpdate]:
+        caller = require_node(context, self.trust_domain)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("subscribe") or not first.subscribe.node:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be subscribe")
+        node = first.subscribe.node
+        if not caller.admin and caller.node != node:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {caller.node!r} may not watch the configuration of node {node!r}",
+            )
+        watcher = self.hub.subscribe(node)
+        self.metrics.connected_agents.inc()
+        LOG.info("agent connected: node=%s version=%d", node, watcher.state.sent_version)
+        reader = threading.Thread(
+            target=self._read_acks, args=(watcher, request_iterator), daemon=True
+        )
+        reader.start()
+        try:
+            while context.is_active():
+                try:
+                    update = watcher.updates.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if update is None:  # the client closed its side, or the controller is stopping
+                    break
+                yield update
+        finally:
+            self.hub.unsubscribe(watcher)
+            self.metrics.connected_agents.dec()
+            LOG.info("agent disconnected: node=%s", node)
+
+    def _read_acks(self, watcher: Watcher, requests: Iterator[discovery_pb2.WatchRequest]) -> None:
+        try:
+            for request in requests:
+                if request.HasField("ack"):
+                    ack = request.ack
+                    self.hub.acknowledge(watcher, ack.version, ack.error)
+                    if ack.error:
+                        self.metrics.nacks.labels(watcher.node).inc()
+                        LOG.warning(
+                            "NACK: node=%s version=%d error=%s",
+                            watcher.node,
+                            ack.version,
+                            ack.error,
+                        )
+        except grpc.RpcError:
+            pass  # the stream ended; the writer side notices through context.is_active()
+        finally:
+            watcher.updates.put(None)

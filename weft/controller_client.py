@@ -1,0 +1,214 @@
+"""A client of the controller's gRPC services, for agents (asyncio) and the CLI (blocking).
+
+Lives in weft/ so the agent can use it without importing the controller. Credentials are PEM:
+a certificate chain, its private key and the trust bundle; the controller's certificate is
+verified against the bundle under the fixed name `weft-controller`, whatever address is dialled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from weft.api.convert import ConfigUpdate, ack_request, subscribe_request, update_from_proto
+from weft.api.v1 import discovery_pb2, discovery_pb2_grpc, identity_pb2, identity_pb2_grpc
+from weft.errors import UnavailableError, UsageError
+from weft.pki import (
+    CONTROLLER_SERVER_NAME,
+    PrivateKey,
+    build_csr,
+    certs_from_pem,
+    certs_to_pem,
+    generate_key,
+    key_to_pem,
+    node_uri,
+)
+
+ADMIN_CREDENTIAL_ENV = "WEFT_ADMIN_CREDENTIAL"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", CONTROLLER_SERVER_NAME),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A client identity (chain + key, both optional for joining) and the roots it trusts."""
+
+    bundle_pem: bytes
+    chain_pem: bytes | None = None
+    key_pem: bytes | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> Credentials:
+        """Read a combined PEM file: certificates, one private key, the self-signed roots."""
+        try:
+            text = path.read_bytes()
+        except OSError as err:
+            raise UsageError(
+                f"cannot read the credential file {path}: {err.strerror}",
+                hint="run 'weft controller init' (it writes admin.pem in the state dir), "
+                f"or pass --admin-credential / set {ADMIN_CREDENTIAL_ENV}",
+            ) from err
+        certs = certs_from_pem(text)
+        start = text.find(b"-----BEGIN PRIVATE KEY-----")
+        end = text.find(b"-----END PRIVATE KEY-----")
+        if start < 0 or end < 0:
+            raise UsageError(f"{path}: no private key in the credential file")
+        key_pem = text[start : end + len(b"-----END PRIVATE KEY-----")] + b"\n"
+        roots = [c for c in certs if c.issuer == c.subject]
+        chain = [c for c in certs if c.issuer != c.subject]
+        if not chain or not roots:
+            raise UsageError(f"{path}: expected a certificate chain and the trust bundle roots")
+        return cls(certs_to_pem(roots), certs_to_pem(chain), key_pem)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.bundle_pem, self.key_pem, self.chain_pem)
+
+
+def admin_credential_path(explicit: str | None, state_dir: Path) -> Path:
+    """--admin-credential, else $WEFT_ADMIN_CREDENTIAL, else <state-dir>/admin.pem."""
+    return Path(explicit or os.environ.get(ADMIN_CREDENTIAL_ENV) or state_dir / "admin.pem")
+
+
+def unavailable(address: str, err: grpc.RpcError) -> UnavailableError:
+    """An operator-facing error for a failed call, with what to check next."""
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    return UnavailableError(
+        f"controller at {address}: {details or code}",
+        hint="is the controller running ('weft controller run') and is the port reachable? "
+        "a TLS failure means the credential's trust bundle does not match the controller's CA",
+    )
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What joining gives a node: its key (generated locally), certificate chain and bundle."""
+
+    node: str
+    key: PrivateKey
+    chain_pem: bytes
+    bundle_pem: bytes
+
+    def credentials(self) -> Credentials:
+        return Credentials(self.bundle_pem, self.chain_pem, key_to_pem(self.key))
+
+
+async def join_node(
+    join_address: str,
+    token: str,
+    node: str,
+    *,
+    trust_domain: str,
+    bundle_pem: bytes,
+    timeout: float = 10,
+) -> NodeIdentity:
+    """Exchange a one-time join token and a CSR for node `node`'s certificate."""
+    key = generate_key()
+    csr = build_csr(key, node_uri(trust_domain, node))
+    async with grpc.aio.secure_channel(
+        join_address, grpc.ssl_channel_credentials(bundle_pem), options=CHANNEL_OPTIONS
+    ) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        reply = await stub.JoinNode(
+            identity_pb2.JoinNodeRequest(token=token, csr_pem=csr.decode()), timeout=timeout
+        )
+    bundle = "".join(reply.trust_bundle.root_pem).encode()
+    return NodeIdentity(reply.node, key, "".join(reply.cert_chain_pem).encode(), bundle)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    chain_pem: bytes  # leaf first
+    bundle_pem: bytes
+
+
+class DiscoveryStream:
+    """One Watch stream: iterate for updates; ack or nack each version after applying it."""
+
+    def __init__(
+        self,
+        call: grpc.aio.StreamStreamCall[discovery_pb2.WatchRequest, discovery_pb2.WatchUpdate],
+        requests: asyncio.Queue[object],
+    ) -> None:
+        self._call = call
+        self._requests = requests
+
+    def __aiter__(self) -> AsyncIterator[ConfigUpdate]:
+        return self._updates()
+
+    async def _updates(self) -> AsyncIterator[ConfigUpdate]:
+        async for message in self._call:
+            assert isinstance(message, discovery_pb2.WatchUpdate)
+            yield update_from_proto(message)
+
+    async def ack(self, version: int) -> None:
+        await self._requests.put(ack_request(version))
+
+    async def nack(self, version: int, error: str) -> None:
+        await self._requests.put(ack_request(version, error or "rejected"))
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class ControllerClient:
+    """The node-side client of IdentityService and DiscoveryService over mTLS."""
+
+    def __init__(self, address: str, credentials: Credentials) -> None:
+        self.address = address
+        self._channel = grpc.aio.secure_channel(
+            address, credentials.channel_credentials(), options=CHANNEL_OPTIONS
+        )
+        self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
+        self._discovery = discovery_pb2_grpc.DiscoveryServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> ControllerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def create_certificate(
+        self, csr_pem: bytes, validity_seconds: int = 0, timeout: float = 10
+    ) -> IssuedCertificate:
+        reply = await self._identity.CreateCertificate(
+            identity_pb2.CreateCertificateRequest(
+                csr_pem=csr_pem.decode(), validity_seconds=validity_seconds
+            ),
+            timeout=timeout,
+        )
+        return IssuedCertificate(
+            "".join(reply.cert_chain_pem).encode(), "".join(reply.trust_bundle.root_pem).encode()
+        )
+
+    async def trust_bundle(self, timeout: float = 10) -> bytes:
+        reply = await self._identity.GetTrustBundle(
+            identity_pb2.GetTrustBundleRequest(), timeout=timeout
+        )
+        return "".join(reply.root_pem).encode()
+
+    def watch(self, node: str) -> DiscoveryStream:
+        requests: asyncio.Queue[object] = asyncio.Queue()
+        requests.put_nowait(subscribe_request(node))
+
+        async def outgoing() -> AsyncIterator[discovery_pb2.WatchRequest]:
+            while True:
+                item = await requests.get()
+                assert isinstance(item, discovery_pb2.WatchRequest)
+                yield item
+
+        call = self._discovery.Watch(outgoing())
+        return DiscoveryStream(call, requests)
