@@ -250,15 +250,29 @@ def _describe_rpc_error(address: Address, error: Any) -> str:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
+def _product_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ids") from None
+    return ids
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
@@ -267,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m demo.loadgen",
         description=(
-            "Send bounded load through the demo shop: N HTTP requests to the frontend, N/10 "
-            "echo exchanges, N/10 gRPC unary calls and one gRPC stream to ratings. "
+            "Send bounded load through the demo shop: N HTTP requests to the frontend, "
+            "max(1, N/10) echo exchanges, max(1, N/10) gRPC unary calls and one gRPC stream "
+            "to ratings. "
             "Exits 0 only when nothing failed."
         ),
         epilog=(
@@ -276,16 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
             "--ratings 10.0.2.9:9090 --requests 200 --duration-limit 30"
         ),
     )
-    parser.add_argument("--frontend", type=address_argument, required=True, help="HOST:PORT")
-    parser.add_argument("--echo", type=address_argument, required=True, help="HOST:PORT")
-    parser.add_argument("--ratings", type=address_argument, required=True, help="HOST:PORT")
+    for flag, what in (
+        ("--frontend", "the frontend (HTTP/1.1)"),
+        ("--echo", "the echo service (raw TCP)"),
+        ("--ratings", "the ratings service (gRPC)"),
+    ):
+        parser.add_argument(
+            flag, type=address_argument, required=True, metavar="HOST:PORT", help=what
+        )
     parser.add_argument(
-        "--requests", type=_positive_int, required=True, help="HTTP requests to send (N)"
+        "--requests",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="HTTP requests to send; echo exchanges and gRPC unary calls are max(1, N/10) each",
     )
     parser.add_argument(
         "--duration-limit",
         type=_positive_float,
         required=True,
+        metavar="SECONDS",
         help="stop after this many seconds even if not everything was sent",
     )
     parser.add_argument(
@@ -299,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--products",
-        type=lambda text: [int(part) for part in text.split(",")],
+        type=_product_ids,
+        metavar="ID,ID,...",
         default=list(DEFAULT_PRODUCTS),
         help="product ids to cycle through (default: 1,2,3,4)",
     )
