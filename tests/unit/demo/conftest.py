@@ -7,7 +7,15 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from demo_processes import RunningService, ServiceStarter, Shop, SilentBackend, start_service
+from demo_processes import (
+    RunningService,
+    ServiceStarter,
+    Shop,
+    SilentBackend,
+    start_service,
+    start_services,
+    stop_services,
+)
 
 
 @pytest.fixture
@@ -21,24 +29,20 @@ def start() -> Iterator[ServiceStarter]:
         return service
 
     yield starter
-    for service in started:
-        service.stop()
-        service.log_path.unlink(missing_ok=True)
+    stop_services(started)
 
 
 @pytest.fixture(scope="session")
 def shop() -> Iterator[Shop]:
     """The whole demo shop, shared by the tests that only send it traffic."""
-    services: list[RunningService] = []
+    services = start_services(
+        ("catalog",),
+        ("reviews", "--version", "v1"),
+        ("reviews", "--version", "v2"),
+        ("ratings",),
+        ("echo",),
+    )
     try:
-        for module, args in (
-            ("catalog", ()),
-            ("reviews", ("--version", "v1")),
-            ("reviews", ("--version", "v2")),
-            ("ratings", ()),
-            ("echo", ()),
-        ):
-            services.append(start_service(module, *args))
         catalog, reviews_v1, reviews_v2, ratings, echo = services
         frontend = start_service(
             "frontend",
@@ -52,9 +56,7 @@ def shop() -> Iterator[Shop]:
         services.append(frontend)
         yield Shop(catalog, reviews_v1, reviews_v2, ratings, echo, frontend)
     finally:
-        for service in services:
-            service.stop()
-            service.log_path.unlink(missing_ok=True)
+        stop_services(services)
 
 
 @pytest.fixture

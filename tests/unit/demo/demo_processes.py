@@ -48,14 +48,17 @@ class RunningService:
         return self.log_path.read_text()
 
 
-def start_service(module: str, *args: str) -> RunningService:
-    """Start `python -m demo.<module> --host 127.0.0.1 --port 0 ...` and wait for its port.
+@dataclass
+class _Spawned:
+    module: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
 
-    Output goes to a file, not a pipe: a service logging a line per request would block once
-    an unread pipe filled up.
-    """
+
+def _spawn(module: str, *args: str) -> _Spawned:
+    # Output goes to a file, not a pipe: a service logging a line per request would block once
+    # an unread pipe filled up.
     handle, name = tempfile.mkstemp(prefix=f"demo-{module}-", suffix=".log")
-    log_path = Path(name)
     with os.fdopen(handle, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", f"demo.{module}", "--host", "127.0.0.1", "--port", "0", *args],
@@ -63,17 +66,57 @@ def start_service(module: str, *args: str) -> RunningService:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+    return _Spawned(module, process, Path(name))
+
+
+def _wait_listening(spawned: _Spawned) -> RunningService:
+    process, log_path = spawned.process, spawned.log_path
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and process.poll() is None:
         for line in log_path.read_text().splitlines():
             if match := LISTENING.match(line.strip()):
-                return RunningService(
-                    module, process, log_path, match.group(1), int(match.group(2))
-                )
-        time.sleep(0.02)
+                host, port = match.group(1), int(match.group(2))
+                return RunningService(spawned.module, process, log_path, host, port)
+        time.sleep(0.01)
     process.kill()
     process.wait()
-    raise RuntimeError(f"demo.{module} did not announce a port: {log_path.read_text()}")
+    raise RuntimeError(f"demo.{spawned.module} did not announce a port: {log_path.read_text()}")
+
+
+def start_services(*commands: tuple[str, ...]) -> list[RunningService]:
+    """Start several `python -m demo.<module> --host 127.0.0.1 --port 0 ...` at once.
+
+    Each command is (module, *args); returns once every one announced its port.
+    """
+    spawned = [_spawn(*command) for command in commands]
+    started: list[RunningService] = []
+    try:
+        for each in spawned:
+            started.append(_wait_listening(each))
+    except BaseException:
+        for each in spawned[len(started) :]:
+            each.process.kill()
+            each.process.wait()
+        for service in started:
+            service.stop()
+        raise
+    return started
+
+
+def stop_services(services: list[RunningService]) -> None:
+    """SIGTERM every service first and then wait, so their shutdowns overlap."""
+    for service in services:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    for service in services:
+        service.stop()
+        service.log_path.unlink(missing_ok=True)
+
+
+def start_service(module: str, *args: str) -> RunningService:
+    """Start one service and wait for the port it announces."""
+    (service,) = start_services((module, *args))
+    return service
 
 
 ServiceStarter = Callable[..., RunningService]
