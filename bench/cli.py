@@ -54,10 +54,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument(
         "--testbed",
-        choices=("lab", "running", "scratch"),
+        choices=("lab", "running"),
         default="lab",
         help="lab: bring up vm.lab's lab and remove it after (default); running: use the lab "
-        "that is up and leave it; scratch: the bench's own two namespaces-only nodes",
+        "that is up and leave it (the bench workloads stay in it)",
     )
     parser.add_argument("--output", type=Path, help="directory for the JSON result and plots")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

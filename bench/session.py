@@ -20,6 +20,8 @@ from bench.result import BenchResult, PathInfo, describe_commit, describe_machin
 from bench.runner import BenchSettings, run_rounds
 from bench.servers import start_servers
 from bench.testbed import BenchLayout, Testbed, prepare_layout
+from vm.lab.lab import Lab
+from vm.lab.topology import Topology, load_topology
 from weft.errors import ConflictError, UnavailableError, WeftError
 
 Progress = Callable[[str], None]
@@ -45,27 +47,8 @@ def open_testbed(kind: str, progress: Progress) -> Iterator[tuple[Testbed, str, 
 
     "lab": bring up vm.lab's default topology (its first two worker nodes) and tear it down after,
     holding the machine-wide lab lock meanwhile. "running": use the lab that is already up and
-    leave it up. "scratch": the two-node stand-in of bench.scratch_lab.
+    leave it up.
     """
-    if kind == "scratch":
-        from bench.scratch_lab import ScratchLab
-
-        scratch = ScratchLab()
-        progress("bringing up the scratch lab (namespaces weft-bench-*)")
-        try:
-            scratch.up()
-            yield scratch, "a", "b"
-        finally:
-            scratch.down()
-        return
-    try:
-        from vm.lab.lab import Lab
-        from vm.lab.topology import Topology, load_topology
-    except ModuleNotFoundError as exc:
-        raise UnavailableError(
-            f"the lab (vm.lab) is not available in this build: {exc}",
-            hint="run 'weft bench --testbed scratch' to use the bench's own two-node namespaces",
-        ) from exc
 
     def two_workers(topology: Topology) -> tuple[str, str]:
         workers = [node.name for node in topology.workers]

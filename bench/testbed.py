@@ -22,7 +22,7 @@ CONNECTION_RATE_SYSCTLS: Mapping[str, str] = {
 
 
 class Testbed(Protocol):
-    """The part of vm.lab.lab.Lab the benchmark uses (bench.scratch_lab provides the same)."""
+    """The part of vm.lab.lab.Lab the benchmark uses; tests may pass anything shaped like it."""
 
     def workload_ip(self, name: str) -> str: ...
 

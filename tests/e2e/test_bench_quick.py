@@ -1,0 +1,105 @@
+"""A very small `weft bench` in the lab: direct and the stunnel pair, one short round each.
+
+Not a performance test: it checks that the harness measures something real and sane: the
+mTLS pair carries less bulk and far fewer new connections than the plain path, and a meshed
+path that is not built yet is reported with its reason instead of vanishing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.loads import load_named
+from bench.native import build_tools
+from bench.procstats import process_tree
+from bench.runner import BenchSettings
+from bench.session import Selection, SessionOutput, run_session
+from bench.testbed import prepare_layout
+from vm.lab.lab import Lab
+
+TINY = BenchSettings("custom", rounds=1, seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(lab: Lab) -> SessionOutput:
+    workers = [node.name for node in lab.topology.workers]
+    layout = prepare_layout(lab, workers[0], workers[1])
+    selection = Selection(
+        paths=("direct", "weft-cross-node", "stunnel"),
+        loads=tuple(load_named(name) for name in ("bulk", "rr", "connrate")),
+    )
+    return run_session(
+        selection,
+        TINY,
+        testbed=lab,
+        layout=layout,
+        tools=build_tools(),
+        testbed_kind="lab",
+        progress=lambda line: None,
+    )
+
+
+def test_direct_carries_more_bulk_than_the_stunnel_pair(tiny_run: SessionOutput) -> None:
+    result = tiny_run.result
+    assert not result.failures, result.failures
+    direct = result.median("direct", "bulk", "gbit_s")
+    stunnel = result.median("stunnel", "bulk", "gbit_s")
+    assert direct is not None
+    assert stunnel is not None
+    assert 0 < stunnel < direct
+
+
+def test_stunnel_opens_fewer_connections_per_second_than_direct(tiny_run: SessionOutput) -> None:
+    result = tiny_run.result
+    direct = result.median("direct", "connrate", "conn_s")
+    stunnel = result.median("stunnel", "connrate", "conn_s")
+    assert direct is not None
+    assert stunnel is not None
+    assert 0 < stunnel < direct
+
+
+def test_request_response_latencies_are_ordered_and_recorded_for_plots(
+    tiny_run: SessionOutput,
+) -> None:
+    result = tiny_run.result
+    for path in ("direct", "stunnel"):
+        p50, p99 = (result.median(path, "rr", m) for m in ("p50_us", "p99_us"))
+        assert p50 is not None
+        assert p99 is not None
+        assert 0 < p50 <= p99
+        assert len(tiny_run.samples_us[(path, "rr")]) > 100
+    stunnel_p50 = result.median("stunnel", "rr", "p50_us")
+    direct_p50 = result.median("direct", "rr", "p50_us")
+    assert stunnel_p50 is not None
+    assert direct_p50 is not None
+    assert stunnel_p50 > direct_p50
+
+
+def test_stunnel_cost_is_accounted_and_its_processes_are_gone_after(
+    tiny_run: SessionOutput,
+) -> None:
+    result = tiny_run.result
+    info = result.path("stunnel")
+    assert info is not None
+    assert info.mesh_processes == 2
+    assert info.peak_rss_bytes > 1_000_000
+    cores = result.mesh_cores_median("stunnel", "bulk")
+    assert cores is not None
+    assert cores > 0.05
+    assert not [pid for pid in process_tree(1) if _cmdline(pid).startswith("stunnel")]
+
+
+def test_a_path_not_built_yet_is_reported_with_its_reason(tiny_run: SessionOutput) -> None:
+    info = tiny_run.result.path("weft-cross-node")
+    assert info is not None
+    assert not info.available
+    assert "node agent" in (info.reason or "")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
