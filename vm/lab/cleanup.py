@@ -56,6 +56,18 @@ class CleanupReport:
         return "removed " + ", ".join(p for p in parts if p)
 
 
+def find_leftovers() -> dict[str, object]:
+    """What a lab left behind, by kind; empty when nothing is left (used by tests and status)."""
+    found: dict[str, object] = {
+        "netns": lab_namespaces(),
+        "cgroups": cgroups.lab_root().exists(),
+        "pins": BPF_PINS.exists(),
+        "root links": root_links(),
+        "nft tables": root_nft_tables(),
+    }
+    return {kind: value for kind, value in found.items() if value}
+
+
 def lab_namespaces() -> list[str]:
     try:
         return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(NETNS_PREFIX))
@@ -118,7 +130,7 @@ def kill_netns_members(namespaces: list[str]) -> list[int]:
     return killed
 
 
-def delete_root_links() -> list[str]:
+def root_links() -> list[str]:
     names = []
     for line in run(["ip", "-o", "link", "show"], check=False).splitlines():
         parts = line.split(":", 2)
@@ -126,17 +138,28 @@ def delete_root_links() -> list[str]:
             name = parts[1].strip().split("@", 1)[0]
             if name.startswith(LINK_PREFIX):
                 names.append(name)
+    return names
+
+
+def delete_root_links() -> list[str]:
+    names = root_links()
     if names:
         run(["ip", "-force", "-batch", "-"], "".join(f"link del {n}\n" for n in names), check=False)
     return names
 
 
-def delete_root_nft_tables() -> list[str]:
+def root_nft_tables() -> list[str]:
+    """Tables named `weft` in the root netns, as "<family> weft"."""
     tables = []
     for line in run(["nft", "list", "tables"], check=False).splitlines():
         words = line.split()
         if len(words) == 3 and words[0] == "table" and words[2] == NFT_TABLE:
             tables.append(f"{words[1]} {words[2]}")
+    return tables
+
+
+def delete_root_nft_tables() -> list[str]:
+    tables = root_nft_tables()
     for table in tables:
         run(["nft", "delete", "table", *table.split()], check=False)
     return tables

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vm.lab import processes
+from vm.lab import cleanup, processes
 from vm.lab.lab import Lab, require_root
 from vm.lab.state import DEFAULT_STATE_DIR, StateStore
 from vm.lab.topology import DEFAULT_TOPOLOGY, load_topology, parse_topology, with_workers
@@ -144,7 +144,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = StateStore(args.state_dir)
     state = store.load()
     if state is None or not state.topology:
-        status: dict[str, Any] = {"state": "down", "stateFile": str(store.path)}
+        status: dict[str, Any] = {
+            "state": "down",
+            "stateFile": str(store.path),
+            "leftovers": cleanup.find_leftovers(),
+        }
     else:
         topology = parse_topology(state.topology, str(store.path))
         status = Lab(topology, args.state_dir).status()
@@ -160,6 +164,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def print_status_tables(status: dict[str, Any], console: Console) -> None:
     if status["state"] == "down":
         console.print("no lab is running; start one with 'sudo weft lab up --demo'")
+        if status["leftovers"]:
+            console.print(
+                f"[yellow]leftovers of an earlier lab[/]: {status['leftovers']}; "
+                "'sudo weft lab down' removes them (so does the next 'up')"
+            )
         return
     built = status.get("buildSeconds")
     console.print(

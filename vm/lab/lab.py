@@ -111,14 +111,23 @@ class Lab:
             if demo:
                 progress("programming service VIPs (nftables, like kube-proxy)")
                 self._apply_services(state)
-            state.status = UP
             self.store.save(state)
             self._mark("built", started)
             if demo:
                 progress("starting the demo shop")
-                self._start_demo(state)
-            state.build_seconds = round(time.monotonic() - started, 3)
-            self.store.save(state)
+                try:
+                    self._start_demo(state)
+                except processes.ProcessFailedError:
+                    # Up, if broken, so `status` shows what failed; only a crash (or ^C)
+                    # leaves "building" behind, which the next `up` cleans away by itself.
+                    self._finish(state, started)
+                    raise
+            self._finish(state, started)
+
+    def _finish(self, state: LabState, started: float) -> None:
+        state.status = UP
+        state.build_seconds = round(time.monotonic() - started, 3)
+        self.store.save(state)
 
     def down(self) -> CleanupReport:
         """Stop every lab process and remove everything the lab created; safe to repeat."""
