@@ -41,7 +41,12 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        """The target's path, also from the absolute form (`http://host/p`) a proxy may send."""
+        target = self.target
+        if target.startswith(("http://", "https://")):
+            slash = target.find("/", target.index("//") + 2)
+            target = target[slash:] if slash >= 0 else "/"
+        return target.split("?", 1)[0]
 
     @property
     def keep_alive(self) -> bool:

@@ -171,3 +171,17 @@ def test_any_split_of_encoded_requests_parses_back_to_the_same_requests(
             assert isinstance(message, Request)
             parsed.append(message)
     assert [(m.method, m.target, m.body) for m in parsed] == requests
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/products/1?x=1", "/products/1"),
+        ("http://10.0.0.1:8080/products/1", "/products/1"),
+        ("http://10.0.0.1:8080", "/"),
+    ],
+)
+def test_path_drops_query_and_absolute_form_authority(target: str, path: str) -> None:
+    (request,) = parse_all("request", f"GET {target} HTTP/1.1\r\n\r\n".encode())
+    assert isinstance(request, Request)
+    assert request.path == path
