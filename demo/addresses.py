@@ -23,7 +23,7 @@ def parse_address(text: str) -> Address:
         host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT (for example 10.0.1.5:8080)")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r} has no valid port (1-65535) after the colon")
     return Address(host, int(port_text))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from demo.addresses import Address, parse_address
 
@@ -33,3 +35,21 @@ def test_parses_and_prints_back_host_port(text: str, address: Address) -> None:
 def test_rejects_bad_addresses_saying_why(text: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse_address(text)
+
+
+@given(
+    st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)),
+    st.integers(min_value=1, max_value=65535),
+)
+def test_any_ip_and_port_round_trips(host: str, port: int) -> None:
+    assert parse_address(str(Address(host, port))) == Address(host, port)
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_or_raises_value_error(text: str) -> None:
+    try:
+        address = parse_address(text)
+    except ValueError:
+        return
+    assert 0 < address.port < 65536
+    assert address.host
