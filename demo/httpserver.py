@@ -66,8 +66,8 @@ class HttpServer:
     handler: Handler
     idle_timeout: float = 120.0
     _server: asyncio.Server | None = None
-    _connections: set[asyncio.Task[None]] = field(default_factory=set)
-    _state: dict[asyncio.Task[None], _Connection] = field(default_factory=dict)
+    # Connection tasks, so shutdown can tell idle keep-alive connections from busy ones.
+    _connections: dict[asyncio.Task[None], _Connection] = field(default_factory=dict)
     _closing: bool = False
 
     async def start(self, host: str, port: int) -> int:
@@ -83,7 +83,7 @@ class HttpServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for task, connection in list(self._state.items()):
+        for task, connection in list(self._connections.items()):
             if not connection.busy:
                 task.cancel()
         if self._connections:
@@ -98,17 +98,14 @@ class HttpServer:
         task = asyncio.current_task()
         connection = _Connection(writer)
         if task is not None:
-            # Tracked so shutdown can tell idle keep-alive connections from busy ones.
-            self._connections.add(task)
-            self._state[task] = connection
+            self._connections[task] = connection
         try:
             await self._serve(reader, writer, connection)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             if task is not None:
-                self._connections.discard(task)
-                self._state.pop(task, None)
+                self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
