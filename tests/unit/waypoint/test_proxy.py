@@ -1,0 +1,585 @@
+"""The asyncio proxy shell on loopback: real sockets, a real backend, the whole request path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from waypoint.config import (
+    AuthorizationAction,
+    AuthorizationPolicy,
+    BackendRef,
+    ConnectionPool,
+    FaultAbort,
+    FaultInjection,
+    HeaderMatch,
+    LoadBalancer,
+    LoadBalancerPolicy,
+    Operation,
+    OutlierDetection,
+    PathMatch,
+    PathMatchType,
+    RateLimit,
+    RequestRedirect,
+    ResponseHeaderModifier,
+    RetryOn,
+    RetryPolicy,
+    Route,
+    RouteMatch,
+    Rule,
+    ServiceConfig,
+    Timeouts,
+    TrafficPolicy,
+    WaypointConfig,
+)
+from waypoint.http1 import (
+    Data,
+    EndOfMessage,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    serialize_response_head,
+)
+from waypoint.proxy import WaypointProxy
+from waypoint.telemetry import RequestRecord
+
+HOST = "reviews.default.svc.cluster.local"
+V1 = BackendRef(name="reviews-v1", port=9080)
+V2 = BackendRef(name="reviews-v2", port=9080)
+TEST_TIMEOUT_S = 10
+
+
+# --- a backend that behaves as each test needs ----------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """An HTTP/1.1 server on loopback: /status/<code>, /slow/<ms>, /reset, /flaky/<n>, else echo."""
+
+    name: str
+    server: asyncio.Server | None = None
+    port: int = 0
+    connections: int = 0
+    requests: list[Request] = field(default_factory=list)
+    flaky_failures: int = 0
+
+    async def start(self) -> Backend:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        parser = RequestParser()
+        request: Request | None = None
+        body = b""
+        try:
+            while data := await reader.read(65536):
+                for event in parser.feed(data):
+                    if isinstance(event, Request):
+                        request, body = event, b""
+                    elif isinstance(event, Data):
+                        body += event.data
+                    elif isinstance(event, EndOfMessage) and request is not None:
+                        self.requests.append(request)
+                        if not await self._respond(request, body, writer):
+                            return
+        finally:
+            writer.close()
+
+    async def _respond(self, request: Request, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        parts = request.target.strip("/").split("/")
+        status, payload = 200, b""
+        if parts[0] == "status":
+            status = int(parts[1])
+        elif parts[0] == "slow":
+            await asyncio.sleep(int(parts[1]) / 1000)
+        elif parts[0] == "reset":
+            return False
+        elif parts[0] == "flaky" and self.flaky_failures < int(parts[1]):
+            self.flaky_failures += 1
+            status = 503
+        if status == 200:
+            payload = json.dumps(
+                {"backend": self.name, "target": request.target, "headers": request.headers,
+                 "body": body.decode("latin-1")}
+            ).encode()  # fmt: skip
+        headers = [("content-length", str(len(payload))), ("x-backend", self.name)]
+        writer.write(serialize_response_head(status, "X", headers) + payload)
+        await writer.drain()
+        return True
+
+
+# --- a client ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    response: Response
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+    @property
+    def reason(self) -> str | None:
+        return self.response.header("x-weft-reason")
+
+
+class Client:
+    """One keep-alive connection to the proxy."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.parser = ResponseParser()
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, raw: bytes, method: str = "GET") -> Answer:
+        self.parser.expect(method)
+        self.writer.write(raw)
+        await self.writer.drain()
+        response: Response | None = None
+        body = b""
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), TEST_TIMEOUT_S)
+            events = self.parser.feed(data) if data else self.parser.feed_eof()
+            for event in events:
+                if isinstance(event, Response) and not event.informational:
+                    response = event
+                elif isinstance(event, Data):
+                    body += event.data
+                elif isinstance(event, EndOfMessage):
+                    assert response is not None
+                    return Answer(response, body)
+
+    async def get(self, target: str, *headers: str, host: str = HOST) -> Answer:
+        extra = "".join(f"{h}\r\n" for h in headers)
+        return await self.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+
+    async def closed_by_peer(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), TEST_TIMEOUT_S) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+Scenario = Callable[[WaypointProxy, int, list[Backend], list[RequestRecord]], Awaitable[None]]
+
+
+def run(
+    scenario: Scenario,
+    routes: tuple[Route, ...],
+    backends: int = 1,
+    endpoints: dict[str, list[str]] | None = None,
+    **config: object,
+) -> None:
+    """Start backends and a proxy on loopback, run the scenario, tear everything down."""
+
+    async def main() -> None:
+        started = [await Backend(f"b{i}").start() for i in range(backends)]
+        records: list[RequestRecord] = []
+        waypoint = WaypointConfig(
+            services=(ServiceConfig(hostname=HOST, port=9080, routes=routes),),
+            **config,  # type: ignore[arg-type]
+        )
+        mapping = {V1.authority: [started[0].endpoint]}
+        if endpoints is not None:  # "backend:<n>" stands for the n-th started backend
+            mapping = {
+                authority: [
+                    started[int(e.split(":")[1])].endpoint if e.startswith("backend:") else e
+                    for e in addresses
+                ]
+                for authority, addresses in endpoints.items()
+            }
+        if backends > 1 and endpoints is None:
+            mapping = {V1.authority: [started[0].endpoint], V2.authority: [started[1].endpoint]}
+        proxy = WaypointProxy(waypoint, mapping, access_log=records.append)
+        _, port = await proxy.start()
+        try:
+            await asyncio.wait_for(scenario(proxy, port, started, records), TEST_TIMEOUT_S)
+        finally:
+            await proxy.close()
+            for backend in started:
+                await backend.stop()
+
+    asyncio.run(main())
+
+
+def prefix(value: str, *headers: HeaderMatch) -> RouteMatch:
+    return RouteMatch(path=PathMatch(PathMatchType.PATH_PREFIX, value), headers=headers)
+
+
+DEFAULT = (Route("default", backends=(V1,)),)
+
+
+# --- behaviour ---------------------------------------------------------------------------------
+
+
+def test_request_is_forwarded_with_request_id_and_trace_context() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get(
+            "/items?id=1", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )
+        client.close()
+        assert answer.response.status == 200
+        seen = dict(tuple(h) for h in answer.json()["headers"])  # type: ignore[union-attr]
+        assert answer.json()["target"] == "/items?id=1"
+        assert "x-request-id" in seen
+        assert seen["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        assert seen["traceparent"] != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        (record,) = records
+        assert (record.response_code, record.route_name, record.upstream_host) == (
+            200,
+            "default",
+            backends[0].endpoint,
+        )
+        assert record.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert 'response_code="200"' in proxy.metrics.exposition().decode()
+
+    run(scenario, DEFAULT)
+
+
+def test_header_match_sends_a_canary_user_to_v2_and_edits_the_response() -> None:
+    routes = (
+        Route("canary", matches=(prefix("/", HeaderMatch("x-user", "jason")),), backends=(V2,),
+              filters=(ResponseHeaderModifier(set=(("x-route", "canary"),)),)),
+        Route("default", backends=(V1,)),
+    )  # fmt: skip
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        canary = await client.get("/", "x-user: jason")
+        plain = await client.get("/")
+        client.close()
+        assert (canary.json()["backend"], canary.response.header("x-route")) == ("b1", "canary")
+        assert (plain.json()["backend"], plain.response.header("x-route")) == ("b0", None)
+
+    run(scenario, routes, backends=2)
+
+
+def test_upstream_connection_is_reused_across_requests() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        for _ in range(3):
+            assert (await client.get("/")).response.status == 200
+        client.close()
+        assert backends[0].connections == 1
+
+    run(scenario, DEFAULT)
+
+
+def test_denied_request_gets_rbac_403_and_the_connection_stays_usable() -> None:
+    deny = AuthorizationPolicy("deny-admin", "default", AuthorizationAction.DENY,
+                               (Rule(operations=(Operation(paths=("/admin*",)),)),))  # fmt: skip
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        denied = await client.send(
+            f"POST /public/../admin HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\n"
+            "hello".encode(),
+            "POST",
+        )
+        allowed = await client.get("/public")
+        client.close()
+        assert (denied.response.status, denied.body, denied.reason) == (
+            403,
+            b"RBAC: access denied",
+            "rbac_access_denied",
+        )
+        assert allowed.response.status == 200
+        assert records[0].authz_policy == "default/deny-admin"
+        assert len(backends[0].requests) == 1
+
+    run(scenario, DEFAULT, authorization_policies=(deny,))
+
+
+def test_unknown_host_and_unmatched_path_are_404() -> None:
+    routes = (Route("api", matches=(prefix("/api"),), backends=(V1,)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        assert (await client.get("/api", host="other.svc")).reason == "route_not_found"
+        assert (await client.get("/web")).response.status == 404
+        assert (await client.get("/api/x", host="reviews:9080")).response.status == 200
+        client.close()
+
+    run(scenario, routes)
+
+
+def test_a_503_is_retried_and_the_client_sees_the_success() -> None:
+    routes = (
+        Route(
+            "r",
+            backends=(V1,),
+            retry=RetryPolicy(
+                attempts=2,
+                retry_on=frozenset({RetryOn.SERVER_ERROR}),
+                backoff_base_s=0.001,
+                backoff_max_s=0.001,
+            ),
+        ),
+    )
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/flaky/1")
+        client.close()
+        assert answer.response.status == 200
+        assert records[0].attempts == 2
+
+    run(scenario, routes)
+
+
+def test_per_try_timeout_gives_504_at_the_deadline() -> None:
+    routes = (Route("r", backends=(V1,), timeouts=Timeouts(backend_request_s=0.1)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        started = time.monotonic()
+        answer = await client.get("/slow/1000")
+        elapsed = time.monotonic() - started
+        client.close()
+        assert (answer.response.status, answer.body, answer.reason) == (
+            504,
+            b"upstream request timeout",
+            "upstream_request_timeout",
+        )
+        assert 0.09 <= elapsed < 0.6
+
+    run(scenario, routes)
+
+
+def test_refused_connection_is_503_upstream_connect_error() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/")
+        client.close()
+        assert (answer.response.status, answer.reason) == (503, "upstream_connect_error")
+
+    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),),
+        endpoints={V1.authority: [f"127.0.0.1:{closed_port()}"]})  # fmt: skip
+
+
+def test_backend_reset_before_headers_is_503_upstream_reset() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/reset")
+        client.close()
+        assert (answer.response.status, answer.reason) == (503, "upstream_reset")
+
+    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),))
+
+
+def test_backend_without_endpoints_is_no_healthy_upstream() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/")
+        client.close()
+        assert (answer.response.status, answer.body) == (503, b"no healthy upstream")
+
+    run(scenario, DEFAULT, endpoints={V1.authority: []})
+
+
+def test_local_rate_limit_answers_429_once_tokens_run_out() -> None:
+    routes = (Route("r", backends=(V1,), filters=(RateLimit(max_tokens=2, fill_interval_s=60),)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        statuses = [(await client.get("/")).response.status for _ in range(3)]
+        client.close()
+        assert statuses == [200, 200, 429]
+
+    run(scenario, routes)
+
+
+def test_injected_abort_answers_with_its_code() -> None:
+    routes = (Route("r", backends=(V1,), filters=(FaultInjection(abort=FaultAbort(418, 100)),)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/")
+        client.close()
+        assert (answer.response.status, answer.reason) == (418, "fault_injected")
+        assert backends[0].requests == []
+
+    run(scenario, routes)
+
+
+def test_redirect_is_answered_by_the_waypoint() -> None:
+    routes = (Route("r", filters=(RequestRedirect(scheme="https", status_code=301),)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.get("/a?b=1")
+        client.close()
+        assert (answer.response.status, answer.response.header("location")) == (
+            301,
+            f"https://{HOST}/a?b=1",
+        )
+
+    run(scenario, routes)
+
+
+def test_chunked_request_body_is_reframed_with_its_length() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.send(
+            f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".encode(),
+            "POST",
+        )
+        client.close()
+        assert answer.json()["body"] == "hello world"
+        assert backends[0].requests[0].header("content-length") == "11"
+
+    run(scenario, DEFAULT)
+
+
+def test_body_above_the_buffer_limit_is_streamed_intact() -> None:
+    payload = bytes(range(256)) * 1024  # 256 KiB, four times the buffer limit
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        head = f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        answer = await client.send(head.encode() + payload, "POST")
+        client.close()
+        assert answer.json()["body"].encode("latin-1") == payload  # type: ignore[union-attr]
+        assert backends[0].requests[0].header("transfer-encoding") == "chunked"
+        assert records[0].bytes_received == len(payload)
+
+    run(scenario, DEFAULT)
+
+
+def test_expect_100_continue_is_answered_by_the_waypoint() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"PUT /echo HTTP/1.1\r\nHost: {HOST}\r\nExpect: 100-continue\r\n"
+            "Content-Length: 2\r\n\r\n".encode()
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TEST_TIMEOUT_S)
+        writer.write(b"ok")
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TEST_TIMEOUT_S)
+        writer.close()
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert final.startswith(b"HTTP/1.1 200")
+        assert backends[0].requests[0].header("expect") is None
+
+    run(scenario, DEFAULT)
+
+
+def test_circuit_opens_beyond_connection_and_pending_limits() -> None:
+    policy = TrafficPolicy(
+        connection_pool=ConnectionPool(max_connections=1, max_pending_requests=0)
+    )
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        slow, fast = await Client.connect(port), await Client.connect(port)
+        slow_answer = asyncio.create_task(slow.get("/slow/300"))
+        await asyncio.sleep(0.1)
+        rejected = await fast.get("/")
+        assert (rejected.response.status, rejected.reason) == (503, "circuit_open")
+        assert b"http.http1MaxPendingRequests" in rejected.body
+        assert (await slow_answer).response.status == 200
+        slow.close()
+        fast.close()
+
+    run(scenario, DEFAULT, traffic_policies=((V1.authority, policy),))
+
+
+def test_outlier_detection_ejects_the_failing_endpoint() -> None:
+    policy = TrafficPolicy(
+        load_balancer=LoadBalancer(LoadBalancerPolicy.ROUND_ROBIN),
+        outlier_detection=OutlierDetection(
+            consecutive_5xx_errors=2, base_ejection_time_s=30, max_ejection_percent=50
+        ),
+    )
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        # The broken endpoint refuses connections: two failures in a row eject it.
+        statuses = [(await client.get("/")).response.status for _ in range(8)]
+        client.close()
+        assert statuses[:4].count(503) == 2
+        assert statuses[4:] == [200, 200, 200, 200]
+
+    endpoints = {V1.authority: [f"127.0.0.1:{closed_port()}", "backend:0"]}
+    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),),
+        endpoints=endpoints, traffic_policies=((V1.authority, policy),))  # fmt: skip
+
+
+def test_malformed_request_gets_400_and_the_connection_closes() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        answer = await client.send(
+            f"GET / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        assert (answer.response.status, answer.reason) == (400, "downstream_protocol_error")
+        assert await client.closed_by_peer()
+        client.close()
+
+    run(scenario, DEFAULT)

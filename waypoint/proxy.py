@@ -1,0 +1,569 @@
+"""The waypoint's first asyncio shell: an HTTP/1.1 proxy from a plain-TCP listener to plain-TCP
+backends, applying authorization, routing, filters, retries and timeouts on the way.
+
+Every decision is made by the sans-I/O modules (http1, authz, routing, resilience, responses,
+telemetry); this module reads and writes bytes, sleeps when a decision says so and arms the
+timers the retry machine asks for. HBONE in and out will replace the two plain-TCP ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random as random_module
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from waypoint import responses
+from waypoint.authz import AuthzRequest, evaluate
+from waypoint.config import (
+    BackendRef,
+    FaultInjection,
+    RateLimit,
+    Route,
+    ServiceConfig,
+    WaypointConfig,
+)
+from waypoint.http1 import (
+    CONTINUE,
+    LAST_CHUNK,
+    BodyFraming,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    Http1Error,
+    Request,
+    RequestParser,
+    encode_chunk,
+    serialize_request_head,
+    serialize_response_head,
+)
+from waypoint.resilience import (
+    Clock,
+    Deliver,
+    Failure,
+    GiveUp,
+    RandomSource,
+    RequestRetries,
+    ResponseReceived,
+    RouteGuards,
+    StartAttempt,
+    WaitBackoff,
+    decide_fault,
+)
+from waypoint.routing import (
+    Forward,
+    NoBackend,
+    NoRoute,
+    Redirect,
+    RouteRequest,
+    apply_header_modifier,
+    route_request,
+)
+from waypoint.telemetry import (
+    RandomBytes,
+    RequestRecord,
+    WaypointMetrics,
+    access_log_line,
+    propagate,
+)
+from waypoint.upstream import (
+    Attempt,
+    CircuitOpen,
+    NoHealthyEndpoint,
+    UpstreamBackend,
+)
+
+Headers = tuple[tuple[str, str], ...]
+READ_SIZE = 64 * 1024
+ACCESS_LOG = logging.getLogger("weft.waypoint.access")
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the framing this proxy rewrites on each side.
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+        "upgrade", "content-length", "expect", "http2-settings",
+    }
+)  # fmt: skip
+
+
+def _end_to_end(headers: Headers) -> list[tuple[str, str]]:
+    """Drop hop-by-hop fields, including those the Connection header names."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+
+
+@dataclass
+class _ClientSide:
+    """The downstream connection: its parser and events not consumed yet."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parser: RequestParser
+    pending: deque[Event] = field(default_factory=deque)
+
+    async def next_event(self) -> Event:
+        while not self.pending:
+            data = await self.reader.read(READ_SIZE)
+            self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
+        return self.pending.popleft()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+@dataclass
+class _Exchange:
+    """What is learnt about one request as it goes; becomes its RequestRecord."""
+
+    request: Request
+    started: float
+    start_time: str
+    request_id: str
+    trace_id: str = "-"
+    route_name: str = "-"
+    upstream_cluster: str = "-"
+    upstream_host: str = "-"
+    attempts: int = 0
+    authz_policy: str = "-"
+    audit_policies: tuple[str, ...] = ()
+    destination_service: str = "unknown"
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    status: int = 0
+    flags: str = "-"
+    body_read: bool = False  # the request's EndOfMessage has been consumed
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A request body read ahead: `data` complete, or its first part with the rest to stream."""
+
+    data: bytes
+    complete: bool
+
+
+class WaypointProxy:
+    """Serves HTTP/1.1 on a listener and forwards to the backends of `config`.
+
+    `endpoints` maps a backend's authority (`name.namespace:port`) to its endpoint addresses
+    (`ip:port`). Time and randomness are injected like everywhere else in the waypoint.
+    """
+
+    def __init__(
+        self,
+        config: WaypointConfig,
+        endpoints: Mapping[str, Sequence[str]],
+        *,
+        clock: Clock = time.monotonic,
+        random: RandomSource = random_module.random,
+        random_bytes: RandomBytes = os.urandom,
+        metrics: WaypointMetrics | None = None,
+        access_log: Callable[[RequestRecord], None] | None = None,
+        connect_timeout_s: float = 1.0,
+        max_header_bytes: int = 64 * 1024,
+    ) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.clock = clock
+        self.random = random
+        self.random_bytes = random_bytes
+        self.metrics = metrics or WaypointMetrics()
+        self.access_log = access_log
+        self.connect_timeout_s = connect_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.guards = RouteGuards()
+        self._backends: dict[str, UpstreamBackend] = {}
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen; returns the bound address (port 0 picks a free one)."""
+        self._server = await asyncio.start_server(self._serve_client, host, port)
+        address = self._server.sockets[0].getsockname()
+        return address[0], address[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for backend in self._backends.values():
+            backend.close()
+
+    # --- the client connection ---------------------------------------------------------------
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        client = _ClientSide(reader, writer, RequestParser(self.max_header_bytes))
+        try:
+            while True:
+                event = await client.next_event()
+                if isinstance(event, ConnectionClosed):
+                    break
+                if not isinstance(event, Request):
+                    continue  # leftovers of a request a local reply did not read: skip
+                if not await self._handle(client, event):
+                    break
+        except Http1Error as error:
+            # Nothing of a response has been written when the request parser fails.
+            reply = responses.protocol_error(error)
+            writer.write(reply.encode(keep_alive=False))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, client: _ClientSide, request: Request) -> bool:
+        """Serve one request; False if the client connection must close afterwards."""
+        exchange = _Exchange(
+            request=request,
+            started=self.clock(),
+            start_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            request_id=request.header("x-request-id") or str(uuid.uuid4()),
+        )
+        try:
+            return await self._serve(client, exchange)
+        finally:
+            self._report(exchange)
+
+    async def _serve(self, client: _ClientSide, exchange: _Exchange) -> bool:
+        request = exchange.request
+        if request.upgrade == "CONNECT":
+            reply = responses.LocalReply(501, "connect_not_supported", b"CONNECT is not proxied")
+            return await self._reply(client, exchange, reply, keep_alive=False)
+        service = self._service_for(request.header("host"))
+        routing_view = RouteRequest.from_target(request.method, request.target, request.headers)
+        if service is None:
+            return await self._reply(client, exchange, responses.route_not_found())
+        exchange.destination_service = service.hostname
+        decision_authz = evaluate(
+            self.config.authorization_policies,
+            AuthzRequest(request.method, routing_view.path, service.port, request.headers),
+        )
+        exchange.audit_policies = decision_authz.audited
+        exchange.authz_policy = decision_authz.policy or "-"
+        if not decision_authz.allowed:
+            return await self._reply(client, exchange, responses.rbac_denied())
+        decision = route_request(service.routes, routing_view, self.random)
+        if isinstance(decision, NoRoute):
+            return await self._reply(client, exchange, responses.route_not_found())
+        exchange.route_name = decision.matched.route.name
+        if isinstance(decision, NoBackend):
+            return await self._reply(client, exchange, responses.no_backend())
+        if isinstance(decision, Redirect):
+            reply = responses.redirect(decision.status, decision.location)
+            return await self._reply(client, exchange, reply)
+        local = await self._apply_guards(decision.matched.route)
+        if local is not None:
+            return await self._reply(client, exchange, local)
+        return await self._forward(client, exchange, decision)
+
+    def _service_for(self, host: str | None) -> ServiceConfig | None:
+        """The logical service a Host names: full hostname, `name.namespace` or `name`."""
+        if host is None:
+            return None
+        name, _, port = host.partition(":")
+        for service in self.config.services:
+            short = service.hostname.split(".")
+            names = {service.hostname, short[0], ".".join(short[:2])}
+            if name in names and (not port or port == str(service.port)):
+                return service
+        return None
+
+    async def _apply_guards(self, route: Route) -> responses.LocalReply | None:
+        """Local rate limit, then fault injection, in the route's filter order."""
+        for route_filter in route.filters:
+            if isinstance(route_filter, RateLimit):
+                bucket = self.guards.bucket(route.name, route_filter, self.clock)
+                if not bucket.try_take():
+                    return responses.rate_limited()
+            elif isinstance(route_filter, FaultInjection):
+                fault = decide_fault(route_filter, self.random)
+                if fault.delay_s:
+                    await asyncio.sleep(fault.delay_s)
+                if fault.abort_status is not None:
+                    return responses.fault_abort(fault.abort_status)
+        return None
+
+    # --- forwarding ------------------------------------------------------------------------------
+
+    def _backend(self, ref: BackendRef) -> UpstreamBackend:
+        backend = self._backends.get(ref.authority)
+        if backend is None:
+            backend = UpstreamBackend(
+                ref.authority,
+                self.endpoints.get(ref.authority, ()),
+                self.config.traffic_policy_for(ref),
+                clock=self.clock,
+                random=self.random,
+                connect_timeout_s=self.connect_timeout_s,
+            )
+            self._backends[ref.authority] = backend
+        return backend
+
+    async def _read_body(self, client: _ClientSide, exchange: _Exchange) -> _Body:
+        """Read the body up to the buffer limit: within it, it can be replayed on a retry."""
+        request = exchange.request
+        if request.framing is BodyFraming.NONE:
+            await client.next_event()  # the EndOfMessage the parser emitted with the head
+            exchange.body_read = True
+            return _Body(b"", complete=True)
+        if request.expects_continue:
+            await client.send(CONTINUE)  # as Envoy does by default: answer it here, not proxy it
+        parts: list[bytes] = []
+        size = 0
+        while size <= self.config.request_body_buffer_limit:
+            event = await client.next_event()
+            if isinstance(event, EndOfMessage):
+                exchange.body_read = True
+                return _Body(b"".join(parts), complete=True)
+            if isinstance(event, Data):
+                parts.append(event.data)
+                size += len(event.data)
+        return _Body(b"".join(parts), complete=False)
+
+    async def _body_tail(self, client: _ClientSide, exchange: _Exchange) -> AsyncIterator[bytes]:
+        while True:
+            event = await client.next_event()
+            if isinstance(event, EndOfMessage):
+                exchange.body_read = True
+                return
+            if isinstance(event, Data):
+                exchange.bytes_received += len(event.data)
+                yield event.data
+
+    def _upstream_head(self, decision: Forward, exchange: _Exchange, body: _Body) -> bytes:
+        headers = _end_to_end(decision.headers)
+        headers = [(n, v) for n, v in headers if n not in ("x-request-id", "traceparent")]
+        trace = propagate(exchange.request.header("traceparent"), self.random_bytes)
+        exchange.trace_id = trace.trace_id
+        headers.append(("x-request-id", exchange.request_id))
+        headers.append(("traceparent", trace.header_value()))
+        if body.complete:
+            if body.data or exchange.request.framing is not BodyFraming.NONE:
+                headers.append(("content-length", str(len(body.data))))
+        else:
+            headers.append(("transfer-encoding", "chunked"))
+        return serialize_request_head(decision.method, decision.target, headers)
+
+    async def _forward(self, client: _ClientSide, exchange: _Exchange, decision: Forward) -> bool:
+        route = decision.matched.route
+        backend = self._backend(decision.backend)
+        exchange.upstream_cluster = backend.authority
+        body = await self._read_body(client, exchange)
+        exchange.bytes_received = len(body.data)
+        head = self._upstream_head(decision, exchange, body)
+        retries = RequestRetries(
+            route.timeouts,
+            route.retry,
+            self.clock,
+            self.random,
+            body_buffer_limit=self.config.request_body_buffer_limit,
+        )
+        if not body.complete:
+            retries.note_body_bytes(self.config.request_body_buffer_limit + 1)
+        wire_body = body.data if body.complete else encode_chunk(body.data)
+        tail = None if body.complete else self._body_tail(client, exchange)
+        step = retries.begin()
+        attempt: Attempt | None = None
+        while True:
+            if isinstance(step, StartAttempt):
+                exchange.attempts = step.attempt
+                result = await self._timed_attempt(
+                    backend, decision, head, wire_body, tail=tail, deadline=step.deadline
+                )
+                tail = None  # a streamed body is gone after the first try
+                if isinstance(result, NoHealthyEndpoint):
+                    return await self._reply(client, exchange, responses.no_healthy_upstream())
+                if isinstance(result, CircuitOpen):
+                    return await self._reply(client, exchange, responses.circuit_open(result.limit))
+                if result is None:  # the try's deadline passed
+                    step = retries.on_timer() or retries.on_outcome(Failure.PER_TRY_TIMEOUT)
+                    continue
+                if isinstance(result, Failure):
+                    step = retries.on_outcome(result)
+                    continue
+                attempt = result
+                assert attempt.response is not None
+                exchange.upstream_host = attempt.endpoint
+                step = retries.on_outcome(ResponseReceived(attempt.response.status))
+                if not isinstance(step, Deliver):
+                    backend.finish(attempt, reusable=False)
+                    attempt = None
+            elif isinstance(step, WaitBackoff):
+                wake = retries.deadline() or step.until  # the request timeout may come first
+                await asyncio.sleep(max(0.0, wake - self.clock()))
+                step = retries.on_timer() or step
+            elif isinstance(step, GiveUp):
+                reply = (
+                    responses.upstream_timeout()
+                    if step.failure is None
+                    else responses.upstream_failure(step.failure)
+                )
+                return await self._reply(client, exchange, reply)
+            else:  # Deliver
+                assert attempt is not None
+                return await self._deliver(client, exchange, decision, backend, attempt)
+
+    async def _timed_attempt(
+        self,
+        backend: UpstreamBackend,
+        decision: Forward,
+        head: bytes,
+        body: bytes,
+        *,
+        tail: AsyncIterator[bytes] | None,
+        deadline: float | None,
+    ) -> Attempt | Failure | NoHealthyEndpoint | CircuitOpen | None:
+        """One try, cut off at its deadline (None is returned when the deadline passed)."""
+        coroutine = backend.attempt(decision.method, head, body, decision.headers, tail)
+        if deadline is None:
+            return await coroutine
+        try:
+            return await asyncio.wait_for(coroutine, max(0.0, deadline - self.clock()))
+        except TimeoutError:
+            return None
+
+    async def _deliver(
+        self,
+        client: _ClientSide,
+        exchange: _Exchange,
+        decision: Forward,
+        backend: UpstreamBackend,
+        attempt: Attempt,
+    ) -> bool:
+        """Stream the chosen response to the client, then return the connection to the pool."""
+        response = attempt.response
+        assert response is not None
+        request = exchange.request
+        headers: Headers = tuple(_end_to_end(response.headers))
+        for modifier in decision.response_modifiers:
+            headers = apply_header_modifier(headers, modifier)
+        bodyless = request.method == "HEAD" or response.status in (204, 304)
+        keep_alive = request.keep_alive
+        chunked = False
+        out = list(headers)
+        if request.method == "HEAD" and response.content_length is not None:
+            out.append(("content-length", str(response.content_length)))
+        elif not bodyless:
+            if response.framing is BodyFraming.CONTENT_LENGTH:
+                out.append(("content-length", str(response.content_length)))
+            elif response.framing is BodyFraming.NONE:
+                out.append(("content-length", "0"))
+            elif request.http_version == "1.1":
+                out.append(("transfer-encoding", "chunked"))
+                chunked = True
+            else:
+                keep_alive = False  # an HTTP/1.0 client learns the end of the body by the close
+        if not keep_alive:
+            out.append(("connection", "close"))
+        exchange.status = response.status
+        await client.send(serialize_response_head(response.status, response.reason, out))
+        reusable = response.keep_alive
+        try:
+            if response.framing is not BodyFraming.NONE:
+                while True:
+                    (event,) = await backend.body_events(attempt)
+                    if isinstance(event, EndOfMessage):
+                        if chunked:
+                            await client.send(LAST_CHUNK)
+                        break
+                    assert isinstance(event, Data)
+                    exchange.bytes_sent += len(event.data)
+                    await client.send(encode_chunk(event.data) if chunked else event.data)
+            else:
+                await backend.body_events(attempt)  # the EndOfMessage of a bodiless response
+        except (ConnectionError, Http1Error):
+            # Headers are already out: the only honest signal left is closing the connection.
+            backend.finish(attempt, reusable=False)
+            exchange.flags = "upstream_reset_after_headers"
+            return False
+        backend.finish(attempt, reusable=reusable)
+        if request.upgrade is not None:
+            client.pending.extend(client.parser.resume())
+        return keep_alive
+
+    # --- local replies and telemetry -----------------------------------------------------------
+
+    async def _reply(
+        self,
+        client: _ClientSide,
+        exchange: _Exchange,
+        reply: responses.LocalReply,
+        keep_alive: bool = True,
+    ) -> bool:
+        """Send a local reply. A request body not read yet is drained if small, else we close."""
+        request = exchange.request
+        keep_alive = keep_alive and request.keep_alive
+        if keep_alive and not await self._drain(client, exchange):
+            keep_alive = False
+        exchange.status = reply.status
+        exchange.flags = reply.reason
+        exchange.bytes_sent = 0 if request.method == "HEAD" else len(reply.body)
+        await client.send(reply.encode(keep_alive, head_only=request.method == "HEAD"))
+        if keep_alive and request.upgrade is not None:
+            client.pending.extend(client.parser.resume())
+        return keep_alive
+
+    async def _drain(self, client: _ClientSide, exchange: _Exchange) -> bool:
+        """Skip the rest of the request body; False if it is too large to bother (or was being
+        streamed to a backend when things failed): the connection then closes instead."""
+        if exchange.body_read:
+            return True
+        if exchange.bytes_received:
+            return False  # part of it went upstream already; its framing state is unknown
+        skipped = 0
+        while skipped <= self.config.request_body_buffer_limit:
+            event = await client.next_event()
+            if isinstance(event, EndOfMessage):
+                exchange.body_read = True
+                return True
+            if isinstance(event, Data):
+                skipped += len(event.data)
+        return False
+
+    def _report(self, exchange: _Exchange) -> None:
+        request = exchange.request
+        service = exchange.destination_service
+        name, _, rest = service.partition(".")
+        record = RequestRecord(
+            start_time=exchange.start_time,
+            method=request.method,
+            path=request.target,
+            authority=request.header("host") or "-",
+            protocol=f"HTTP/{request.http_version}",
+            response_code=exchange.status,
+            response_flags=exchange.flags,
+            duration_ms=(self.clock() - exchange.started) * 1000,
+            bytes_received=exchange.bytes_received,
+            bytes_sent=exchange.bytes_sent,
+            request_id=exchange.request_id,
+            trace_id=exchange.trace_id,
+            route_name=exchange.route_name,
+            upstream_cluster=exchange.upstream_cluster,
+            upstream_host=exchange.upstream_host,
+            attempts=exchange.attempts,
+            authz_policy=exchange.authz_policy,
+            audit_policies=exchange.audit_policies,
+            user_agent=request.header("user-agent") or "-",
+            destination_service=service,
+            destination_service_name=name if rest else "unknown",
+            destination_service_namespace=rest.split(".")[0] if rest else "unknown",
+        )
+        self.metrics.record(record)
+        if self.access_log is not None:
+            self.access_log(record)
+        else:
+            ACCESS_LOG.info(access_log_line(record))

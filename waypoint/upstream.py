@@ -1,0 +1,268 @@
+"""The asyncio side of one concrete backend: its endpoints, pooled connections and attempts.
+
+The decisions (which endpoint, whether a connection may open, whether an endpoint is ejected)
+are made by resilience.py's state machines; this module only opens sockets, moves bytes and
+reports outcomes back to them. Plain TCP for now: HBONE to the endpoint replaces `_open` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from waypoint.config import TrafficPolicy
+from waypoint.http1 import (
+    LAST_CHUNK,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    Http1Error,
+    Response,
+    ResponseParser,
+    Upgraded,
+    encode_chunk,
+)
+from waypoint.resilience import (
+    Balancer,
+    Clock,
+    Failure,
+    Grant,
+    OpenConnection,
+    OutlierDetector,
+    Overflow,
+    Queued,
+    RandomSource,
+    UpstreamConnection,
+    UpstreamPool,
+    UseConnection,
+    make_balancer,
+)
+
+Headers = tuple[tuple[str, str], ...]
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class UpstreamStream:
+    """An open TCP connection to an endpoint and the parser of its responses."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parser: ResponseParser
+    pending: deque[Event] = field(default_factory=deque)
+
+    async def next_event(self) -> Event:
+        """The next response event; ConnectionError if the backend closed mid-response."""
+        while not self.pending:
+            data = await self.reader.read(READ_SIZE)
+            self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
+        return self.pending.popleft()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass(frozen=True)
+class NoHealthyEndpoint:
+    """Every endpoint is ejected, or the backend has none."""
+
+
+@dataclass(frozen=True)
+class CircuitOpen:
+    limit: str
+
+
+@dataclass
+class Attempt:
+    """A try in flight or answered: the endpoint, the connection and, once it came, the head."""
+
+    endpoint: str
+    connection: UpstreamConnection
+    stream: UpstreamStream | None = None
+    response: Response | None = None
+    close_after: bool = False
+
+
+AttemptResult = Attempt | Failure | NoHealthyEndpoint | CircuitOpen
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class UpstreamBackend:
+    """One concrete backend (a service:port a route sends to) and its endpoints."""
+
+    def __init__(
+        self,
+        authority: str,
+        endpoints: Sequence[str],
+        policy: TrafficPolicy,
+        *,
+        clock: Clock,
+        random: RandomSource,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
+        self.authority = authority
+        self.endpoints = list(endpoints)
+        self.pool = UpstreamPool(policy.connection_pool)
+        self.balancer: Balancer = make_balancer(policy.load_balancer, random)
+        self.outliers: OutlierDetector | None = None
+        if policy.outlier_detection is not None:
+            self.outliers = OutlierDetector(policy.outlier_detection, clock)
+            self.outliers.set_endpoints(self.endpoints)
+        self.connect_timeout_s = connect_timeout_s
+        self._streams: dict[int, UpstreamStream] = {}
+        self._waiters: dict[int, asyncio.Future[Grant]] = {}
+
+    async def attempt(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes,
+        headers: Headers,
+        body_tail: AsyncIterator[bytes] | None = None,
+    ) -> AttemptResult:
+        """Pick an endpoint, get a connection, send the request and read the response head.
+
+        `body` is sent as given (already framed); `body_tail`, for a body too large to buffer,
+        yields the rest, which is sent chunk-encoded and ends with the last chunk."""
+        available = self.outliers.available(self.endpoints) if self.outliers else self.endpoints
+        endpoint = self.balancer.pick(available, headers)
+        if endpoint is None:
+            return NoHealthyEndpoint()
+        acquired = self.pool.acquire(endpoint)
+        self._close_traded()
+        if isinstance(acquired, Overflow):
+            return CircuitOpen(acquired.limit)
+        if isinstance(acquired, Queued):
+            grant = await self._wait_for_grant(acquired.ticket)
+        else:
+            grant = acquired
+        return await self._run(grant, method, head, body, body_tail)
+
+    async def _wait_for_grant(self, ticket: int) -> Grant:
+        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._waiters.pop(ticket, None)
+            self.pool.cancel(ticket)
+            if future.done() and not future.cancelled():
+                self._give_back(future.result())
+            raise
+
+    async def _run(
+        self,
+        grant: Grant,
+        method: str,
+        head: bytes,
+        body: bytes,
+        body_tail: AsyncIterator[bytes] | None,
+    ) -> AttemptResult:
+        connection = grant.connection
+        endpoint = connection.endpoint
+        attempt = Attempt(endpoint, connection, close_after=grant.close_after)
+        if isinstance(grant, OpenConnection):
+            host, port = _split_endpoint(endpoint)
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), self.connect_timeout_s
+                )
+            except (OSError, TimeoutError):
+                self._record(endpoint, None)
+                self._dispatch(self.pool.connection_failed(connection))
+                return Failure.CONNECT_FAILURE
+            except asyncio.CancelledError:
+                self._dispatch(self.pool.connection_failed(connection))
+                raise
+            self._streams[connection.id] = UpstreamStream(reader, writer, ResponseParser())
+        stream = self._streams[connection.id]
+        attempt.stream = stream
+        self.balancer.started(endpoint)
+        try:
+            stream.parser.expect(method)
+            stream.writer.write(head + body)
+            await stream.writer.drain()
+            if body_tail is not None:
+                async for piece in body_tail:
+                    stream.writer.write(encode_chunk(piece))
+                    await stream.writer.drain()
+                stream.writer.write(LAST_CHUNK)
+                await stream.writer.drain()
+            attempt.response = await self._read_head(stream)
+        except (ConnectionError, Http1Error):
+            # A malformed response counts as no response: the client gets a 503, not garbage.
+            self.finish(attempt, reusable=False)
+            self._record(endpoint, None)
+            return Failure.RESET
+        except asyncio.CancelledError:
+            self.finish(attempt, reusable=False)
+            raise
+        self._record(endpoint, attempt.response.status)
+        return attempt
+
+    async def _read_head(self, stream: UpstreamStream) -> Response:
+        while True:
+            event = await stream.next_event()
+            if isinstance(event, Response) and not event.informational:
+                return event
+            if isinstance(event, Upgraded):
+                raise ConnectionResetError("backend switched protocols; not proxied yet")
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionResetError("backend closed the connection before responding")
+            # 1xx heads are dropped: the waypoint answered 100-continue to the client itself.
+
+    async def body_events(self, attempt: Attempt) -> list[Event]:
+        """The next piece of the response body (Data) or its end (EndOfMessage)."""
+        assert attempt.stream is not None
+        event = await attempt.stream.next_event()
+        if not isinstance(event, (Data, EndOfMessage)):
+            raise ConnectionResetError(f"unexpected {type(event).__name__} in a response body")
+        return [event]
+
+    def finish(self, attempt: Attempt, reusable: bool) -> None:
+        """The exchange on this attempt's connection is over; reuse or close it."""
+        self.balancer.finished(attempt.endpoint)
+        stream = self._streams.get(attempt.connection.id)
+        keep = reusable and not attempt.close_after and stream is not None
+        if not keep:
+            closing = self._streams.pop(attempt.connection.id, None)
+            if closing is not None:
+                closing.close()
+        self._dispatch(self.pool.release(attempt.connection, reusable=keep))
+
+    def _record(self, endpoint: str, status: int | None) -> None:
+        if self.outliers is not None:
+            self.outliers.record(endpoint, status)
+
+    def _dispatch(self, grants: list[tuple[int, Grant]]) -> None:
+        self._close_traded()
+        for ticket, grant in grants:
+            waiter = self._waiters.pop(ticket, None)
+            if waiter is None or waiter.done():
+                self._give_back(grant)
+            else:
+                waiter.set_result(grant)
+
+    def _give_back(self, grant: Grant) -> None:
+        if isinstance(grant, UseConnection):
+            self._dispatch(self.pool.release(grant.connection, reusable=True))
+        else:
+            self._dispatch(self.pool.connection_failed(grant.connection))
+
+    def _close_traded(self) -> None:
+        while self.pool.closed_idle:
+            stream = self._streams.pop(self.pool.closed_idle.pop().id, None)
+            if stream is not None:
+                stream.close()
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
