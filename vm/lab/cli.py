@@ -14,6 +14,7 @@ from rich.table import Table
 
 from vm.lab import cleanup, processes
 from vm.lab.lab import Lab, require_root
+from vm.lab.session import SessionLock
 from vm.lab.state import DEFAULT_STATE_DIR, StateStore
 from vm.lab.topology import DEFAULT_TOPOLOGY, load_topology, parse_topology, with_workers
 from weft.errors import ExitCode, UsageError
@@ -56,9 +57,11 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     up.add_argument(
         "--replace", action="store_true", help="tear down a running or crashed lab first"
     )
+    _add_wait(up)
     up.set_defaults(func=cmd_up)
 
     down = _subparser(sub, "down", "stop every lab process and remove the lab")
+    _add_wait(down)
     down.set_defaults(func=cmd_down)
 
     status = _subparser(sub, "status", "nodes, workloads, services and processes (exit 4: down)")
@@ -83,6 +86,16 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     traffic.set_defaults(func=cmd_traffic)
 
 
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if a test session or benchmark is using the lab, wait this long for it (default 0)",
+    )
+
+
 def _subparser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
 ) -> argparse.ArgumentParser:
@@ -103,13 +116,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(topology, args.state_dir)
     console = Console(stderr=True)
     started = time.monotonic()
+    session = SessionLock()
+    session.acquire(wait=args.wait)
 
     def progress(step: str) -> None:
         status.update(f"[bold]{step}[/]")
         console.print(f"  {time.monotonic() - started:5.2f} s  {step}")
 
-    with console.status("starting", spinner="dots") as status:
-        lab.up(demo=args.demo, replace=args.replace, progress=progress)
+    try:
+        with console.status("starting", spinner="dots") as status:
+            lab.up(demo=args.demo, replace=args.replace, progress=progress)
+    finally:
+        session.release()
     elapsed = time.monotonic() - started
     if lab.last_cleanup is not None and not lab.last_cleanup.empty:
         console.print(f"cleaned up first: {lab.last_cleanup.summary()}")
@@ -134,7 +152,12 @@ def cmd_down(args: argparse.Namespace) -> int:
         else load_topology()
     )
     started = time.monotonic()
-    report = Lab(topology, args.state_dir).down()
+    session = SessionLock()
+    session.acquire(wait=args.wait)
+    try:
+        report = Lab(topology, args.state_dir).down()
+    finally:
+        session.release()
     print(f"lab down in {time.monotonic() - started:.2f} s: {report.summary()}")
     return ExitCode.OK
 

@@ -13,19 +13,17 @@ before building one: two pytest sessions of different developers queue instead o
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from vm.lab.lab import Lab
+from vm.lab.session import SessionLock
 from vm.lab.state import DEFAULT_STATE_DIR
 from vm.lab.topology import Topology, load_topology, with_workers
+from weft.errors import ConflictError
 
-SESSION_LOCK = Path("/run/weft/lab-session.lock")
 # Below pytest's per-test timeout (300 s), so a long wait fails with our message, not a timeout.
 SESSION_LOCK_WAIT = 240.0
 REUSE_ENV = "WEFT_LAB_REUSE"
@@ -45,62 +43,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
 
 
-class _SessionLock:
-    """A machine-wide flock held for the rest of the pytest session once acquired."""
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        if self.fd is not None:
-            return
-        SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + SESSION_LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    os.close(fd)
-                    pytest.fail(
-                        f"another test session (pid {holder}) has used the lab for over "
-                        f"{SESSION_LOCK_WAIT:.0f} s ({SESSION_LOCK}); run the e2e tests again "
-                        "when it has finished"
-                    )
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, cgroups): run the e2e tests with sudo")
 
 
+def _acquire(lock: SessionLock) -> None:
+    try:
+        lock.acquire(SESSION_LOCK_WAIT)
+    except ConflictError as exc:
+        pytest.fail(f"{exc}; run the e2e tests again when it has finished")
+
+
 @pytest.fixture(scope="session")
-def _lab_session_lock() -> Iterator[_SessionLock]:
-    lock = _SessionLock()
+def _lab_session_lock() -> Iterator[SessionLock]:
+    lock = SessionLock()
     yield lock
     lock.release()
 
 
 @pytest.fixture(scope="session")
-def lab(_lab_session_lock: _SessionLock) -> Iterator[Lab]:
+def lab(_lab_session_lock: SessionLock) -> Iterator[Lab]:
     """The default lab with the demo shop, up for the whole session."""
     _require_root()
     if os.environ.get(REUSE_ENV) == "1":
         yield Lab.attach()
         return
-    _lab_session_lock.acquire()
+    _acquire(_lab_session_lock)
     built = Lab(load_topology(), DEFAULT_STATE_DIR)
     built.up(demo=True, replace=True)
     try:
@@ -110,10 +79,10 @@ def lab(_lab_session_lock: _SessionLock) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def lab_factory(_lab_session_lock: _SessionLock) -> Iterator[LabBuilder]:
+def lab_factory(_lab_session_lock: SessionLock) -> Iterator[LabBuilder]:
     """Build labs of your own (`build(topology=None, nodes=None, demo=True)`); removed after."""
     _require_root()
-    _lab_session_lock.acquire()
+    _acquire(_lab_session_lock)
     built: list[Lab] = []
 
     def build(topology: Topology | None = None, nodes: int | None = None, demo: bool = True) -> Lab:
