@@ -46,6 +46,7 @@ imports:         ## import-linter: the import direction of design.md section 1
 
 proto:           ## regenerate weft/api/v1/*_pb2*.py from the .proto files
 	$(PY) -m weft.api.protogen
+	$(PY) -m demo.protogen
 
 bench-quick: setup ## benchmark, quick mode (< 3 min)
 	$(WEFT) bench --quick
