@@ -50,6 +50,7 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         "--from",
         dest="from_file",
         type=Path,
+        metavar="RESULT.json",
         help="with --check or alone: report on a recorded JSON result instead of running",
     )
     parser.add_argument(

@@ -65,6 +65,13 @@ class BenchPath:
         self._pids.clear()
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package itself is missing
+        return False
+
+
 def _direct_addresses(testbed: Testbed, workload: str) -> dict[str, tuple[str, int]]:
     ip = testbed.workload_ip(workload)
     return {service: (ip, port) for service, port in SERVICE_PORTS.items()}
@@ -158,16 +165,13 @@ class HaproxyPath(BenchPath):
 class MeshPath(BenchPath):
     """A path through Weft itself; available once its component exists and is wired in here."""
 
-    component_module = "agent.main"
+    component_modules: tuple[str, ...] = ("agent.main", "agent.cli")  # what runs `weft agent`
     component_name = "node agent"
 
     def availability(self) -> str | None:
-        try:
-            found = importlib.util.find_spec(self.component_module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            return f"{self.component_name} not built yet ({self.component_module} is missing)"
+        if not any(_module_exists(name) for name in self.component_modules):
+            missing = " and ".join(self.component_modules)
+            return f"{self.component_name} not built yet ({missing} missing)"
         return (
             f"{self.component_name} exists, but bench/paths.py {type(self).__name__}.setup does "
             "not yet enroll the bench workloads with it"
@@ -194,7 +198,7 @@ class WeftWaypointPath(MeshPath):
     description = "Weft L7: through a waypoint proxy (HBONE to the waypoint, HTTP routing)"
     peer = "haproxy"
     loads = HTTP_LOADS
-    component_module = "waypoint.main"
+    component_modules = ("waypoint.main", "waypoint.cli")
     component_name = "waypoint"
 
 

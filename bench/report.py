@@ -55,7 +55,8 @@ def figures_table(result: BenchResult) -> Table:
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     available = [p for p in result.paths if p.available]
-    for load in LOADS:
+    ran = set(result.settings.get("loads", [load.name for load in LOADS]))
+    for load in (load for load in LOADS if load.name in ran):
         for metric in load.metrics:
             first = True
             for info in available:

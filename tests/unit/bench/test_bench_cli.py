@@ -90,3 +90,23 @@ def test_check_from_a_recorded_run_prints_targets_without_root(
     assert "not available" in out
     assert "n/a (path not available" in out
     assert "20.0 Gbit/s" in out
+
+
+def test_report_shows_only_the_loads_that_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = BenchResult(
+        started="t0",
+        finished="t1",
+        machine={},
+        commit={},
+        settings={"rounds": 1, "mode": "custom", "loads": ["bulk"]},
+        paths=[PathInfo("direct", "", "direct", None, ["bulk", "rr", "http1"])],
+        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+    )
+    result.save(tmp_path / "run.json")
+    assert main(["bench", "--from", str(tmp_path / "run.json")]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "bulk throughput" in out
+    assert "rr p50" not in out
+    assert "failed" not in out
