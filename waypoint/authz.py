@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from waypoint.config import (
     HEADER_CONDITION,
@@ -41,6 +42,8 @@ class AuthzRequest:
     headers: Headers = ()
     source_principal: str | None = None
     source_namespace: str | None = None
+    source_ip: str | None = None
+    host: str | None = None  # the Host / :authority
 
     def header(self, name: str) -> str | None:
         found = [value for key, value in self.headers if key == name.lower()]
@@ -83,15 +86,41 @@ def _field_matches(values: Iterable[str], not_values: Iterable[str], actual: str
     return not any(value_matches(v, actual) for v in not_values)
 
 
+def _in_networks(networks: Iterable[IPv4Network | IPv6Network], address: str | None) -> bool:
+    if address is None:
+        return False
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def source_matches(source: Source, request: AuthzRequest) -> bool:
     principal = None if request.source_principal is None else _principal(request.source_principal)
+    if source.networks and not _in_networks(source.networks, request.source_ip):
+        return False
+    if _in_networks(source.not_networks, request.source_ip):
+        return False
     return _field_matches(
         map(_principal, source.principals), map(_principal, source.not_principals), principal
     ) and _field_matches(source.namespaces, source.not_namespaces, request.source_namespace)
 
 
+def _host_matches(pattern: str, host: str | None) -> bool:
+    # Istio compares hosts case-insensitively; a host with a port also matches without it.
+    if host is None:
+        return False
+    host, pattern = host.lower(), pattern.lower()
+    return value_matches(pattern, host) or value_matches(pattern, host.rsplit(":", 1)[0])
+
+
 def operation_matches(operation: Operation, request: AuthzRequest) -> bool:
     port = str(request.port)
+    if operation.hosts and not any(_host_matches(h, request.host) for h in operation.hosts):
+        return False
+    if any(_host_matches(h, request.host) for h in operation.not_hosts):
+        return False
     return (
         _field_matches(operation.methods, operation.not_methods, request.method)
         and _field_matches(operation.paths, operation.not_paths, request.path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 # Istio's connectionPool defaults are 2^32-1 ("effectively unlimited").
 UNLIMITED = 2**32 - 1
@@ -28,6 +29,13 @@ def _compile(pattern: str, field_name: str) -> re.Pattern[str]:
         raise ValueError(
             f"field '{field_name}': expected a regular expression, got {pattern!r} ({error})"
         ) from None
+
+
+def _networks(blocks: tuple[str, ...], field_name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    try:
+        return tuple(ip_network(block, strict=False) for block in blocks)
+    except ValueError as error:
+        raise ValueError(f"field '{field_name}': expected CIDR blocks, got {blocks!r}") from error
 
 
 def _is_percentage(value: float) -> bool:
@@ -449,12 +457,28 @@ class Source:
     not_principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()  # CIDRs or single addresses
+    not_ip_blocks: tuple[str, ...] = ()
+    networks: tuple[IPv4Network | IPv6Network, ...] = field(
+        default=(), init=False, compare=False, repr=False
+    )
+    not_networks: tuple[IPv4Network | IPv6Network, ...] = field(
+        default=(), init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "networks", _networks(self.ip_blocks, "source.ipBlocks"))
+        object.__setattr__(
+            self, "not_networks", _networks(self.not_ip_blocks, "source.notIpBlocks")
+        )
 
 
 @dataclass(frozen=True)
 class Operation:
-    """`to.operation`: paths accept Istio's `prefix*`, `*suffix` and `*` forms."""
+    """`to.operation`: hosts, methods and paths accept Istio's `prefix*`, `*suffix` and `*`."""
 
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     not_methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
@@ -509,6 +533,7 @@ class ServiceConfig:
     hostname: str  # e.g. reviews.default.svc.cluster.local
     port: int
     routes: tuple[Route, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()  # those targeting this service
 
 
 @dataclass(frozen=True)
@@ -517,7 +542,7 @@ class WaypointConfig:
 
     services: tuple[ServiceConfig, ...] = ()
     traffic_policies: tuple[tuple[str, TrafficPolicy], ...] = ()  # (backend authority, policy)
-    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()  # those targeting the waypoint
     request_body_buffer_limit: int = 64 * 1024  # bodies above this are streamed and not retried
 
     def traffic_policy_for(self, backend: BackendRef) -> TrafficPolicy:

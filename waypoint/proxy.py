@@ -113,6 +113,12 @@ class _ClientSide:
     parser: RequestParser
     pending: deque[Event] = field(default_factory=deque)
 
+    @property
+    def peer_ip(self) -> str | None:
+        # Plain TCP for now: the peer is the client. Behind HBONE it is the tunnel's source.
+        peer = self.writer.get_extra_info("peername")
+        return str(peer[0]) if peer else None
+
     async def next_event(self) -> Event:
         while not self.pending:
             data = await self.reader.read(READ_SIZE)
@@ -249,8 +255,15 @@ class WaypointProxy:
             return await self._reply(client, exchange, responses.route_not_found())
         exchange.destination_service = service.hostname
         decision_authz = evaluate(
-            self.config.authorization_policies,
-            AuthzRequest(request.method, routing_view.path, service.port, request.headers),
+            (*self.config.authorization_policies, *service.authorization_policies),
+            AuthzRequest(
+                request.method,
+                routing_view.path,
+                service.port,
+                request.headers,
+                source_ip=client.peer_ip,
+                host=request.header("host"),
+            ),
         )
         exchange.audit_policies = decision_authz.audited
         exchange.authz_policy = decision_authz.policy or "-"

@@ -193,3 +193,25 @@ def test_audit_alone_does_not_count_as_an_allow_policy() -> None:
 
 def test_denied_body_is_what_envoy_operators_recognise() -> None:
     assert DENIED_BODY == b"RBAC: access denied"
+
+
+def test_ip_blocks_match_the_source_address() -> None:
+    rule = Rule(sources=(Source(ip_blocks=("10.1.0.0/16",), not_ip_blocks=("10.1.9.9",)),))
+    policies = [policy("p", ALLOW, rule)]
+    assert evaluate(policies, AuthzRequest("GET", "/", 80, source_ip="10.1.2.3")).allowed
+    assert not evaluate(policies, AuthzRequest("GET", "/", 80, source_ip="10.1.9.9")).allowed
+    assert not evaluate(policies, AuthzRequest("GET", "/", 80, source_ip="10.2.0.1")).allowed
+    assert not evaluate(policies, AuthzRequest("GET", "/", 80)).allowed
+
+
+def test_invalid_ip_block_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"source\.ipBlocks"):
+        Source(ip_blocks=("10.0.0.0/33",))
+
+
+def test_hosts_match_case_insensitively_with_or_without_the_port() -> None:
+    rule = Rule(operations=(Operation(hosts=("*.example.com",), not_hosts=("admin.example.com",)),))
+    policies = [policy("p", ALLOW, rule)]
+    assert evaluate(policies, AuthzRequest("GET", "/", 80, host="Shop.Example.com:8080")).allowed
+    assert not evaluate(policies, AuthzRequest("GET", "/", 80, host="admin.example.com")).allowed
+    assert not evaluate(policies, AuthzRequest("GET", "/", 80, host="example.org")).allowed
