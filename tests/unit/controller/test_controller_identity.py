@@ -8,41 +8,25 @@ import logging
 
 import grpc
 import pytest
-from conftest import TRUST_DOMAIN, admin_credentials, grpc_address, join_address, workload_doc
+from controller_testkit import (
+    TRUST_DOMAIN,
+    bundle_pem,
+    grpc_address,
+    join,
+    join_address,
+    register,
+    workload_doc,
+)
 from cryptography import x509
 
 from controller.admin_client import AdminClient
 from controller.ca_files import CAFiles
 from controller.server import Controller
-from weft.controller_client import ControllerClient, Credentials, NodeIdentity, join_node
+from weft.controller_client import ControllerClient, Credentials, NodeIdentity
 from weft.errors import UnavailableError
-from weft.pki import build_csr, certs_from_pem, certs_to_pem, generate_key, uri_san, verify_chain
-from weft.resources import Document
+from weft.pki import build_csr, certs_from_pem, generate_key, uri_san, verify_chain
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-def register(controller: Controller, *bodies: dict[str, object]) -> None:
-    with AdminClient(grpc_address(controller), admin_credentials(controller)) as admin:
-        admin.apply([Document("test.yaml", i, b) for i, b in enumerate(bodies)])
-
-
-def bundle_pem(controller: Controller) -> bytes:
-    return certs_to_pem(CAFiles(controller.config.state_dir).bundle(dt.datetime.now(dt.UTC)))
-
-
-def join(controller: Controller, node: str, token: str | None = None) -> NodeIdentity:
-    if token is None:
-        token = controller.store.create_join_token(node, 60, dt.datetime.now(dt.UTC).timestamp())
-    return asyncio.run(
-        join_node(
-            join_address(controller),
-            token,
-            node,
-            trust_domain=TRUST_DOMAIN,
-            bundle_pem=bundle_pem(controller),
-        )
-    )
 
 
 def request_svid(controller: Controller, node: NodeIdentity, uri: str) -> tuple[bytes, bytes]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import grpc_address
+from controller_testkit import grpc_address
 
 from controller.server import Controller
 from weft.cli import main

@@ -9,8 +9,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from conftest import admin_credentials, grpc_address, namespace_doc, service_doc, workload_doc
-from test_identity_service import join
+from controller_testkit import (
+    admin_credentials,
+    grpc_address,
+    join,
+    namespace_doc,
+    service_doc,
+    workload_doc,
+)
 
 from controller.admin_client import AdminClient
 from controller.server import Controller

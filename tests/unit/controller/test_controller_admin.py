@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import (
+from controller_testkit import (
     admin_credentials,
     grpc_address,
     namespace_doc,

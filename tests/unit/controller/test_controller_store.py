@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import namespace_doc, parsed, workload_doc
+from controller_testkit import namespace_doc, parsed, workload_doc
 
 from controller.store import NodeCertificate, Store, TokenRefusedError
 from weft.model import Kind, ResourceKey
@@ -77,7 +77,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from pathlib import Path
-    from conftest import parsed, workload_doc, ip_of
+    from controller_testkit import parsed, workload_doc, ip_of
     from controller.store import Store
     store = Store(Path({db!r}))
     store.apply(parsed(*(workload_doc(f"base{{i}}", "n1", ip=ip_of(i)) for i in range(100))))
