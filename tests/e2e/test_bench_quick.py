@@ -7,13 +7,10 @@ path that is not built yet is reported with its reason instead of vanishing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bench.loads import load_named
 from bench.native import build_tools
-from bench.procstats import process_tree
 from bench.runner import BenchSettings
 from bench.session import Selection, SessionOutput, run_session
 from bench.testbed import prepare_layout
@@ -77,8 +74,8 @@ def test_request_response_latencies_are_ordered_and_recorded_for_plots(
     assert stunnel_p50 > direct_p50
 
 
-def test_stunnel_cost_is_accounted_and_its_processes_are_gone_after(
-    tiny_run: SessionOutput,
+def test_stunnel_cost_is_accounted_and_every_bench_process_is_stopped_after(
+    tiny_run: SessionOutput, lab: Lab
 ) -> None:
     result = tiny_run.result
     info = result.path("stunnel")
@@ -88,7 +85,8 @@ def test_stunnel_cost_is_accounted_and_its_processes_are_gone_after(
     cores = result.mesh_cores_median("stunnel", "bulk")
     assert cores is not None
     assert cores > 0.05
-    assert not [pid for pid in process_tree(1) if _cmdline(pid).startswith("stunnel")]
+    left = [p.name for p in lab.processes() if p.name.startswith("bench-")]
+    assert left == []
 
 
 def test_a_path_not_built_yet_is_reported_with_its_reason(tiny_run: SessionOutput) -> None:
@@ -96,10 +94,3 @@ def test_a_path_not_built_yet_is_reported_with_its_reason(tiny_run: SessionOutpu
     assert info is not None
     assert not info.available
     assert "node agent" in (info.reason or "")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
