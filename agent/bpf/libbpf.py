@@ -38,25 +38,37 @@ class AttachType(IntEnum):
     SK_MSG_VERDICT = 7
     CGROUP_INET4_CONNECT = 10
     CGROUP_INET4_GETPEERNAME = 29
+    SK_SKB_VERDICT = 38
+
+
+class CgroupLinkInfo(ctypes.Structure):
+    """struct { __u64 cgroup_id; __u32 attach_type; } cgroup; of struct bpf_link_info."""
+
+    _fields_ = (("cgroup_id", ctypes.c_uint64), ("attach_type", ctypes.c_uint32))
+
+
+class SockmapLinkInfo(ctypes.Structure):
+    """struct { __u32 map_id; __u32 attach_type; } sockmap; of struct bpf_link_info."""
+
+    _fields_ = (("map_id", ctypes.c_uint32), ("attach_type", ctypes.c_uint32))
+
+
+class LinkTargetInfo(ctypes.Union):
+    _fields_ = (("cgroup", CgroupLinkInfo), ("sockmap", SockmapLinkInfo))
 
 
 class LinkInfo(ctypes.Structure):
-    """`struct bpf_link_info` up to the cgroup/sockmap member of its union.
+    """`struct bpf_link_info` up to the cgroup and sockmap members of its union.
 
-    struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; union { ...
-        struct { __u64 cgroup_id; __u32 attach_type; } cgroup;
-        struct { __u32 map_id; __u32 attach_type; } sockmap; ... }; }
-    The union is 8-byte aligned, hence the padding after prog_id.
+    struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; union { ... }; }
+    The union holds a __u64, so it starts 8-byte aligned, after 4 bytes of padding.
     """
 
     _fields_ = (
         ("type", ctypes.c_uint32),
         ("id", ctypes.c_uint32),
         ("prog_id", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-        ("target", ctypes.c_uint64),  # cgroup.cgroup_id, or sockmap.map_id in the low half
-        ("attach_type", ctypes.c_uint32),
-        ("_pad2", ctypes.c_uint32),
+        ("target", LinkTargetInfo),
     )
 
 
@@ -67,7 +79,7 @@ class ProgInfo(ctypes.Structure):
 
 
 class MapInfo(ctypes.Structure):
-    """`struct bpf_map_info` up to max_entries: enough to check a pinned map's shape."""
+    """`struct bpf_map_info` up to its name: enough to check a pinned map's shape."""
 
     _fields_ = (
         ("type", ctypes.c_uint32),

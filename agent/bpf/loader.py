@@ -130,7 +130,7 @@ class Loader:
             raise ProgramLoadError(source, path, "compile", diagnostics[0])
         return bpf
 
-    def _load(self, bpf: Any, spec: ProgramSpec) -> int:
+    def load_program(self, bpf: Any, spec: ProgramSpec) -> int:
         """Load one function; on refusal, load again with a log buffer to report the verifier."""
         from bcc import lib
 
@@ -181,7 +181,8 @@ class Loader:
         return fd
 
     def attach(self, specs: Sequence[ProgramSpec], cgroup: Path) -> list[Attachment]:
-        """Load every program in `specs`, then attach each to `cgroup` through a pinned link.
+        """Load every program in `specs`, then attach each through a pinned link: cgroup programs
+        to `cgroup` (the enrolled workloads' parent), map programs to their pinned map.
 
         Idempotent: a program whose link is already pinned is swapped into that link.
         On any failure, links created by this call are removed again; and if this call created
@@ -190,62 +191,71 @@ class Loader:
         fresh_scope = not self.scope_dir.exists()
         compiled: dict[str, Any] = {}
         created: list[Path] = []
+        targets: dict[Target, _AttachTarget] = {}
         try:
             prog_fds = []
             for spec in specs:
                 if spec.source not in compiled:
                     compiled[spec.source] = self.compile(spec.source)
-                prog_fds.append(self._load(compiled[spec.source], spec))
+                prog_fds.append(self.load_program(compiled[spec.source], spec))
             self.links_dir.mkdir(parents=True, exist_ok=True)
             attachments = []
-            target_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for spec, prog_fd in zip(specs, prog_fds, strict=True):
-                    attachment = self._attach_one(spec, prog_fd, target_fd, cgroup_id(cgroup))
-                    if not attachment.reused:
-                        created.append(attachment.link_pin)
-                    attachments.append(attachment)
-            finally:
-                os.close(target_fd)
+            for spec, prog_fd in zip(specs, prog_fds, strict=True):
+                if spec.target not in targets:
+                    targets[spec.target] = self._open_target(spec.target, cgroup)
+                attachment = self._attach_one(spec, prog_fd, targets[spec.target])
+                if not attachment.reused:
+                    created.append(attachment.link_pin)
+                attachments.append(attachment)
             return attachments
         except BaseException:
             for pin in created:
-                pin.unlink(missing_ok=True)
+                _detach_pin(pin)
             if fresh_scope:
                 shutil.rmtree(self.scope_dir, ignore_errors=True)
             raise
         finally:
+            for target in targets.values():
+                os.close(target.fd)
             for bpf in compiled.values():
                 bpf.cleanup()
 
-    def _attach_one(
-        self, spec: ProgramSpec, prog_fd: int, target_fd: int, target_id: int
-    ) -> Attachment:
-        if spec.target is not Target.WORKLOADS_CGROUP:
-            raise NotImplementedError(spec.target)
+    def _open_target(self, target: Target, cgroup: Path) -> _AttachTarget:
+        if target is Target.WORKLOADS_CGROUP:
+            fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            return _AttachTarget(fd, cgroup_id(cgroup), f"cgroup {cgroup}")
+        pin = self.maps_dir / target.value
+        fd = libbpf.obj_get(str(pin))
+        return _AttachTarget(fd, int(libbpf.map_info(fd).id), f"map {pin}")
+
+    def _attach_one(self, spec: ProgramSpec, prog_fd: int, target: _AttachTarget) -> Attachment:
         pin = self.links_dir / spec.function
         prog_id = libbpf.prog_id(prog_fd)
         if pin.exists():
             link_fd = libbpf.obj_get(str(pin))
             try:
                 info = libbpf.link_info(link_fd)
-                if info.target == target_id and info.attach_type == spec.attach_type:
+                linked_to, linked_at = _link_target(info, spec.target)
+                if (linked_to, linked_at) == (target.id, spec.attach_type):
                     libbpf.link_update(link_fd, prog_fd)
                     return Attachment(spec.function, pin, info.id, prog_id, reused=True)
-                if info.target != 0:
+                if linked_to != 0:
                     raise ConflictError(
-                        f"{pin} attaches {spec.function} to cgroup id {info.target}, "
-                        f"not to cgroup id {target_id}",
+                        f"{pin} attaches {spec.function} to {spec.target.name.lower()} id "
+                        f"{linked_to}, not to {target.description} (id {target.id})",
                         hint=f"detach scope '{self.scope}' first (remove {self.links_dir}) "
                         "or use another scope name",
                     )
             finally:
                 os.close(link_fd)
-            pin.unlink()  # its cgroup is gone, so the link is defunct: replace it
-        link_fd = libbpf.link_create(prog_fd, target_fd, spec.attach_type)
+            pin.unlink()  # its target is gone, so the link is defunct: replace it
+        link_fd = libbpf.link_create(prog_fd, target.fd, spec.attach_type)
         try:
             libbpf.obj_pin(link_fd, str(pin))
             link_id = libbpf.link_info(link_fd).id
+        except BaseException:
+            libbpf.link_detach(link_fd)
+            raise
         finally:
             os.close(link_fd)
         return Attachment(spec.function, pin, link_id, prog_id, reused=False)
@@ -259,12 +269,7 @@ class Loader:
             return []
         names = []
         for pin in sorted(self.links_dir.iterdir()):
-            link_fd = libbpf.obj_get(str(pin))
-            try:
-                libbpf.link_detach(link_fd)
-            finally:
-                os.close(link_fd)
-            pin.unlink()
+            _detach_pin(pin)
             names.append(pin.name)
         return names
 
@@ -273,3 +278,27 @@ class Loader:
         self.detach()
         if self.scope_dir.exists():
             shutil.rmtree(self.scope_dir)
+
+
+@dataclass(frozen=True)
+class _AttachTarget:
+    fd: int
+    id: int  # cgroup id or map id, as bpf_link_info reports it
+    description: str
+
+
+def _link_target(info: libbpf.LinkInfo, target: Target) -> tuple[int, int]:
+    """(target id, attach type) of an existing link; id 0 when its target has gone away."""
+    if target is Target.WORKLOADS_CGROUP:
+        return int(info.target.cgroup.cgroup_id), int(info.target.cgroup.attach_type)
+    return int(info.target.sockmap.map_id), int(info.target.sockmap.attach_type)
+
+
+def _detach_pin(pin: Path) -> None:
+    """Detach a pinned link now, then remove its pin."""
+    link_fd = libbpf.obj_get(str(pin))
+    try:
+        libbpf.link_detach(link_fd)
+    finally:
+        os.close(link_fd)
+    pin.unlink()

@@ -65,13 +65,22 @@ class WorkloadStatsC(ctypes.Structure):
     )
 
 
+class SplicePeerC(ctypes.Structure):
+    """struct weft_splice_peer { __u64 peer_cookie; __u64 cgroup_id; };"""
+
+    _fields_ = (("peer_cookie", ctypes.c_uint64), ("cgroup_id", ctypes.c_uint64))
+
+
 # map name -> (key mirror, value mirror), exactly as declared in weft_maps.h
+
 MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "weft_enroll": (ctypes.c_uint64, EnrollmentC),
     "weft_skip_port": (ctypes.c_uint16, ctypes.c_uint8),
     "weft_wl_stats": (ctypes.c_uint64, WorkloadStatsC),
     "weft_orig_ck": (ctypes.c_uint64, OrigC),
     "weft_orig_tp": (TupleC, OrigC),
+    "weft_splice": (ctypes.c_uint64, ctypes.c_uint32),  # sockhash: cookie -> socket (an fd in)
+    "weft_splice_pr": (ctypes.c_uint64, SplicePeerC),
 }
 
 
@@ -181,8 +190,8 @@ class PinnedMap:
             key = next_key
 
 
-class CaptureMaps:
-    """The capture maps of one scope: enrollment, excluded ports, counters, original destinations.
+class NodeMaps:
+    """Every map of one scope: enrollment, excluded ports, counters, original destinations, splice.
 
     Use as a context manager, or call close(); every map is opened from its pin.
     """
@@ -196,7 +205,7 @@ class CaptureMaps:
             self.close()
             raise
 
-    def __enter__(self) -> CaptureMaps:
+    def __enter__(self) -> NodeMaps:
         return self
 
     def __exit__(
@@ -274,3 +283,27 @@ class CaptureMaps:
         )
         value = self._maps["weft_orig_tp"].get(key)
         return _orig_from_c(value) if isinstance(value, OrigC) else None
+
+    def splice(self, a: tuple[int, int], b: tuple[int, int], cgroup_id: int) -> None:
+        """Hand two connected sockets, each given as (cookie, fd), to the kernel: from now on
+        bytes arriving on either leave through the other. Counted for workload `cgroup_id`.
+
+        The peers are named before the sockets enter the sockhash, so the verdict program never
+        sees a registered socket without its peer.
+        """
+        peers = self._maps["weft_splice_pr"]
+        sockets = self._maps["weft_splice"]
+        peers.put(ctypes.c_uint64(a[0]), SplicePeerC(peer_cookie=b[0], cgroup_id=cgroup_id))
+        peers.put(ctypes.c_uint64(b[0]), SplicePeerC(peer_cookie=a[0], cgroup_id=cgroup_id))
+        try:
+            sockets.put(ctypes.c_uint64(a[0]), ctypes.c_uint32(a[1]))
+            sockets.put(ctypes.c_uint64(b[0]), ctypes.c_uint32(b[1]))
+        except OSError:
+            self.unsplice(a[0], b[0])
+            raise
+
+    def unsplice(self, cookie_a: int, cookie_b: int) -> None:
+        """Take a pair back from the kernel (a closed socket leaves the sockhash by itself)."""
+        for cookie in (cookie_a, cookie_b):
+            self._maps["weft_splice"].delete(ctypes.c_uint64(cookie))
+            self._maps["weft_splice_pr"].delete(ctypes.c_uint64(cookie))

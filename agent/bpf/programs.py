@@ -12,6 +12,7 @@ class Target(Enum):
     """What a program is attached to."""
 
     WORKLOADS_CGROUP = "the enrolled workloads' cgroup"
+    SPLICE_MAP = "weft_splice"  # the sockhash of spliced sockets (a pinned map's name)
 
 
 @dataclass(frozen=True)
@@ -35,5 +36,21 @@ GETPEERNAME4 = ProgramSpec(
     AttachType.CGROUP_INET4_GETPEERNAME,
 )
 
+SOCKOPS = ProgramSpec(
+    "weft_sockops", "weft_sockops.c", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS
+)
+INBOUND = ProgramSpec(
+    "weft_inbound", "weft_inbound.c", ProgType.CGROUP_SKB, AttachType.CGROUP_INET_INGRESS
+)
+SPLICE_VERDICT = ProgramSpec(
+    "weft_splice_verdict",
+    "weft_splice.c",
+    ProgType.SK_SKB,
+    AttachType.SK_SKB_VERDICT,
+    Target.SPLICE_MAP,
+)
+
 # Outbound capture: what a node agent attaches to its workloads' cgroup.
-CAPTURE: tuple[ProgramSpec, ...] = (CONNECT4, GETPEERNAME4)
+CAPTURE: tuple[ProgramSpec, ...] = (CONNECT4, GETPEERNAME4, SOCKOPS)
+# Everything a node agent runs: capture, STRICT inbound, same-node splice.
+NODE: tuple[ProgramSpec, ...] = (*CAPTURE, INBOUND, SPLICE_VERDICT)

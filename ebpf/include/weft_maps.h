@@ -75,4 +75,34 @@ BPF_TABLE_PINNED("lru_hash", __u64, struct weft_orig, weft_orig_ck, WEFT_MAX_CON
 BPF_TABLE_PINNED("lru_hash", struct weft_tuple, struct weft_orig, weft_orig_tp, WEFT_MAX_CONNS,
 		 WEFT_PIN(weft_orig_tp));
 
+/* Same-node splice: the agent puts both sockets of a relayed connection here, keyed by socket
+ * cookie, and names each one's peer in weft_splice_pr; weft_splice.c then moves the bytes. */
+struct weft_splice_peer {
+	__u64 peer_cookie;
+	__u64 cgroup_id; /* the workload whose counters the spliced bytes go to */
+};
+
+/* bcc has no pinned form of BPF_SOCKHASH, and its sk_redirect_hash() method exists only on the
+ * sockhash table type: this is BPF_SOCKHASH_COMMON of bcc's helpers.h with a pin path added. */
+#define WEFT_SOCKHASH_PINNED(_name, _key_type, _max_entries, _pinned)      \
+	struct _name##_table_t {                                          \
+		_key_type key;                                            \
+		int leaf;                                                 \
+		int (*update)(_key_type *, int *);                        \
+		int (*delete)(_key_type *);                               \
+		int (*sock_hash_update)(void *, void *, u64);             \
+		int (*msg_redirect_hash)(void *, void *, u64);            \
+		int (*sk_redirect_hash)(void *, void *, u64);             \
+		u32 max_entries;                                          \
+	};                                                                \
+	__attribute__((section("maps/sockhash:" _pinned))) struct _name##_table_t _name = { \
+		.max_entries = (_max_entries)                             \
+	};                                                                \
+	BPF_ANNOTATE_KV_PAIR(_name, _key_type, int)
+
+WEFT_SOCKHASH_PINNED(weft_splice, __u64, WEFT_MAX_CONNS, WEFT_PIN(weft_splice));
+/* LRU: a pair the agent never unregistered (it crashed) ages out. */
+BPF_TABLE_PINNED("lru_hash", __u64, struct weft_splice_peer, weft_splice_pr, WEFT_MAX_CONNS,
+		 WEFT_PIN(weft_splice_pr));
+
 #endif /* WEFT_MAPS_H */

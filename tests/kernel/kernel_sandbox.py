@@ -1,7 +1,8 @@
 """Throwaway kernel sandboxes for eBPF tests: a netns, a cgroup tree, a bpffs pin root, listeners.
 
-Everything is named weft-test-<pid>-<n> and removed after the test, pass or fail. Traffic stays
-inside the test's own network namespace (addresses on its loopback device).
+Everything is named wkt-<pid>-<n>-<kind> and removed after the test, pass or fail. Not `weft-*`:
+the lab's leak sweep removes every `weft-*` netns, and lab tests may run at the same time.
+Traffic stays inside the test's own network namespace (addresses on its loopback device).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from typing import Any
 
 import pytest
 
+from agent.bpf.loader import Loader, cgroup_id
+from agent.bpf.maps import Enrollment, NodeMaps
+from agent.bpf.programs import NODE
+
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 BPFFS_ROOT = Path("/sys/fs/bpf")
 CLONE_NEWNET = 0x40000000
@@ -31,13 +36,14 @@ CLIENT_TIMEOUT_S = 10.0
 # Addresses the sandbox netns puts on its loopback device (all /32, so nothing else is local).
 AGENT_ADDR = "10.77.0.1"
 SERVER_ADDR = "10.77.0.2"
+STRANGER_ADDR = "10.77.0.3"  # a source that is neither the agent nor the workload
 UNROUTED_ADDR = "10.77.0.9"  # nothing answers here: a connect that arrives was redirected
 
 _counter = itertools.count()
 
 
 def _unique(kind: str) -> str:
-    return f"weft-test-{os.getpid()}-{next(_counter)}-{kind}"
+    return f"wkt-{os.getpid()}-{next(_counter)}-{kind}"
 
 
 @dataclass
@@ -75,17 +81,23 @@ class Netns:
         return outcome
 
 
-@pytest.fixture
-def netns() -> Iterator[Netns]:
+@contextlib.contextmanager
+def made_netns() -> Iterator[Netns]:
     ns = Netns(_unique("ns"))
     subprocess.run(["ip", "netns", "add", ns.name], check=True)
     try:
         ns.ip("link", "set", "lo", "up")
-        for addr in (AGENT_ADDR, SERVER_ADDR):
+        for addr in (AGENT_ADDR, SERVER_ADDR, STRANGER_ADDR):
             ns.ip("addr", "add", f"{addr}/32", "dev", "lo")
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns.name], check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    with made_netns() as ns:
+        yield ns
 
 
 @dataclass
@@ -113,8 +125,8 @@ class CgroupTree:
                 path.rmdir()
 
 
-@pytest.fixture
-def cgroups() -> Iterator[CgroupTree]:
+@contextlib.contextmanager
+def made_cgroups() -> Iterator[CgroupTree]:
     tree = CgroupTree(CGROUP2_ROOT / _unique("cg"))
     tree.make(".")
     tree.make("workloads")
@@ -125,13 +137,39 @@ def cgroups() -> Iterator[CgroupTree]:
 
 
 @pytest.fixture
-def pin_root() -> Iterator[Path]:
+def cgroups() -> Iterator[CgroupTree]:
+    with made_cgroups() as tree:
+        yield tree
+
+
+@contextlib.contextmanager
+def made_pin_root() -> Iterator[Path]:
     root = BPFFS_ROOT / _unique("pins")
     root.mkdir()
     try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pin_root() -> Iterator[Path]:
+    with made_pin_root() as root:
+        yield root
+
+
+@contextlib.contextmanager
+def in_cgroup(cgroup: Path) -> Iterator[None]:
+    """Run the block with this process in `cgroup`: sockets made meanwhile belong to it for good
+    (a socket's cgroup is fixed when it is created), so the test can own a workload's socket."""
+    own = Path("/proc/self/cgroup").read_text().strip().splitlines()
+    unified = next(line.split(":", 2)[2] for line in own if line.startswith("0::"))
+    home = CGROUP2_ROOT / unified.lstrip("/")
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        (home / "cgroup.procs").write_text(str(os.getpid()))
 
 
 _CLIENT = r"""
@@ -251,12 +289,14 @@ class EchoListener:
         self.sock.close()
 
 
-@pytest.fixture
-def listen(netns: Netns) -> Iterator[Callable[[str, int, str], EchoListener]]:
-    """Start echo listeners inside the sandbox netns; all are closed after the test."""
-    listeners: list[EchoListener] = []
+class Listeners:
+    """Echo listeners inside one netns; close() stops them all."""
 
-    def start(addr: str, port: int, name: str) -> EchoListener:
+    def __init__(self, ns: Netns) -> None:
+        self.ns = ns
+        self.started: list[EchoListener] = []
+
+    def __call__(self, addr: str, port: int, name: str) -> EchoListener:
         def make() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -264,10 +304,55 @@ def listen(netns: Netns) -> Iterator[Callable[[str, int, str], EchoListener]]:
             s.listen(64)
             return s
 
-        listener = EchoListener(netns.socket_in(make), name)
-        listeners.append(listener)
+        listener = EchoListener(self.ns.socket_in(make), name)
+        self.started.append(listener)
         return listener
 
-    yield start
-    for listener in listeners:
-        listener.close()
+    def close(self) -> None:
+        for listener in self.started:
+            listener.close()
+
+
+@pytest.fixture
+def listen(netns: Netns) -> Iterator[Listeners]:
+    """Start echo listeners inside the sandbox netns; all are closed after the test."""
+    listeners = Listeners(netns)
+    yield listeners
+    listeners.close()
+
+
+@dataclass
+class Node:
+    """A node's worth of sandbox: netns, cgroup tree, every Weft program attached, its maps."""
+
+    netns: Netns
+    cgroups: CgroupTree
+    loader: Loader
+    maps: NodeMaps
+
+    def workload(self, name: str, enrollment: Enrollment | None) -> Path:
+        """A new workload cgroup under workloads/, enrolled as given (None: not enrolled)."""
+        path = self.cgroups.make(f"workloads/{name}-{next(_counter)}")
+        if enrollment is not None:
+            self.maps.enroll(cgroup_id(path), enrollment)
+        return path
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    """Shared by a test module: compiling and attaching every program takes seconds."""
+    with made_netns() as ns, made_cgroups() as tree, made_pin_root() as root:
+        loader = Loader("node", pin_root=root)
+        loader.attach(NODE, tree.workloads)
+        try:
+            with NodeMaps(loader.maps_dir) as maps:
+                yield Node(ns, tree, loader, maps)
+        finally:
+            loader.remove()
+
+
+@pytest.fixture
+def node_listen(node: Node) -> Iterator[Listeners]:
+    listeners = Listeners(node.netns)
+    yield listeners
+    listeners.close()

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from kernel_sandbox import AGENT_ADDR, UNROUTED_ADDR, CgroupTree, EchoListener, Netns, run_client
+from kernel_sandbox import AGENT_ADDR, UNROUTED_ADDR, CgroupTree, Listeners, Netns, run_client
 
 from agent.bpf import libbpf
 from agent.bpf.loader import Loader, cgroup_id
-from agent.bpf.maps import CaptureMaps, Enrollment, Inbound, Mode
-from agent.bpf.programs import CAPTURE, CONNECT4
+from agent.bpf.maps import Enrollment, Inbound, Mode, NodeMaps
+from agent.bpf.programs import CONNECT4, GETPEERNAME4
+
+SMOKE = (CONNECT4, GETPEERNAME4)
 
 DETACH_WAIT_S = 5.0
 
@@ -31,17 +32,17 @@ def test_connect4_runs_in_a_throwaway_cgroup_and_detaches_by_unpinning(
     netns: Netns,
     cgroups: CgroupTree,
     pin_root: Path,
-    listen: Callable[[str, int, str], EchoListener],
+    listen: Listeners,
 ) -> None:
     loader = Loader("smoke", pin_root=pin_root)
-    attachments = loader.attach(CAPTURE, cgroups.workloads)
+    attachments = loader.attach(SMOKE, cgroups.workloads)
     assert [a.function for a in attachments] == ["weft_connect4", "weft_getpeername4"]
     assert all(a.link_pin.exists() for a in attachments)
     assert attached_program_ids(cgroups.workloads, CONNECT4.attach_type) == [attachments[0].prog_id]
 
     workload = cgroups.make("workloads/smoke-client")
     agent = listen(AGENT_ADDR, 15001, "agent")
-    with CaptureMaps(loader.maps_dir) as maps:
+    with NodeMaps(loader.maps_dir) as maps:
         maps.enroll(
             cgroup_id(workload),
             Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR)),
@@ -62,7 +63,7 @@ def test_connect4_runs_in_a_throwaway_cgroup_and_detaches_by_unpinning(
     for attachment in attachments:
         attachment.link_pin.unlink()
     deadline = time.monotonic() + DETACH_WAIT_S
-    while any(attached_program_ids(cgroups.workloads, s.attach_type) for s in CAPTURE):
+    while any(attached_program_ids(cgroups.workloads, s.attach_type) for s in SMOKE):
         assert time.monotonic() < deadline, "programs still attached after their pins were removed"
         time.sleep(0.02)
     after = run_client(netns, workload, UNROUTED_ADDR, 80)
@@ -71,8 +72,8 @@ def test_connect4_runs_in_a_throwaway_cgroup_and_detaches_by_unpinning(
 
 def test_loader_detach_is_immediate(cgroups: CgroupTree, pin_root: Path) -> None:
     loader = Loader("smoke", pin_root=pin_root)
-    loader.attach(CAPTURE, cgroups.workloads)
+    loader.attach(SMOKE, cgroups.workloads)
     assert loader.detach() == ["weft_connect4", "weft_getpeername4"]
-    for spec in CAPTURE:
+    for spec in SMOKE:
         assert attached_program_ids(cgroups.workloads, spec.attach_type) == []
     assert list(loader.links_dir.iterdir()) == []

@@ -1,0 +1,62 @@
+/* weft_sockops.c: capture bookkeeping. Key a captured connection's original destination by its
+ * 4-tuple once it is established, and forget it when the connection closes.
+ *
+ * weft_connect4 can key only by socket cookie: at connect() time the source port is not chosen
+ * yet. The agent sees the connection from the other end (accept() gives it the peer address),
+ * so it looks the original destination up by 4-tuple, which exists from ACTIVE_ESTABLISHED on.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/socket.h>
+
+#include "weft_maps.h"
+
+#define WEFT_SOCKOPS_DONE 1 /* sockops programs return 1; the value is not a verdict */
+
+static __always_inline void weft_key_by_tuple(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct weft_orig *orig = weft_orig_ck.lookup(&cookie);
+	if (!orig)
+		return; /* not a captured connection */
+
+	struct weft_tuple tuple = {
+		.src_addr = skops->local_ip4,
+		.dst_addr = skops->remote_ip4,
+		.src_port = bpf_htons(skops->local_port), /* local_port is host order */
+		.dst_port = skops->remote_port >> 16,     /* network order, in the upper half */
+	};
+	struct weft_orig copy = *orig;
+	weft_orig_tp.update(&tuple, &copy);
+	/* Ask for state callbacks so the close below can remove both entries. */
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void weft_forget(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct weft_tuple tuple = {
+		.src_addr = skops->local_ip4,
+		.dst_addr = skops->remote_ip4,
+		.src_port = bpf_htons(skops->local_port),
+		.dst_port = skops->remote_port >> 16,
+	};
+	weft_orig_tp.delete(&tuple);
+	weft_orig_ck.delete(&cookie);
+}
+
+int weft_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET)
+		return WEFT_SOCKOPS_DONE;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		weft_key_by_tuple(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			weft_forget(skops);
+		break;
+	}
+	return WEFT_SOCKOPS_DONE;
+}
