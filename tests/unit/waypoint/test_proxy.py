@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -580,6 +581,52 @@ def test_malformed_request_gets_400_and_the_connection_closes() -> None:
         )
         assert (answer.response.status, answer.reason) == (400, "downstream_protocol_error")
         assert await client.closed_by_peer()
+        client.close()
+
+    run(scenario, DEFAULT)
+
+
+def mutations(seed: int, count: int) -> list[bytes]:
+    """Garbage and damaged requests: random bytes, truncations, flipped and inserted bytes."""
+    source = random.Random(seed)
+    valid = f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 4\r\n\r\nbody".encode()
+    payloads = []
+    for _ in range(count):
+        choice = source.randrange(4)
+        if choice == 0:
+            payloads.append(source.randbytes(source.randrange(1, 300)))
+        elif choice == 1:
+            payloads.append(valid[: source.randrange(1, len(valid))])
+        else:
+            damaged = bytearray(valid)
+            for _ in range(source.randrange(1, 4)):
+                position = source.randrange(len(damaged))
+                if choice == 2:
+                    damaged[position] = source.randrange(256)
+                else:
+                    damaged[position:position] = source.choice(
+                        [b"\r\n", b" ", b"\x00", b":", b"\n"]
+                    )
+            payloads.append(bytes(damaged))
+    return payloads
+
+
+def test_garbage_gets_an_error_or_a_close_and_the_proxy_keeps_serving() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        for payload in mutations(seed=20261123, count=150):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(payload)
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), TEST_TIMEOUT_S)
+            writer.close()
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 "), payload
+            if answer:
+                status = int(answer[9:12])
+                assert status in (200, 404) or 400 <= status <= 505, (payload, answer[:60])
+        client = await Client.connect(port)
+        assert (await client.get("/")).response.status == 200
         client.close()
 
     run(scenario, DEFAULT)
