@@ -119,9 +119,10 @@ class _ClientSide:
         peer = self.writer.get_extra_info("peername")
         return str(peer[0]) if peer else None
 
-    async def next_event(self) -> Event:
+    async def next_event(self, timeout_s: float | None = None) -> Event:
+        """The next request event; TimeoutError if no byte arrives for `timeout_s`."""
         while not self.pending:
-            data = await self.reader.read(READ_SIZE)
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout_s)
             self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
         return self.pending.popleft()
 
@@ -179,6 +180,7 @@ class WaypointProxy:
         metrics: WaypointMetrics | None = None,
         access_log: Callable[[RequestRecord], None] | None = None,
         connect_timeout_s: float = 1.0,
+        idle_timeout_s: float = 300.0,
         max_header_bytes: int = 64 * 1024,
     ) -> None:
         self.config = config
@@ -189,6 +191,7 @@ class WaypointProxy:
         self.metrics = metrics or WaypointMetrics()
         self.access_log = access_log
         self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s  # a keep-alive client silent this long is closed
         self.max_header_bytes = max_header_bytes
         self.guards = RouteGuards()
         self._backends: dict[str, UpstreamBackend] = {}
@@ -215,7 +218,7 @@ class WaypointProxy:
         client = _ClientSide(reader, writer, RequestParser(self.max_header_bytes))
         try:
             while True:
-                event = await client.next_event()
+                event = await client.next_event(self.idle_timeout_s)
                 if isinstance(event, ConnectionClosed):
                     break
                 if not isinstance(event, Request):
@@ -226,8 +229,8 @@ class WaypointProxy:
             # Nothing of a response has been written when the request parser fails.
             reply = responses.protocol_error(error)
             writer.write(reply.encode(keep_alive=False))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client left, or stayed idle past idle_timeout_s: just close
         finally:
             writer.close()
 
@@ -428,7 +431,9 @@ class WaypointProxy:
                 return await self._reply(client, exchange, reply)
             else:  # Deliver
                 assert attempt is not None
-                return await self._deliver(client, exchange, decision, backend, attempt)
+                return await self._deliver(
+                    client, exchange, decision, backend, attempt, deadline=retries.request_deadline
+                )
 
     async def _timed_attempt(
         self,
@@ -456,8 +461,13 @@ class WaypointProxy:
         decision: Forward,
         backend: UpstreamBackend,
         attempt: Attempt,
+        *,
+        deadline: float | None,
     ) -> bool:
-        """Stream the chosen response to the client, then return the connection to the pool."""
+        """Stream the chosen response to the client, then return the connection to the pool.
+
+        The route's request timeout still runs while the body streams; if it fires after the
+        head went out, closing the connection is the only way left to tell the client."""
         response = attempt.response
         assert response is not None
         request = exchange.request
@@ -485,28 +495,45 @@ class WaypointProxy:
         exchange.status = response.status
         await client.send(serialize_response_head(response.status, response.reason, out))
         reusable = response.keep_alive
+        remaining = None if deadline is None else max(0.0, deadline - self.clock())
         try:
-            if response.framing is not BodyFraming.NONE:
-                while True:
-                    (event,) = await backend.body_events(attempt)
-                    if isinstance(event, EndOfMessage):
-                        if chunked:
-                            await client.send(LAST_CHUNK)
-                        break
-                    assert isinstance(event, Data)
-                    exchange.bytes_sent += len(event.data)
-                    await client.send(encode_chunk(event.data) if chunked else event.data)
-            else:
-                await backend.body_events(attempt)  # the EndOfMessage of a bodiless response
-        except (ConnectionError, Http1Error):
-            # Headers are already out: the only honest signal left is closing the connection.
+            async with asyncio.timeout(remaining):
+                await self._stream_body(client, exchange, backend, attempt, chunked=chunked)
+        except (ConnectionError, Http1Error, TimeoutError) as error:
             backend.finish(attempt, reusable=False)
-            exchange.flags = "upstream_reset_after_headers"
+            exchange.flags = (
+                "upstream_request_timeout_after_headers"
+                if isinstance(error, TimeoutError)
+                else "upstream_reset_after_headers"
+            )
             return False
         backend.finish(attempt, reusable=reusable)
         if request.upgrade is not None:
             client.pending.extend(client.parser.resume())
         return keep_alive
+
+    async def _stream_body(
+        self,
+        client: _ClientSide,
+        exchange: _Exchange,
+        backend: UpstreamBackend,
+        attempt: Attempt,
+        *,
+        chunked: bool,
+    ) -> None:
+        assert attempt.response is not None
+        if attempt.response.framing is BodyFraming.NONE:
+            await backend.body_events(attempt)  # the EndOfMessage of a bodiless response
+            return
+        while True:
+            (event,) = await backend.body_events(attempt)
+            if isinstance(event, EndOfMessage):
+                if chunked:
+                    await client.send(LAST_CHUNK)
+                return
+            assert isinstance(event, Data)
+            exchange.bytes_sent += len(event.data)
+            await client.send(encode_chunk(event.data) if chunked else event.data)
 
     # --- local replies and telemetry -----------------------------------------------------------
 

@@ -143,6 +143,11 @@ class RequestRetries:
     def attempts_made(self) -> int:
         return self._attempt
 
+    @property
+    def request_deadline(self) -> float | None:
+        """When the route's request timeout fires (None: no timeout)."""
+        return self._request_deadline
+
     def begin(self) -> RetryDecision:
         return self._start()
 

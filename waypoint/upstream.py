@@ -54,6 +54,11 @@ class UpstreamStream:
     parser: ResponseParser
     pending: deque[Event] = field(default_factory=deque)
 
+    @property
+    def stale(self) -> bool:
+        """An idle connection the backend has closed (or that holds bytes nobody asked for)."""
+        return self.reader.at_eof() or self.writer.is_closing() or bool(self.pending)
+
     async def next_event(self) -> Event:
         """The next response event; ConnectionError if the backend closed mid-response."""
         while not self.pending:
@@ -168,7 +173,13 @@ class UpstreamBackend:
         connection = grant.connection
         endpoint = connection.endpoint
         attempt = Attempt(endpoint, connection, close_after=grant.close_after)
-        if isinstance(grant, OpenConnection):
+        pooled = self._streams.get(connection.id)
+        if pooled is not None and pooled.stale:
+            # The backend closed this idle keep-alive connection: reconnect in the same pool
+            # slot rather than send into a dead socket and fail the request.
+            pooled.close()
+            del self._streams[connection.id]
+        if isinstance(grant, OpenConnection) or connection.id not in self._streams:
             host, port = _split_endpoint(endpoint)
             try:
                 reader, writer = await asyncio.wait_for(

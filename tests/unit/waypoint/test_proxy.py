@@ -111,6 +111,11 @@ class Backend:
             await asyncio.sleep(int(parts[1]) / 1000)
         elif parts[0] == "reset":
             return False
+        elif parts[0] == "stall":  # the head and half the body, then silence
+            writer.write(serialize_response_head(200, "OK", [("content-length", "10")]) + b"12345")
+            await writer.drain()
+            await asyncio.sleep(5)
+            return False
         elif parts[0] == "flaky" and self.flaky_failures < int(parts[1]):
             self.flaky_failures += 1
             status = 503
@@ -122,7 +127,7 @@ class Backend:
         headers = [("content-length", str(len(payload))), ("x-backend", self.name)]
         writer.write(serialize_response_head(status, "X", headers) + payload)
         await writer.drain()
-        return True
+        return parts[0] != "close-after"  # close-after: close without saying Connection: close
 
 
 # --- a client ------------------------------------------------------------------------------------
@@ -196,6 +201,7 @@ def run(
     routes: tuple[Route, ...],
     backends: int = 1,
     endpoints: dict[str, list[str]] | None = None,
+    proxy_options: dict[str, float] | None = None,
     **config: object,
 ) -> None:
     """Start backends and a proxy on loopback, run the scenario, tear everything down."""
@@ -218,7 +224,7 @@ def run(
             }
         if backends > 1 and endpoints is None:
             mapping = {V1.authority: [started[0].endpoint], V2.authority: [started[1].endpoint]}
-        proxy = WaypointProxy(waypoint, mapping, access_log=records.append)
+        proxy = WaypointProxy(waypoint, mapping, access_log=records.append, **(proxy_options or {}))
         _, port = await proxy.start()
         try:
             await asyncio.wait_for(scenario(proxy, port, started, records), TEST_TIMEOUT_S)
@@ -630,3 +636,51 @@ def test_garbage_gets_an_error_or_a_close_and_the_proxy_keeps_serving() -> None:
         client.close()
 
     run(scenario, DEFAULT)
+
+
+def test_pooled_connection_closed_by_the_backend_is_replaced_not_failed() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        assert (await client.get("/close-after")).response.status == 200
+        await asyncio.sleep(0.05)  # the backend's close reaches the idle pooled connection
+        assert (await client.get("/")).response.status == 200
+        client.close()
+        assert backends[0].connections == 2
+
+    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),))
+
+
+def test_request_timeout_while_the_body_streams_closes_the_client_connection() -> None:
+    routes = (Route("r", backends=(V1,), timeouts=Timeouts(request_s=0.2)),)
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /stall HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        started = time.monotonic()
+        received = await asyncio.wait_for(reader.read(), TEST_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+        writer.close()
+        assert received.startswith(b"HTTP/1.1 200")
+        assert received.endswith(b"\r\n\r\n12345")  # the half body, then the close
+        assert 0.15 <= elapsed < 2
+        assert records[0].response_flags == "upstream_request_timeout_after_headers"
+
+    run(scenario, routes)
+
+
+def test_idle_keep_alive_client_is_closed_after_the_idle_timeout() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        assert (await client.get("/")).response.status == 200
+        started = time.monotonic()
+        assert await client.closed_by_peer()
+        assert time.monotonic() - started < 2
+        client.close()
+
+    run(scenario, DEFAULT, proxy_options={"idle_timeout_s": 0.2})
