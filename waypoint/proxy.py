@@ -104,6 +104,14 @@ def _end_to_end(headers: Headers) -> list[tuple[str, str]]:
     return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
 
 
+class DownstreamBodyError(Exception):
+    """The client broke its request body (or left) while it was being streamed upstream."""
+
+    def __init__(self, cause: Http1Error | ConnectionError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 @dataclass
 class _ClientSide:
     """The downstream connection: its parser and events not consumed yet."""
@@ -152,6 +160,13 @@ class _Exchange:
     status: int = 0
     flags: str = "-"
     body_read: bool = False  # the request's EndOfMessage has been consumed
+
+
+def _note_downstream_failure(exchange: _Exchange, error: Exception) -> None:
+    if isinstance(error, Http1Error):
+        exchange.status, exchange.flags = error.status, "downstream_protocol_error"
+    else:
+        exchange.flags = "downstream_disconnect"
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,12 @@ class WaypointProxy:
         )
         try:
             return await self._serve(client, exchange)
+        except DownstreamBodyError as failure:
+            _note_downstream_failure(exchange, failure.cause)
+            raise failure.cause from None
+        except (Http1Error, ConnectionError, TimeoutError) as error:
+            _note_downstream_failure(exchange, error)
+            raise
         finally:
             self._report(exchange)
 
@@ -351,8 +372,13 @@ class WaypointProxy:
         return _Body(b"".join(parts), complete=False)
 
     async def _body_tail(self, client: _ClientSide, exchange: _Exchange) -> AsyncIterator[bytes]:
+        """The rest of a streamed request body. A client error surfaces as DownstreamBodyError, so
+        the upstream side does not mistake it for a backend reset."""
         while True:
-            event = await client.next_event()
+            try:
+                event = await client.next_event()
+            except (Http1Error, ConnectionError) as error:
+                raise DownstreamBodyError(error) from error
             if isinstance(event, EndOfMessage):
                 exchange.body_read = True
                 return

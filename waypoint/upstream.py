@@ -212,7 +212,9 @@ class UpstreamBackend:
             self.finish(attempt, reusable=False)
             self._record(endpoint, None)
             return Failure.RESET
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled (a timeout fired) or the client's own body failed: the connection is
+            # in an unknown state, never reused.
             self.finish(attempt, reusable=False)
             raise
         self._record(endpoint, attempt.response.status)

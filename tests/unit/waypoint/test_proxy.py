@@ -684,3 +684,22 @@ def test_idle_keep_alive_client_is_closed_after_the_idle_timeout() -> None:
         client.close()
 
     run(scenario, DEFAULT, proxy_options={"idle_timeout_s": 0.2})
+
+
+def test_client_breaking_a_streamed_body_gets_400_not_a_backend_error() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        big = b"x" * 70_000  # above the 64 KiB buffer: streamed, not buffered
+        head = f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        wire = head.encode() + b"%x\r\n" % len(big) + big + b"\r\nzz\r\n"
+        answer = await client.send(wire, "POST")
+        assert (answer.response.status, answer.reason) == (400, "downstream_protocol_error")
+        assert records[0].response_flags == "downstream_protocol_error"
+        client.close()
+        fresh = await Client.connect(port)
+        assert (await fresh.get("/")).response.status == 200
+        fresh.close()
+
+    run(scenario, DEFAULT)
