@@ -6,6 +6,8 @@
  */
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/stddef.h>
 #include <linux/socket.h>
 
 #include "weft_maps.h"
@@ -29,7 +31,11 @@ int weft_inbound(struct __sk_buff *skb)
 	if (!enrollment || enrollment->inbound != WEFT_INBOUND_STRICT)
 		return WEFT_SKB_PASS;
 
-	__be32 src = skb->remote_ip4;
+	/* The source address comes from the IP header: skb->remote_ip4 here is the socket's peer,
+	 * which a listening socket does not have. cgroup_skb sees the packet from its IP header on. */
+	__be32 src = 0;
+	if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), &src, sizeof(src)) < 0)
+		return WEFT_SKB_DROP; /* fail closed: a STRICT workload's packet we cannot judge */
 	/* The agent delivers inbound traffic from its own address; loopback never left the pod. */
 	if (src == enrollment->agent_addr || (bpf_ntohl(src) >> 24) == 127)
 		return WEFT_SKB_PASS;

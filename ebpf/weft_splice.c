@@ -16,9 +16,16 @@ int weft_splice_verdict(struct __sk_buff *skb)
 	if (!peer)
 		return SK_PASS;
 
+	__u32 len = skb->len;
+	/* A segment without data is a bare FIN. Redirected, it would be "sent" as zero bytes,
+	 * which the kernel's sockmap backlog takes for a broken pipe (EPIPE on the peer). Passed
+	 * up, the agent reads it as end of stream and half-closes the peer itself. */
+	if (len == 0)
+		return SK_PASS;
+
 	__u64 peer_cookie = peer->peer_cookie;
 	__u64 cgroup_id = peer->cgroup_id;
-	__u32 len = skb->len;
+	__sync_fetch_and_add(&peer->redirected, len);
 	struct weft_wl_stats *stats = weft_wl_stats.lookup(&cgroup_id);
 	if (stats)
 		__sync_fetch_and_add(&stats->spliced_bytes, len);

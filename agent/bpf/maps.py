@@ -66,9 +66,13 @@ class WorkloadStatsC(ctypes.Structure):
 
 
 class SplicePeerC(ctypes.Structure):
-    """struct weft_splice_peer { __u64 peer_cookie; __u64 cgroup_id; };"""
+    """struct weft_splice_peer { __u64 peer_cookie; __u64 cgroup_id; __u64 redirected; };"""
 
-    _fields_ = (("peer_cookie", ctypes.c_uint64), ("cgroup_id", ctypes.c_uint64))
+    _fields_ = (
+        ("peer_cookie", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("redirected", ctypes.c_uint64),
+    )
 
 
 # map name -> (key mirror, value mirror), exactly as declared in weft_maps.h
@@ -301,6 +305,11 @@ class NodeMaps:
         except OSError:
             self.unsplice(a[0], b[0])
             raise
+
+    def spliced_from(self, cookie: int) -> int | None:
+        """Bytes the kernel has sent on from this socket to its peer; None if not spliced."""
+        value = self._maps["weft_splice_pr"].get(ctypes.c_uint64(cookie))
+        return int(value.redirected) if isinstance(value, SplicePeerC) else None
 
     def unsplice(self, cookie_a: int, cookie_b: int) -> None:
         """Take a pair back from the kernel (a closed socket leaves the sockhash by itself)."""

@@ -2,19 +2,28 @@
 
 The agent accepts the workload's captured connection, authorizes it, connects to the local
 destination, and then, instead of copying bytes in Python, registers the two sockets so that
-weft_splice.c moves each segment to the other socket's send side. End of stream (FIN) is not
-data, so the agent still watches for it and closes the peer's write side itself.
+weft_splice.c moves each segment to the other socket's send side.
+
+End of stream (FIN) is not data: the agent still sees it and must pass it on itself. The kernel
+sends redirected bytes from a work queue, so a FIN can overtake them; before half-closing the
+peer, the agent waits until the peer has written everything redirected to it (`drained`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from agent.bpf.maps import NodeMaps
 
 SO_COOKIE = 57  # <asm-generic/socket.h>; Python's socket module does not name it
+SIOCOUTQ = 0x5411  # bytes in the send queue, not yet acknowledged (== TIOCOUTQ)
+TCPI_BYTES_ACKED_OFFSET = 120  # struct tcp_info: __u64 tcpi_bytes_acked
+TCP_INFO_LEN = 128
+DRAIN_POLL_S = 0.001
 
 
 def socket_cookie(sock: socket.socket) -> int:
@@ -23,27 +32,67 @@ def socket_cookie(sock: socket.socket) -> int:
     return value
 
 
+def bytes_written(sock: socket.socket) -> int:
+    """Bytes this TCP socket has taken for sending: acknowledged plus still queued.
+
+    Only differences of two readings mean something: tcpi_bytes_acked counts an active
+    socket's SYN (and later its FIN) as a byte.
+    """
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+    (acked,) = struct.unpack_from("=Q", info, TCPI_BYTES_ACKED_OFFSET)
+    (queued,) = struct.unpack("=i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))
+    return int(acked) + int(queued)
+
+
 @dataclass
 class Splice:
     """Two connected sockets whose bytes the kernel moves; stop() hands them back.
 
-    Register the pair before the first byte arrives on either socket: bytes already queued in
-    a socket when it enters the sockhash are not redirected until more data follows them.
+    Register the pair before any byte arrives on either socket: the verdict program judges
+    segments as they arrive, so bytes queued before the pair entered the sockhash stay there.
     """
 
     maps: NodeMaps
     downstream: socket.socket  # the workload's captured connection, accepted by the agent
     upstream: socket.socket  # the agent's connection to the destination workload
     cgroup_id: int  # the source workload, whose counters the spliced bytes go to
-    _cookies: tuple[int, int] | None = None
+    _cookies: dict[int, int] = field(default_factory=dict)  # fd -> cookie
+    _written_before: dict[int, int] = field(default_factory=dict)  # fd -> bytes_written at start
 
     def start(self) -> None:
-        a = (socket_cookie(self.downstream), self.downstream.fileno())
-        b = (socket_cookie(self.upstream), self.upstream.fileno())
-        self.maps.splice(a, b, self.cgroup_id)
-        self._cookies = (a[0], b[0])
+        for sock in (self.downstream, self.upstream):
+            self._cookies[sock.fileno()] = socket_cookie(sock)
+            self._written_before[sock.fileno()] = bytes_written(sock)
+        a, b = self.downstream.fileno(), self.upstream.fileno()
+        self.maps.splice((self._cookies[a], a), (self._cookies[b], b), self.cgroup_id)
+
+    def _peer_of(self, sock: socket.socket) -> socket.socket:
+        return self.upstream if sock is self.downstream else self.downstream
+
+    def drained(self, source: socket.socket) -> bool:
+        """Has the peer of `source` written every byte the kernel redirected from `source`?"""
+        redirected = self.maps.spliced_from(self._cookies[source.fileno()])
+        if redirected is None:
+            return True
+        peer = self._peer_of(source)
+        return bytes_written(peer) - self._written_before[peer.fileno()] >= redirected
+
+    def pass_end_of_stream(self, source: socket.socket, timeout: float) -> None:
+        """`source` reached EOF: once its bytes are out of the peer, half-close the peer.
+
+        Blocking, bounded by `timeout`; an asyncio shell polls drained() instead.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.drained(source):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"spliced bytes did not drain to the peer within {timeout} s; "
+                    "the peer is not reading or the connection stalled"
+                )
+            time.sleep(DRAIN_POLL_S)
+        self._peer_of(source).shutdown(socket.SHUT_WR)
 
     def stop(self) -> None:
-        if self._cookies is not None:
-            self.maps.unsplice(*self._cookies)
-            self._cookies = None
+        if self._cookies:
+            self.maps.unsplice(*self._cookies.values())
+            self._cookies.clear()

@@ -80,6 +80,8 @@ BPF_TABLE_PINNED("lru_hash", struct weft_tuple, struct weft_orig, weft_orig_tp, 
 struct weft_splice_peer {
 	__u64 peer_cookie;
 	__u64 cgroup_id; /* the workload whose counters the spliced bytes go to */
+	__u64 redirected; /* bytes sent on from this socket to its peer; the agent waits for the
+			   * peer to have written them all before it passes an end of stream on */
 };
 
 /* bcc has no pinned form of BPF_SOCKHASH, and its sk_redirect_hash() method exists only on the

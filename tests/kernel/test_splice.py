@@ -1,0 +1,77 @@
+"""Same-node splice (issue 5): once the agent hands an authorized pair of sockets to the kernel,
+bytes cross between them without reaching the agent, and are counted for the source workload."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address
+
+from kernel_sandbox import AGENT_ADDR, SERVER_ADDR, Listeners, Node
+
+from agent.bpf.loader import cgroup_id
+from agent.bpf.maps import Enrollment, Inbound, Mode
+from agent.capture.splice import Splice, socket_cookie
+
+AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+TIMEOUT_S = 10.0
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 16):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def tcp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT_S)
+    return s
+
+
+def test_spliced_pair_carries_both_directions_without_the_agent_reading_a_byte(
+    node: Node, node_listen: Listeners
+) -> None:
+    workload = cgroup_id(node.workload("splice-src", AMBIENT))
+    node_listen(SERVER_ADDR, 7070, "server")  # answers b"server:" + everything it read
+
+    def make_listener() -> socket.socket:
+        s = tcp_socket()
+        s.bind((AGENT_ADDR, 15101))
+        s.listen(1)
+        return s
+
+    with (
+        node.netns.socket_in(make_listener) as agent_listener,
+        node.netns.socket_in(tcp_socket) as client,
+        node.netns.socket_in(tcp_socket) as upstream,
+    ):
+        client.connect((AGENT_ADDR, 15101))
+        downstream, _ = agent_listener.accept()
+        with downstream:
+            downstream.settimeout(TIMEOUT_S)
+            upstream.connect((SERVER_ADDR, 7070))
+            splice = Splice(node.maps, downstream, upstream, workload)
+            splice.start()
+
+            client.sendall(PAYLOAD)
+            client.shutdown(socket.SHUT_WR)
+            # The agent's only job now is to pass on each end of stream (a FIN is not data).
+            assert downstream.recv(1) == b""  # EOF, and no payload byte came up to the agent
+            splice.pass_end_of_stream(downstream, TIMEOUT_S)
+            assert upstream.recv(1) == b""  # the server's answer went by, its FIN came up
+            splice.pass_end_of_stream(upstream, TIMEOUT_S)
+            reply = read_to_eof(client)
+            splice.stop()
+
+    assert reply == b"server:" + PAYLOAD
+    stats = node.maps.stats(workload)
+    assert stats is not None
+    assert stats.spliced_bytes == len(PAYLOAD) + len(reply)
+
+
+def test_socket_cookie_is_stable_and_distinct_per_socket() -> None:
+    with socket.socket() as a, socket.socket() as b:
+        assert socket_cookie(a) == socket_cookie(a)
+        assert socket_cookie(a) != socket_cookie(b)
