@@ -103,7 +103,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             revision, deleted = self.store.delete(keys)
             if deleted:
                 self.hub.catalog.delete(deleted, revision)
-                self.hub.publish(set())
+                self.hub.publish(set(deleted))
         self._observe_catalog()
         return admin_pb2.DeleteResponse(
             revision=revision, deleted=[key_to_proto(k) for k in deleted]

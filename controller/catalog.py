@@ -1,8 +1,10 @@
 """The controller's in-memory view of the store: resources by key with the indexes scoping needs.
 
-Loaded from the store at start and updated after each committed change, under the writer lock
-of the admin service, so it always equals some store revision. Each entry keeps its wire form,
-built once, so a snapshot for a node is a list of ready messages.
+Loaded from the store at start and updated after each committed change, under the hub's lock,
+so it always equals some store revision. Internally a resource is named by its string id
+("Kind/namespace/name"): scoping does set arithmetic over tens of thousands of them per change,
+and strings hash and compare in C. Each entry keeps its wire form, encoded once, so a node's
+snapshot is a concatenation of ready bytes.
 """
 
 from __future__ import annotations
@@ -12,31 +14,45 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from controller.store import Store
-from weft.api.convert import resource_to_proto
+from weft.api.convert import resource_to_proto, update_to_proto
 from weft.api.v1 import resources_pb2
-from weft.model import Kind, Resource, ResourceKey, Workload
+from weft.model import Kind, Resource, ResourceKey, Service, Workload
 from weft.resources import ParsedResource, parse_stored
+
+
+def resource_id(key: ResourceKey) -> str:
+    return str(key)
+
+
+def key_of_id(rid: str) -> ResourceKey:
+    kind, _, rest = rid.partition("/")
+    namespace, _, name = rest.rpartition("/")
+    return ResourceKey(Kind(kind), namespace, name)
 
 
 @dataclass(frozen=True)
 class Entry:
+    id: str
     key: ResourceKey
     resource: Resource
     revision: int
     wire: resources_pb2.Resource
+    # This resource as the `upserts` field of a WatchUpdate: updates are concatenations.
+    upsert_bytes: bytes
 
 
 class Catalog:
-    """Current resources and indexes: by kind, workloads by node, workloads by namespace."""
+    """Current resources and indexes: by kind, workloads by node, namespace and label."""
 
     def __init__(self) -> None:
         self.revision = 0
-        self._entries: dict[ResourceKey, Entry] = {}
-        self._by_kind: dict[Kind, dict[ResourceKey, Entry]] = defaultdict(dict)
-        self._workloads_by_node: dict[str, set[ResourceKey]] = defaultdict(set)
-        self._workloads_by_namespace: dict[str, set[ResourceKey]] = defaultdict(set)
-        # (namespace, label, value) -> workloads: selectors become set intersections.
-        self._workloads_by_label: dict[tuple[str, str, str], set[ResourceKey]] = defaultdict(set)
+        self._entries: dict[str, Entry] = {}
+        self._by_kind: dict[Kind, dict[str, Entry]] = defaultdict(dict)
+        self._workloads_by_node: dict[str, set[str]] = defaultdict(set)
+        self._workloads_by_namespace: dict[str, set[str]] = defaultdict(set)
+        # (namespace, label, value) -> workload ids: selectors become set intersections.
+        self._workloads_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self._services_by_namespace: dict[str, dict[str, Service]] = defaultdict(dict)
 
     @classmethod
     def load(cls, store: Store) -> Catalog:
@@ -50,7 +66,10 @@ class Catalog:
         return len(self._entries)
 
     def get(self, key: ResourceKey) -> Entry | None:
-        return self._entries.get(key)
+        return self._entries.get(resource_id(key))
+
+    def by_id(self, rid: str) -> Entry | None:
+        return self._entries.get(rid)
 
     def of_kind(self, kind: Kind) -> Iterable[Entry]:
         return self._by_kind[kind].values()
@@ -60,15 +79,13 @@ class Catalog:
             assert isinstance(entry.resource, Workload)
             yield entry.resource
 
-    def workload_keys_on(self, node: str) -> set[ResourceKey]:
+    def services_in(self, namespace: str) -> Iterable[Service]:
+        return self._services_by_namespace.get(namespace, {}).values()
+
+    def workload_ids_on(self, node: str) -> set[str]:
         return self._workloads_by_node.get(node, set())
 
-    def workload_keys_in(self, namespace: str) -> set[ResourceKey]:
-        return self._workloads_by_namespace.get(namespace, set())
-
-    def workload_keys_matching(
-        self, namespace: str, selector: Mapping[str, str]
-    ) -> set[ResourceKey]:
+    def workload_ids_matching(self, namespace: str, selector: Mapping[str, str]) -> set[str]:
         """Workloads of `namespace` whose labels include all of `selector` (empty: none)."""
         sets = sorted(
             (self._workloads_by_label.get((namespace, k, v), set()) for k, v in selector.items()),
@@ -80,8 +97,8 @@ class Catalog:
 
     def workloads_on(self, node: str) -> list[Workload]:
         out = []
-        for key in self.workload_keys_on(node):
-            resource = self._entries[key].resource
+        for rid in self.workload_ids_on(node):
+            resource = self._entries[rid].resource
             assert isinstance(resource, Workload)
             out.append(resource)
         return out
@@ -101,27 +118,36 @@ class Catalog:
 
     def delete(self, keys: Iterable[ResourceKey], revision: int) -> None:
         for key in keys:
-            entry = self._entries.pop(key, None)
-            if entry is None:
-                continue
-            del self._by_kind[key.kind][key]
-            if isinstance(entry.resource, Workload):
-                self._workloads_by_node[entry.resource.node].discard(key)
-                self._workloads_by_namespace[key.namespace].discard(key)
-                for label in entry.resource.selector_labels.items():
-                    self._workloads_by_label[(key.namespace, *label)].discard(key)
+            self._remove(resource_id(key))
         self.revision = max(self.revision, revision)
 
-    def _put(self, item: ParsedResource, revision: int, document: object) -> None:
-        self.delete([item.key], self.revision)
-        assert isinstance(document, dict)
-        entry = Entry(
-            item.key, item.resource, revision, resource_to_proto(item.key, document, revision)
-        )
-        self._entries[item.key] = entry
-        self._by_kind[item.key.kind][item.key] = entry
+    def _remove(self, rid: str) -> None:
+        entry = self._entries.pop(rid, None)
+        if entry is None:
+            return
+        del self._by_kind[entry.key.kind][rid]
+        if isinstance(entry.resource, Service):
+            self._services_by_namespace[entry.key.namespace].pop(rid, None)
+        if isinstance(entry.resource, Workload):
+            namespace = entry.key.namespace
+            self._workloads_by_node[entry.resource.node].discard(rid)
+            self._workloads_by_namespace[namespace].discard(rid)
+            for label, value in entry.resource.selector_labels.items():
+                self._workloads_by_label[(namespace, label, value)].discard(rid)
+
+    def _put(self, item: ParsedResource, revision: int, document: Mapping[str, object]) -> None:
+        rid = resource_id(item.key)
+        self._remove(rid)
+        wire = resource_to_proto(item.key, document, revision)
+        upsert = update_to_proto(0, False, [wire], ()).SerializeToString()
+        entry = Entry(rid, item.key, item.resource, revision, wire, upsert)
+        self._entries[rid] = entry
+        self._by_kind[item.key.kind][rid] = entry
+        if isinstance(item.resource, Service):
+            self._services_by_namespace[item.key.namespace][rid] = item.resource
         if isinstance(item.resource, Workload):
-            self._workloads_by_node[item.resource.node].add(item.key)
-            self._workloads_by_namespace[item.key.namespace].add(item.key)
-            for label in item.resource.selector_labels.items():
-                self._workloads_by_label[(item.key.namespace, *label)].add(item.key)
+            namespace = item.key.namespace
+            self._workloads_by_node[item.resource.node].add(rid)
+            self._workloads_by_namespace[namespace].add(rid)
+            for label, value in item.resource.selector_labels.items():
+                self._workloads_by_label[(namespace, label, value)].add(rid)

@@ -1,6 +1,7 @@
 """Discovery fan-out: per-node views, snapshot-then-delta updates, ACK/NACK bookkeeping.
 
-No gRPC here: a Watcher is a queue of ready WatchUpdate messages that the gRPC handler drains.
+No gRPC here: a Watcher is a queue of encoded WatchUpdate messages that the gRPC handler sends
+as they are (an update is a header plus each resource's pre-encoded `upserts` field).
 The hub's lock orders everything: the admin service commits a change, updates the catalog and
 calls `publish` while holding it, so every watcher sees revisions in store order.
 """
@@ -10,14 +11,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from controller.catalog import Catalog
-from controller.scoping import SharedScope, node_scope, shared_scope
+from controller.catalog import Catalog, key_of_id, resource_id
+from controller.scoping import (
+    changes_local_scopes,
+    local_scope,
+    shared_scope,
+    updated_shared_scope,
+)
 from weft.api.convert import update_to_proto
-from weft.api.v1 import discovery_pb2
-from weft.model import ResourceKey
+from weft.model import ResourceKey, Workload
 
 
 @dataclass
@@ -35,39 +40,26 @@ class AgentState:
 
 @dataclass(eq=False)
 class Watcher:
+    """One open stream. Its view is the shared scope plus `local`; updates are encoded bytes."""
+
     node: str
     state: AgentState
-    updates: queue.Queue[discovery_pb2.WatchUpdate | None] = field(default_factory=queue.Queue)
-    view: set[ResourceKey] = field(default_factory=set)
+    updates: queue.Queue[bytes | None] = field(default_factory=queue.Queue)
+    local: set[str] = field(default_factory=set)
 
-    def next_update(self, timeout: float) -> discovery_pb2.WatchUpdate | None:
-        try:
-            return self.updates.get(timeout=timeout)
-        except queue.Empty:
-            return None
+
+def _header(version: int, snapshot: bool) -> bytes:
+    return update_to_proto(version, snapshot, (), ()).SerializeToString()
 
 
 class DiscoveryHub:
-    def __init__(
-        self,
-        catalog: Catalog,
-        on_nack: Callable[[str, int, str], None] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, catalog: Catalog, clock: Callable[[], float] = time.time) -> None:
         self.catalog = catalog
         self.lock = threading.RLock()
         self._watchers: set[Watcher] = set()
         self._agents: dict[str, AgentState] = {}
-        self._shared: SharedScope | None = None
-        self._shared_revision = -1
-        self._on_nack = on_nack
+        self._shared = shared_scope(catalog)
         self._clock = clock
-
-    def _shared_scope(self) -> SharedScope:
-        if self._shared is None or self._shared_revision != self.catalog.revision:
-            self._shared = shared_scope(self.catalog)
-            self._shared_revision = self.catalog.revision
-        return self._shared
 
     def subscribe(self, node: str) -> Watcher:
         """Register a watcher and queue its snapshot; a reconnect starts over from a snapshot."""
@@ -76,14 +68,26 @@ class DiscoveryHub:
             state.connected = True
             state.connected_since = self._clock()
             watcher = Watcher(node, state)
-            watcher.view = node_scope(self.catalog, self._shared_scope(), node)
+            watcher.local = local_scope(self.catalog, self._shared, node)
             version = self.catalog.revision
-            entries = (self.catalog.get(k) for k in sorted(watcher.view))
-            upserts = [e.wire for e in entries if e is not None]
-            watcher.updates.put(update_to_proto(version, True, upserts, ()))
+            view = self._shared.everyone | watcher.local
+            watcher.updates.put(self._encode(version, True, view, ()))
             state.sent_version = version
             self._watchers.add(watcher)
             return watcher
+
+    def _encode(
+        self, version: int, snapshot: bool, upserts: Iterable[str], removals: Iterable[str]
+    ) -> bytes:
+        parts = [_header(version, snapshot)]
+        for rid in sorted(upserts):
+            entry = self.catalog.by_id(rid)
+            if entry is not None:
+                parts.append(entry.upsert_bytes)
+        removed = [key_of_id(rid) for rid in sorted(removals)]
+        if removed:
+            parts.append(update_to_proto(0, False, (), removed).SerializeToString())
+        return b"".join(parts)
 
     def unsubscribe(self, watcher: Watcher) -> None:
         with self.lock:
@@ -93,25 +97,53 @@ class DiscoveryHub:
             watcher.updates.put(None)
 
     def publish(self, changed: set[ResourceKey]) -> None:
-        """Queue each watcher's delta for the catalog's current revision (caller holds the lock)."""
+        """Queue each watcher's delta for the catalog's current revision.
+
+        The shared scope is diffed once; per node only its local part is recomputed, so the
+        cost per watcher is proportional to its own workloads, not to the mesh.
+        """
         with self.lock:
             version = self.catalog.revision
-            shared = self._shared_scope()
+            changed_ids = {resource_id(k) for k in changed}
+            old = self._shared
+            new = updated_shared_scope(self.catalog, old, changed_ids)
+            self._shared = new
+            shared_added = new.everyone - old.everyone
+            shared_removed = old.everyone - new.everyone
+            everyone_local = changes_local_scopes(changed_ids)
+            workload_nodes = {
+                e.resource.node
+                for e in map(self.catalog.by_id, changed_ids)
+                if e is not None and isinstance(e.resource, Workload)
+            }
             for watcher in self._watchers:
-                view = node_scope(self.catalog, shared, watcher.node)
-                removed = watcher.view - view
-                upserted = (view - watcher.view) | (changed & view)
-                watcher.view = view
+                old_local = watcher.local
+                if (
+                    everyone_local
+                    or watcher.node in workload_nodes
+                    or not changed_ids.isdisjoint(old_local)
+                ):
+                    watcher.local = local_scope(self.catalog, new, watcher.node)
+                local = watcher.local
+                removed = {
+                    r
+                    for r in shared_removed | (old_local - local)
+                    if r not in new.everyone and r not in local
+                }
+                added = {
+                    r
+                    for r in shared_added | (local - old_local)
+                    if r not in old.everyone and r not in old_local
+                }
+                added |= {r for r in changed_ids if r in new.everyone or r in local}
                 state = watcher.state
-                if not removed and not upserted:
+                if not removed and not added:
                     # Nothing this node sees changed: it is as current as it was.
                     if state.acked_version == state.sent_version:
                         state.acked_version = version
                     state.sent_version = version
                     continue
-                entries = (self.catalog.get(k) for k in sorted(upserted))
-                wire = [e.wire for e in entries if e is not None]
-                watcher.updates.put(update_to_proto(version, False, wire, sorted(removed)))
+                watcher.updates.put(self._encode(version, False, added, removed))
                 state.sent_version = version
 
     def acknowledge(self, watcher: Watcher, version: int, error: str) -> None:
@@ -120,8 +152,6 @@ class DiscoveryHub:
             if error:
                 state.nacked_version = version
                 state.nack_error = error
-                if self._on_nack is not None:
-                    self._on_nack(watcher.node, version, error)
             else:
                 state.acked_version = max(state.acked_version, version)
                 if state.nacked_version and version >= state.nacked_version:
@@ -130,9 +160,8 @@ class DiscoveryHub:
 
     def agents(self) -> list[AgentState]:
         with self.lock:
-            return [
-                AgentState(**vars(s)) for s in sorted(self._agents.values(), key=lambda s: s.node)
-            ]
+            states = sorted(self._agents.values(), key=lambda s: s.node)
+            return [AgentState(**vars(s)) for s in states]
 
     def close(self) -> None:
         with self.lock:

@@ -12,13 +12,15 @@ import grpc
 from controller.callers import require_node
 from controller.discovery import DiscoveryHub, Watcher
 from controller.metrics import ControllerMetrics
-from weft.api.v1 import discovery_pb2, discovery_pb2_grpc
+from weft.api.v1 import discovery_pb2
 
 LOG = logging.getLogger("weft.controller.discovery")
 POLL_SECONDS = 0.5  # how often an idle stream checks that its client is still there
 
 
-class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
+class DiscoveryServicer:
+    """Yields encoded WatchUpdates; registered by `handler()` with a pass-through serializer."""
+
     def __init__(self, hub: DiscoveryHub, trust_domain: str, metrics: ControllerMetrics) -> None:
         self.hub = hub
         self.trust_domain = trust_domain
@@ -28,7 +30,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         self,
         request_iterator: Iterator[discovery_pb2.WatchRequest],
         context: grpc.ServicerContext,
-    ) -> Iterator[discovery_pb2.WatchUpdate]:
+    ) -> Iterator[bytes]:
         caller = require_node(context, self.trust_domain)
         first = next(request_iterator, None)
         if first is None or not first.HasField("subscribe") or not first.subscribe.node:
@@ -59,6 +61,17 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
             self.hub.unsubscribe(watcher)
             self.metrics.connected_agents.dec()
             LOG.info("agent disconnected: node=%s", node)
+
+    def handler(self) -> grpc.GenericRpcHandler[discovery_pb2.WatchRequest, bytes]:
+        """The DiscoveryService handler: requests decoded as usual, responses sent as encoded."""
+        watch = grpc.stream_stream_rpc_method_handler(
+            self.Watch,
+            request_deserializer=discovery_pb2.WatchRequest.FromString,
+            response_serializer=bytes,
+        )
+        return grpc.method_handlers_generic_handler(
+            "weft.api.v1.DiscoveryService", {"Watch": watch}
+        )
 
     def _read_acks(self, watcher: Watcher, requests: Iterator[discovery_pb2.WatchRequest]) -> None:
         try:

@@ -29,7 +29,7 @@ from controller.identity_service import IdentityServicer, IssuancePolicy
 from controller.metrics import ControllerMetrics
 from controller.store import Store
 from controller.trust import TrustProvider
-from weft.api.v1 import admin_pb2_grpc, discovery_pb2_grpc, identity_pb2_grpc
+from weft.api.v1 import admin_pb2_grpc, identity_pb2_grpc
 from weft.errors import UnavailableError
 
 LOG = logging.getLogger("weft.controller")
@@ -114,9 +114,8 @@ class Controller:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(
             IdentityServicer(self.store, self.trust, self.hub, self.metrics, policy), server
         )
-        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(
-            DiscoveryServicer(self.hub, self.trust.trust_domain, self.metrics), server
-        )
+        discovery = DiscoveryServicer(self.hub, self.trust.trust_domain, self.metrics)
+        server.add_generic_rpc_handlers([discovery.handler()])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.trust, self.hub, self.metrics, self.started_at), server
         )
