@@ -40,7 +40,12 @@ examples:
 def register(parser: argparse.ArgumentParser, name: str) -> None:
     parser.epilog = EPILOG
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="paths and/or loads")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s per load")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.rounds} rounds of {QUICK.seconds:g} s per load (default: {FULL.rounds} "
+        f"rounds of {FULL.seconds:g} s)",
+    )
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--seconds", type=float, help="override the seconds per load run")
     parser.add_argument(
@@ -59,6 +64,11 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         default="lab",
         help="lab: bring up vm.lab's lab and remove it after (default); running: use the lab "
         "that is up and leave it (the bench workloads stay in it)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --testbed lab: remove a lab that is already up before building the bench's",
     )
     parser.add_argument("--output", type=Path, help="directory for the JSON result and plots")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -107,7 +117,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRootError("weft bench")
     output = run_bench(
-        selection, settings, args.testbed, lambda line: console.print(f"[dim]{line}[/]")
+        selection,
+        settings,
+        args.testbed,
+        lambda line: console.print(f"[dim]{line}[/]"),
+        replace=args.replace,
     )
     result = output.result
     directory = args.output or (QUICK_RESULTS_DIR if settings.mode == "quick" else RESULTS_DIR)

@@ -23,7 +23,11 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How long and how often: `quick` fits in 3 minutes, `full` in 15."""
+    """How long and how often: `quick` fits in 3 minutes, `full` in 15.
+
+    More short rounds beat fewer long ones here: the median has more rounds to reject the ones
+    another tenant of this 2-core machine disturbed.
+    """
 
     mode: str
     rounds: int
@@ -31,7 +35,7 @@ class BenchSettings:
 
 
 QUICK = BenchSettings("quick", rounds=2, seconds=1.0)
-FULL = BenchSettings("full", rounds=5, seconds=3.0)
+FULL = BenchSettings("full", rounds=7, seconds=2.0)
 
 
 @dataclass

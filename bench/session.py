@@ -42,12 +42,14 @@ class SessionOutput:
 
 
 @contextlib.contextmanager
-def open_testbed(kind: str, progress: Progress) -> Iterator[tuple[Testbed, str, str]]:
+def open_testbed(
+    kind: str, progress: Progress, replace: bool = False
+) -> Iterator[tuple[Testbed, str, str]]:
     """Yield a lab with the (client node, server node) the bench uses.
 
     "lab": bring up vm.lab's default topology (its first two worker nodes) and tear it down after,
-    holding the machine-wide lab lock meanwhile. "running": use the lab that is already up and
-    leave it up.
+    holding the machine-wide lab lock meanwhile (`replace`: remove a lab left up first, as
+    `weft lab up --replace` does). "running": use the lab that is already up and leave it up.
     """
 
     def two_workers(topology: Topology) -> tuple[str, str]:
@@ -69,11 +71,11 @@ def open_testbed(kind: str, progress: Progress) -> Iterator[tuple[Testbed, str, 
         lab = Lab(topology)
         progress(f"bringing up the lab ({topology.source}), nodes {client_node}, {server_node}")
         try:
-            lab.up(demo=False, replace=False)
+            lab.up(demo=False, replace=replace)
         except ConflictError as exc:
             raise ConflictError(
                 f"a lab is already up: {exc.message}",
-                hint="'weft bench --testbed running' uses it; or 'weft lab down' and run again",
+                hint="'weft bench --testbed running' uses it; '--replace' removes it first",
             ) from exc
         try:
             yield lab, client_node, server_node
@@ -94,14 +96,18 @@ def expand_paths(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def run_bench(
-    selection: Selection, settings: BenchSettings, testbed_kind: str, progress: Progress
+    selection: Selection,
+    settings: BenchSettings,
+    testbed_kind: str,
+    progress: Progress,
+    replace: bool = False,
 ) -> SessionOutput:
     """Install and compile what the loads need, bring up a lab, run, tear it down."""
     installed = ensure_packages()
     if installed:
         progress(f"installed with apt-get: {', '.join(installed)}")
     tools = build_tools()
-    with open_testbed(testbed_kind, progress) as (testbed, client_node, server_node):
+    with open_testbed(testbed_kind, progress, replace) as (testbed, client_node, server_node):
         layout = prepare_layout(testbed, client_node, server_node)
         return run_session(
             selection,
