@@ -24,7 +24,7 @@ from vm.lab.processes import ProcessFailedError
 from vm.lab.state import DEFAULT_STATE_DIR, pid_alive
 from vm.lab.topology import load_topology, parse_topology
 
-pytestmark = pytest.mark.lab_lifecycle
+pytestmark = [pytest.mark.lab_lifecycle, pytest.mark.usefixtures("lab_lock")]
 
 STATE_FILE = DEFAULT_STATE_DIR / "state.json"
 LOG_DIR = DEFAULT_STATE_DIR / "logs"

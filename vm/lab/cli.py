@@ -117,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     started = time.monotonic()
     session = SessionLock()
-    session.acquire(wait=args.wait)
+    session.acquire(wait=args.wait, on_wait=console.print)
 
     def progress(step: str) -> None:
         status.update(f"[bold]{step}[/]")
@@ -153,7 +153,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     session = SessionLock()
-    session.acquire(wait=args.wait)
+    session.acquire(wait=args.wait, on_wait=lambda line: print(line, file=sys.stderr))
     try:
         report = Lab(topology, args.state_dir).down()
     finally:

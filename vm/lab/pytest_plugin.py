@@ -4,6 +4,8 @@
   down at its end. With WEFT_LAB_REUSE=1 an already running lab is used as is and left running.
 - `lab_factory` (function): `build(topology=None, nodes=None, demo=True) -> Lab` for tests that
   need their own lab; whatever it built is removed when the test ends.
+- `lab_lock` (function): only holds the machine-wide lab lock, for tests that drive
+  `weft lab up/down` themselves.
 - marker `lab_lifecycle`: the test tears labs down and builds them again; such tests run after
   every other test of the session, so they never pull the shared lab from under anyone.
 
@@ -76,6 +78,13 @@ def lab(_lab_session_lock: SessionLock) -> Iterator[Lab]:
         yield built
     finally:
         built.down()
+
+
+@pytest.fixture
+def lab_lock(_lab_session_lock: SessionLock) -> None:
+    """Hold the machine-wide lab lock (kept until the session ends) without building a lab."""
+    _require_root()
+    _acquire(_lab_session_lock)
 
 
 @pytest.fixture

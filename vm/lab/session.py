@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from weft.errors import ConflictError
@@ -26,7 +27,8 @@ class SessionLock:
         self.path = path
         self.fd: int | None = None
 
-    def acquire(self, wait: float) -> None:
+    def acquire(self, wait: float, on_wait: Callable[[str], None] | None = None) -> None:
+        """Take the lock, waiting up to `wait` s; `on_wait` hears once who we are waiting for."""
         if self.fd is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,9 @@ class SessionLock:
                     # Our own test session or benchmark runs this command: it may.
                     os.close(fd)
                     return
+                if on_wait is not None:
+                    on_wait(f"waiting for the lab: pid {holder or '?'} holds {self.path}")
+                    on_wait = None
                 if time.monotonic() > deadline:
                     os.close(fd)
                     raise ConflictError(
