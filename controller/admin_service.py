@@ -7,6 +7,7 @@ import time
 import grpc
 
 from controller.callers import require_admin
+from controller.conflicts import address_conflicts
 from controller.discovery import DiscoveryHub
 from controller.metrics import ControllerMetrics
 from controller.store import Store
@@ -48,9 +49,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except InvalidResourcesError as err:
             self.metrics.applies.labels("invalid").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
-        if request.dry_run:
-            return admin_pb2.ApplyResponse(revision=self.hub.catalog.revision)
         with self.hub.lock:
+            conflicts = address_conflicts(batch, self.hub.catalog.address_owner)
+            if conflicts:
+                self.metrics.applies.labels("invalid").inc()
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{len(conflicts)} address conflict(s), nothing was applied:\n  "
+                    + "\n  ".join(conflicts),
+                )
+            if request.dry_run:
+                return admin_pb2.ApplyResponse(revision=self.hub.catalog.revision)
             result = self.store.apply(batch)
             changed = set(result.created) | set(result.configured)
             started = time.perf_counter()

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from controller.conflicts import AddressClaim, address_claim
 from controller.store import Store
 from weft.api.convert import resource_to_proto, update_to_proto
 from weft.api.v1 import resources_pb2
@@ -53,6 +54,7 @@ class Catalog:
         # (namespace, label, value) -> workload ids: selectors become set intersections.
         self._workloads_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         self._services_by_namespace: dict[str, dict[str, Service]] = defaultdict(dict)
+        self._address_owners: dict[AddressClaim, ResourceKey] = {}
 
     @classmethod
     def load(cls, store: Store) -> Catalog:
@@ -78,6 +80,9 @@ class Catalog:
         for entry in self._by_kind[Kind.WORKLOAD].values():
             assert isinstance(entry.resource, Workload)
             yield entry.resource
+
+    def address_owner(self, claim: AddressClaim) -> ResourceKey | None:
+        return self._address_owners.get(claim)
 
     def services_in(self, namespace: str) -> Iterable[Service]:
         return self._services_by_namespace.get(namespace, {}).values()
@@ -126,6 +131,9 @@ class Catalog:
         if entry is None:
             return
         del self._by_kind[entry.key.kind][rid]
+        claim = address_claim(entry.resource)
+        if claim is not None and self._address_owners.get(claim) == entry.key:
+            del self._address_owners[claim]
         if isinstance(entry.resource, Service):
             self._services_by_namespace[entry.key.namespace].pop(rid, None)
         if isinstance(entry.resource, Workload):
@@ -143,6 +151,9 @@ class Catalog:
         entry = Entry(rid, item.key, item.resource, revision, wire, upsert)
         self._entries[rid] = entry
         self._by_kind[item.key.kind][rid] = entry
+        claim = address_claim(item.resource)
+        if claim is not None:
+            self._address_owners[claim] = item.key
         if isinstance(item.resource, Service):
             self._services_by_namespace[item.key.namespace][rid] = item.resource
         if isinstance(item.resource, Workload):

@@ -145,3 +145,33 @@ def test_metrics_and_healthz_are_served_over_http(controller: Controller) -> Non
     assert "weft_controller_revision 1.0" in text
     assert 'weft_controller_resources{kind="Namespace"} 1.0' in text
     assert 'weft_controller_applies_total{result="applied"} 1.0' in text
+
+
+def test_workload_address_already_used_is_refused_naming_both(controller: Controller) -> None:
+    with admin(controller) as client:
+        client.apply(docs(workload_doc("w1", "n1", ip="10.1.0.1")))
+        with pytest.raises(UsageError) as exc:
+            client.apply(docs(workload_doc("w2", "n2", ip="10.1.0.1")))
+        assert (
+            "Workload/shop/w2: endpoint address 10.1.0.1 is already used by Workload/shop/w1"
+            in str(exc.value)
+        )
+        assert len(client.get(Kind.WORKLOAD)) == 1
+
+
+def test_same_vip_twice_in_one_batch_is_refused(controller: Controller) -> None:
+    with admin(controller) as client, pytest.raises(UsageError, match=r"service VIP 10\.96\.0\.9"):
+        client.apply(
+            docs(service_doc("a", "a", vip="10.96.0.9"), service_doc("b", "b", vip="10.96.0.9"))
+        )
+
+
+def test_reapplying_or_moving_an_address_is_not_a_conflict(controller: Controller) -> None:
+    with admin(controller) as client:
+        client.apply(docs(workload_doc("w1", "n1", ip="10.1.0.1")))
+        client.apply(docs(workload_doc("w1", "n1", ip="10.1.0.1")))
+        # w1 moves away from .1 and w2 takes it, in one batch.
+        client.apply(
+            docs(workload_doc("w1", "n1", ip="10.1.0.7"), workload_doc("w2", "n1", ip="10.1.0.1"))
+        )
+        assert len(client.get(Kind.WORKLOAD)) == 2
