@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.loads import LOADS, load_named
+from bench.markdown_report import markdown_report
 from bench.paths import PATH_NAMES
 from bench.report import print_report
 from bench.result import BenchResult
@@ -72,6 +73,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--output", type=Path, help="directory for the JSON result and plots")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the report as Markdown tables"
+    )
     parser.set_defaults(func=run_bench_command)
 
 
@@ -110,7 +114,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
         console = Console(width=130)
     if args.from_file is not None:
         result = BenchResult.load(args.from_file)
-        print_report(console, result, check_targets(result) if args.check else None)
+        checks = check_targets(result) if args.check else None
+        if args.markdown:
+            print(markdown_report(result, checks), end="")
+        else:
+            print_report(console, result, checks)
         return ExitCode.OK
     selection = parse_scenarios(args.scenarios, args.check)
     settings = settings_from(args)
@@ -129,7 +137,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     stem = f"{stamp}-{settings.mode}"
     json_path = directory / f"{stem}.json"
     result.save(json_path)
-    print_report(console, result, check_targets(result) if args.check else None)
+    checks = check_targets(result) if args.check else None
+    if args.markdown:
+        print(markdown_report(result, checks), end="")
+    else:
+        print_report(console, result, checks)
     console.print(f"result: {json_path}")
     if not args.no_plots:
         from bench.plots import write_plots  # matplotlib is slow to import; only when plotting

@@ -5,23 +5,11 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from bench.loads import LOADS
 from bench.result import BenchResult
+from bench.summary import summary_groups
 from bench.targets import CheckResult
 
 _VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "n/a": "yellow"}
-
-
-def _ratio_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _value_text(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value:,.0f} {unit}"
-    return f"{value:.3g} {unit}" if value < 10 else f"{value:.1f} {unit}"
 
 
 def paths_table(result: BenchResult) -> Table:
@@ -54,45 +42,12 @@ def figures_table(result: BenchResult) -> Table:
         ("mesh CPU", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    available = [p for p in result.paths if p.available]
-    ran = set(result.settings.get("loads", [load.name for load in LOADS]))
-    for load in (load for load in LOADS if load.name in ran):
-        for metric in load.metrics:
-            first = True
-            for info in available:
-                if load.name not in info.loads:
-                    continue
-                figure = next(
-                    (f for f in result.figures
-                     if (f.path, f.load, f.metric) == (info.name, load.name, metric.key)),
-                    None,
-                )  # fmt: skip
-                if figure is None or figure.median is None:
-                    value, spread = "failed", "-"
-                else:
-                    value = _value_text(figure.median, metric.unit)
-                    spread = f"{(max(figure.rounds) - min(figure.rounds)) / figure.median:.0%}"
-                vs_direct = (
-                    result.ratio(info.name, info.baseline, load.name, metric.key)
-                    if info.baseline != info.name
-                    else None
-                )
-                vs_peer = (
-                    result.ratio(info.name, info.peer, load.name, metric.key) if info.peer else None
-                )
-                cores = result.mesh_cores_median(info.name, load.name)
-                table.add_row(
-                    f"{load.name} {metric.label}" if first else "",
-                    info.name,
-                    value,
-                    spread,
-                    _ratio_text(vs_direct),
-                    _ratio_text(vs_peer),
-                    "-" if cores is None else f"{cores:.2f} cores",
-                )
-                first = False
-            if not first:
-                table.add_section()
+    for rows in summary_groups(result):
+        for row in rows:
+            table.add_row(
+                row.label, row.path, row.value, row.spread, row.vs_direct, row.vs_peer, row.mesh_cpu
+            )
+        table.add_section()
     return table
 
 

@@ -110,3 +110,31 @@ def test_report_shows_only_the_loads_that_ran(
     assert "bulk throughput" in out
     assert "rr p50" not in out
     assert "failed" not in out
+
+
+def test_markdown_report_has_a_row_per_path_and_the_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = BenchResult(
+        started="t0",
+        finished="t1",
+        machine={},
+        commit={},
+        settings={"rounds": 2, "mode": "custom", "loads": ["bulk"]},
+        paths=[
+            PathInfo("direct", "", "direct", None, ["bulk"]),
+            PathInfo("stunnel", "", "direct", None, ["bulk"]),
+            PathInfo("weft-cross-node", "", "direct", "stunnel", ["bulk"], "not built yet"),
+        ],
+        figures=[
+            Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0, 10.0], [1, 2]),
+            Figure("stunnel", "bulk", "gbit_s", "Gbit/s", True, [5.0, 2.5], [1, 2]),
+        ],
+    )
+    result.save(tmp_path / "run.json")
+    assert main(["bench", "--from", str(tmp_path / "run.json"), "--markdown", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "| bulk throughput | direct | 15.0 Gbit/s | 67% | - | - | - |" in out
+    assert "|  | stunnel | 3.75 Gbit/s | 67% | 0.25x | - | - |" in out
+    assert "| weft-cross-node | not built yet |" in out
+    assert "n/a (path not available: weft-cross-node)" in out
