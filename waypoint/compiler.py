@@ -12,10 +12,14 @@ allows nothing), a DENY rule is kept without the clause (it denies more, never l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from waypoint import config
 from weft import model
+
+_R = TypeVar("_R")
 
 GATEWAY_KINDS = ("Waypoint", "Gateway")
 SUPPORTED_CONDITION_KEYS = ("source.principal", "source.namespace")
@@ -384,3 +388,94 @@ def compile_waypoint(
             if _targets(p, GATEWAY_KINDS, waypoint_meta.name, waypoint_meta.namespace)
         ),
     )
+
+
+# --- from a set of resources ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledWaypoint:
+    """A waypoint's configuration and the endpoints (ip:port) of every backend it may send to."""
+
+    config: config.WaypointConfig
+    endpoints: Mapping[str, tuple[str, ...]]
+
+
+def served_services(
+    waypoint: model.Waypoint,
+    services: Sequence[model.Service],
+    namespaces: Sequence[model.Namespace],
+) -> list[model.Service]:
+    """Services in the waypoint's namespace that use it: by their own `weft.io/use-waypoint`
+    label, or by their namespace's when they carry none."""
+    name, namespace = waypoint.metadata.name, waypoint.metadata.namespace
+    namespace_choice = next(
+        (n.use_waypoint for n in namespaces if n.metadata.name == namespace), None
+    )
+    return [
+        service
+        for service in services
+        if service.metadata.namespace == namespace
+        and (service.use_waypoint or namespace_choice) == name
+    ]
+
+
+def backend_endpoints(
+    compiled: config.WaypointConfig,
+    services: Sequence[model.Service],
+    workloads: Sequence[model.Workload],
+) -> dict[str, tuple[str, ...]]:
+    """`ip:target_port` of the workloads each backend's service selects."""
+    by_name = {(s.metadata.name, s.metadata.namespace): s for s in services}
+    endpoints: dict[str, tuple[str, ...]] = {}
+    for service_config in compiled.services:
+        for route in service_config.routes:
+            for backend in route.backends:
+                service = by_name.get((backend.name, backend.namespace))
+                port = next(
+                    (p for p in service.ports if p.port == backend.port), None
+                ) if service else None  # fmt: skip
+                if service is None or port is None:
+                    endpoints.setdefault(backend.authority, ())
+                    continue
+                endpoints[backend.authority] = tuple(
+                    f"{w.address}:{port.target_port}"
+                    for w in sorted(workloads, key=lambda w: w.metadata.name)
+                    if service.selects(w)
+                )
+    return endpoints
+
+
+def compile_resources(
+    resources: Sequence[model.Resource],
+    name: str,
+    namespace: str = "default",
+    cluster_domain: str = "cluster.local",
+) -> CompiledWaypoint:
+    """Everything one waypoint needs, from a set of resources (as `weft apply -f` reads them)."""
+
+    def of(kind: type[_R]) -> list[_R]:
+        return [r for r in resources if isinstance(r, kind)]
+
+    waypoint = next(
+        (
+            w
+            for w in of(model.Waypoint)
+            if (w.metadata.name, w.metadata.namespace) == (name, namespace)
+        ),
+        None,
+    )
+    if waypoint is None:
+        raise CompileError(f"no Waypoint {namespace}/{name} among the resources")
+    services = of(model.Service)
+    compiled = compile_waypoint(
+        waypoint,
+        served_services(waypoint, services, of(model.Namespace)),
+        routes=of(model.HTTPRoute),
+        destination_rules=of(model.DestinationRule),
+        policies=of(model.AuthorizationPolicy),
+        faults=of(model.FaultInjection),
+        rate_limits=of(model.RateLimit),
+        cluster_domain=cluster_domain,
+    )
+    return CompiledWaypoint(compiled, backend_endpoints(compiled, services, of(model.Workload)))

@@ -1,0 +1,188 @@
+"""`weft waypoint`: run an L7 waypoint from resource files, or print what it would enforce."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any, get_args
+
+from waypoint.admin import AdminServer
+from waypoint.compiler import CompiledWaypoint, CompileError, compile_resources
+from waypoint.config import RouteFilter
+from waypoint.proxy import WaypointProxy
+from waypoint.telemetry import RequestRecord, access_log_line
+from weft.errors import UsageError
+from weft.resources import parse_documents, read_documents
+
+FILTER_TYPES = get_args(RouteFilter)
+EXAMPLES = """\
+examples:
+  weft waypoint compile -f shop.yaml --name waypoint           # what the waypoint would enforce
+  weft waypoint run -f shop.yaml --name waypoint --listen 127.0.0.1:15080 \\
+      --endpoint reviews-v1.default:9080=127.0.0.1:8081       # override a backend's endpoints
+  curl -H 'Host: reviews' http://127.0.0.1:15080/reviews/1      # then send it requests
+  curl http://127.0.0.1:15020/metrics                           # istio_requests_total & co.
+"""
+
+
+def register(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.epilog = EXAMPLES
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    def common(verb: argparse.ArgumentParser) -> None:
+        verb.add_argument(
+            "-f", "--filename", action="append", required=True, metavar="PATH",
+            help="resource YAML files or directories (repeat for several); '-' for stdin",
+        )  # fmt: skip
+        verb.add_argument("--name", default="waypoint", help="the Waypoint resource to run")
+        verb.add_argument("--namespace", default="default", help="its namespace")
+        verb.add_argument(
+            "--endpoint", action="append", default=[], metavar="BACKEND=IP:PORT",
+            help="endpoints of a backend (name.namespace:port), instead of its selected workloads",
+        )  # fmt: skip
+
+    run = verbs.add_parser("run", help="serve HTTP/1.1 on --listen, metrics on --admin")
+    common(run)
+    run.add_argument("--listen", default="127.0.0.1:15080", metavar="IP:PORT")
+    run.add_argument(
+        "--admin", default="127.0.0.1:15020", metavar="IP:PORT",
+        help="metrics and readiness endpoint; 'off' to disable",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-seconds", type=float, default=None,
+        help="stop by itself after this long (for scripts and tests)",
+    )  # fmt: skip
+    run.add_argument("--quiet", action="store_true", help="no access log on stdout")
+    run.set_defaults(func=_run)
+
+    show = verbs.add_parser("compile", help="print the compiled configuration and endpoints")
+    common(show)
+    show.add_argument("-o", "--output", choices=("json",), default="json")
+    show.set_defaults(func=_compile)
+
+
+def _address(text: str, flag: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(
+            f"{flag}: expected IP:PORT, got {text!r}", hint=f"e.g. {flag} 127.0.0.1:15080"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_endpoint_overrides(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """`reviews-v1.default:9080=127.0.0.1:8081,127.0.0.1:8082` -> {backend: endpoints}."""
+    overrides: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        backend, equals, addresses = value.partition("=")
+        if not equals or backend.count(":") != 1 or not addresses:
+            raise UsageError(
+                f"--endpoint: expected NAME.NAMESPACE:PORT=IP:PORT[,IP:PORT], got {value!r}",
+                hint="e.g. --endpoint reviews-v1.default:9080=127.0.0.1:8081",
+            )
+        endpoints = tuple(a.strip() for a in addresses.split(","))
+        for endpoint in endpoints:
+            _address(endpoint, "--endpoint")
+        overrides[backend] = overrides.get(backend, ()) + endpoints
+    return overrides
+
+
+def load(args: argparse.Namespace) -> CompiledWaypoint:
+    """Read, validate and compile; every failure names the file or resource to fix."""
+    parsed = parse_documents(read_documents(args.filename, stdin=sys.stdin))
+    try:
+        compiled = compile_resources([p.resource for p in parsed], args.name, args.namespace)
+    except CompileError as error:
+        raise UsageError(
+            f"{', '.join(args.filename)}: {error}",
+            hint="fix the resource named above and run the command again; nothing was started",
+        ) from None
+    overrides = parse_endpoint_overrides(args.endpoint)
+    return CompiledWaypoint(compiled.config, {**compiled.endpoints, **overrides})
+
+
+def _plain(value: object) -> Any:
+    """Dataclasses to JSON-ready values, leaving out compiled regexes and networks."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        plain = {
+            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init
+        }
+        if isinstance(value, FILTER_TYPES):
+            plain["type"] = type(value).__name__  # as Gateway API's filter `type` says
+        return plain
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (frozenset, set)) else items
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _compile(args: argparse.Namespace) -> int:
+    compiled = load(args)
+    document = {"config": _plain(compiled.config), "endpoints": _plain(compiled.endpoints)}
+    json.dump(document, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    compiled = load(args)
+    listen = _address(args.listen, "--listen")
+    admin = None if args.admin == "off" else _address(args.admin, "--admin")
+    try:
+        import uvloop  # the event loop the data path is measured with (design.md §9)
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return int(runner(_serve(compiled, listen, admin, args.max_seconds, args.quiet)))
+
+
+async def _serve(
+    compiled: CompiledWaypoint,
+    listen: tuple[str, int],
+    admin_address: tuple[str, int] | None,
+    max_seconds: float | None,
+    quiet: bool,
+) -> int:
+    def log(record: RequestRecord) -> None:
+        if not quiet:
+            print(access_log_line(record), flush=True)
+
+    proxy = WaypointProxy(compiled.config, compiled.endpoints, access_log=log)
+    listening = False
+    admin = AdminServer(proxy.metrics, ready=lambda: listening)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if admin_address is not None:
+            host, port = await admin.start(*admin_address)
+            print(f"waypoint: metrics on http://{host}:{port}/metrics", file=sys.stderr)
+        try:
+            host, port = await proxy.start(*listen)
+        except OSError as error:
+            raise UsageError(
+                f"--listen {listen[0]}:{listen[1]}: {error.strerror}",
+                hint="pick a free port, or stop what listens there",
+            ) from None
+        listening = True
+        services = ", ".join(f"{s.hostname}:{s.port}" for s in compiled.config.services)
+        print(f"waypoint: serving {services or 'no services'} on {host}:{port}", file=sys.stderr)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max_seconds)
+    finally:
+        await proxy.close()
+        await admin.close()
+    return 0
