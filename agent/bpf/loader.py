@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.bpf import libbpf
+from agent.bpf.links import cgroup_id
 from agent.bpf.programs import ProgramSpec, Target
 from weft.errors import ConflictError, UsageError, WeftError
+
+__all__ = ["Attachment", "Loader", "ProgramLoadError", "cgroup_id"]
 
 EBPF_DIR = Path(__file__).resolve().parents[2] / "ebpf"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weft")
@@ -75,11 +78,6 @@ def _stderr_captured() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             collected.append(sink.read().decode(errors="replace"))
-
-
-def cgroup_id(cgroup: Path) -> int:
-    """A cgroup v2 id is the inode number of its directory."""
-    return os.stat(cgroup).st_ino
 
 
 class Loader:

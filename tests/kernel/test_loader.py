@@ -12,7 +12,7 @@ from kernel_sandbox import CgroupTree
 
 from agent.bpf import libbpf
 from agent.bpf.loader import EBPF_DIR, Loader, ProgramLoadError
-from agent.bpf.programs import CAPTURE, CONNECT4, ProgramSpec
+from agent.bpf.programs import CAPTURE, CONNECT4, NODE, ProgramSpec, Target
 
 BROKEN_VERIFIER = """
 #include <uapi/linux/bpf.h>
@@ -32,12 +32,21 @@ int weft_broken(struct bpf_sock_addr *ctx) { return undeclared_identifier; }
 """
 
 
-def attached(cgroup: Path, attach_type: libbpf.AttachType) -> list[int]:
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+def attached(target: Path, attach_type: libbpf.AttachType) -> list[int]:
+    """Programs attached to a cgroup directory or to a pinned map, at one hook."""
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY) if target.is_dir() else -1
+    if fd < 0:
+        fd = libbpf.obj_get(str(target))
     try:
         return libbpf.prog_query(fd, attach_type)
     finally:
         os.close(fd)
+
+
+def target_path(spec: ProgramSpec, cgroups: CgroupTree, pin_root: Path) -> Path:
+    if spec.target is Target.WORKLOADS_CGROUP:
+        return cgroups.workloads
+    return pin_root / "node" / "maps" / spec.target.value
 
 
 def ebpf_dir_with(tmp_path: Path, name: str, text: str) -> Path:
@@ -123,17 +132,14 @@ def test_failed_reload_leaves_the_previous_attachment_running(
 def test_five_restarts_leave_exactly_one_attachment_per_program(
     cgroups: CgroupTree, pin_root: Path
 ) -> None:
-    first = Loader("node", pin_root=pin_root).attach(CAPTURE, cgroups.workloads)
+    first = Loader("node", pin_root=pin_root).attach(NODE, cgroups.workloads)
     last = first
     for _ in range(5):
-        last = Loader("node", pin_root=pin_root).attach(CAPTURE, cgroups.workloads)
+        last = Loader("node", pin_root=pin_root).attach(NODE, cgroups.workloads)
         assert all(a.reused for a in last)
-    for before, after in zip(first, last, strict=True):
+    for spec, before, after in zip(NODE, first, last, strict=True):
         assert after.link_id == before.link_id  # the same link, now running the new program
-        ids = attached(
-            cgroups.workloads, next(s for s in CAPTURE if s.function == after.function).attach_type
-        )
-        assert ids == [after.prog_id]
+        assert attached(target_path(spec, cgroups, pin_root), spec.attach_type) == [after.prog_id]
 
 
 def test_a_link_pinned_for_another_cgroup_is_a_conflict(

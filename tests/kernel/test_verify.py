@@ -1,0 +1,64 @@
+"""Capture verification: the agent learns from the kernel whether each workload is captured."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address
+
+from kernel_sandbox import AGENT_ADDR, Node
+
+from agent.bpf import libbpf
+from agent.bpf.links import cgroup_id, pinned_links
+from agent.bpf.maps import Enrollment, Inbound, Mode
+from agent.bpf.programs import NODE, Target
+from agent.capture.verify import verify_capture
+
+AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
+
+
+def test_pinned_links_report_every_program_and_its_target(node: Node) -> None:
+    links = {link.function: link for link in pinned_links(node.loader.links_dir)}
+    assert sorted(links) == sorted(spec.function for spec in NODE)
+    fd = libbpf.obj_get(str(node.loader.maps_dir / "weft_splice"))
+    try:
+        splice_map_id = libbpf.map_info(fd).id
+    finally:
+        os.close(fd)
+    for spec in NODE:
+        link = links[spec.function]
+        assert link.attach_type == spec.attach_type
+        expected = (
+            cgroup_id(node.cgroups.workloads)
+            if spec.target is Target.WORKLOADS_CGROUP
+            else splice_map_id
+        )
+        assert link.target_id == expected
+
+
+def test_enrolled_workload_under_the_attach_point_is_captured(node: Node) -> None:
+    cgroup = node.workload("verified", AMBIENT)
+    [state] = verify_capture(node.loader.links_dir, node.maps, {"verified": cgroup})
+    assert state.captured
+    assert state.problem(Mode.AMBIENT) is None
+
+
+def test_enrolled_workload_outside_the_attach_point_is_reported_not_captured(node: Node) -> None:
+    outside = node.cgroups.make("outside-workloads")
+    node.maps.enroll(cgroup_id(outside), AMBIENT)
+    [state] = verify_capture(node.loader.links_dir, node.maps, {"stray": outside})
+    assert not state.captured
+    assert state.missing == ("weft_connect4", "weft_getpeername4", "weft_sockops")
+    problem = state.problem(Mode.AMBIENT)
+    assert problem is not None
+    assert "NOT captured" in problem
+    assert str(outside) in problem
+
+
+def test_workload_without_enrollment_entry_is_reported(node: Node) -> None:
+    cgroup = node.workload("forgotten", None)
+    [state] = verify_capture(node.loader.links_dir, node.maps, {"forgotten": cgroup})
+    assert state.mode is None
+    assert (
+        state.problem(Mode.AMBIENT) == "forgotten: expected mode AMBIENT, found no enrollment entry"
+    )
+    assert state.problem(Mode.NONE) is not None
