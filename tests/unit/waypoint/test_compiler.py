@@ -8,7 +8,7 @@ import pytest
 
 from waypoint import config
 from waypoint.authz import AuthzRequest, evaluate
-from waypoint.compiler import CompileError, compile_waypoint
+from waypoint.compiler import CompileError, compile_resources, compile_waypoint, served_services
 from weft import model
 
 WAYPOINT = model.Waypoint(
@@ -285,3 +285,49 @@ def test_policy_fields_carry_over() -> None:
     )  # fmt: skip
     assert evaluate(policies, request).allowed
     assert not evaluate(policies, AuthzRequest("GET", "/", 9080, (("x-user", "alice"),))).allowed
+
+
+def labelled(name: str, namespace: str = "default", **labels: str) -> model.Metadata:
+    return model.Metadata(name=name, namespace=namespace, labels=labels)
+
+
+USE = "weft.io/use-waypoint"
+
+
+def service(name: str, namespace: str = "default", **labels: str) -> model.Service:
+    return model.Service(
+        metadata=labelled(name, namespace, **labels),
+        vip=None,
+        ports=(model.ServicePort(port=80, target_port=8080),),
+        selector={"app": name},
+    )
+
+
+def test_services_use_the_waypoint_by_their_label_or_their_namespace() -> None:
+    namespace = model.Namespace(labelled("default", "", **{USE: "waypoint"}))
+    services = [
+        service("inherits"),
+        service("opts-out", **{USE: "other"}),
+        service("elsewhere", "prod", **{USE: "waypoint"}),
+    ]
+    served = served_services(WAYPOINT, services, [namespace])
+    assert [s.metadata.name for s in served] == ["inherits"]
+    explicit = served_services(WAYPOINT, [service("explicit", **{USE: "waypoint"})], [])
+    assert [s.metadata.name for s in explicit] == ["explicit"]
+
+
+def test_compile_resources_finds_endpoints_of_the_selected_workloads() -> None:
+    workloads = [
+        model.Workload(labelled("web-1", app="web"), IPv4Address("10.1.0.2"), "n1"),
+        model.Workload(labelled("web-2", app="web"), IPv4Address("10.1.0.3"), "n2"),
+        model.Workload(labelled("db-1", app="db"), IPv4Address("10.1.0.4"), "n1"),
+    ]
+    compiled = compile_resources(
+        [WAYPOINT, service("web", **{USE: "waypoint"}), *workloads], "waypoint"
+    )
+    assert compiled.endpoints == {"web.default:80": ("10.1.0.2:8080", "10.1.0.3:8080")}
+
+
+def test_compile_resources_without_the_waypoint_says_which_is_missing() -> None:
+    with pytest.raises(CompileError, match="no Waypoint default/missing"):
+        compile_resources([WAYPOINT], "missing")
