@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +123,38 @@ def join(controller: Controller, node: str, token: str | None = None) -> NodeIde
             bundle_pem=bundle_pem(controller),
         )
     )
+
+
+def spawn_controller(state_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """`weft controller run` as a real child process; returns it and its gRPC address."""
+    if not CAFiles(state_dir).exists():
+        CAFiles(state_dir).init(TRUST_DOMAIN, dt.datetime.now(dt.UTC))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "weft.cli",
+            "controller",
+            "run",
+            "--state-dir",
+            str(state_dir),
+            "--listen",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--join-port",
+            "0",
+            "--http-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "mTLS 127.0.0.1:" not in line:
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError(f"controller did not start: {line!r}")
+    return proc, "127.0.0.1:" + line.split("mTLS 127.0.0.1:")[1].split(",")[0]
