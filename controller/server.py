@@ -26,7 +26,7 @@ from controller.discovery import DiscoveryHub
 from controller.discovery_service import DiscoveryServicer
 from controller.http_status import StatusHTTPServer
 from controller.identity_service import IdentityServicer, IssuancePolicy
-from controller.metrics import ControllerMetrics
+from controller.metrics import AgentCollector, ControllerMetrics
 from controller.store import Store
 from controller.trust import TrustProvider
 from weft.api.v1 import admin_pb2_grpc, identity_pb2_grpc
@@ -98,6 +98,11 @@ class Controller:
         self.trust = TrustProvider(files, server_ips=_server_ips(config.listen))
         self.metrics = ControllerMetrics()
         self.hub = DiscoveryHub(Catalog.load(self.store))
+        self.metrics.registry.register(
+            AgentCollector(
+                self.hub.agents, lambda: self.hub.catalog.revision, self.store.node_certificates
+            )
+        )
         self._grpc: grpc.Server | None = None
         self._http: StatusHTTPServer | None = None
         self.grpc_port = self.join_port = self.http_port = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -230,3 +231,22 @@ def test_delta_reaches_the_watcher_within_100ms_p99_over_100_applies(
     p99 = latencies[98]
     print(f"apply->delta latency: p50 {latencies[49] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     assert p99 < 0.100
+
+
+def test_metrics_show_each_agents_version_lag_and_certificate_expiry(
+    mesh: Controller, n1_watch: WatchThread
+) -> None:
+    [snapshot] = n1_watch.wait_for(1)
+    url = f"http://127.0.0.1:{mesh.http_port}/metrics"
+    deadline = time.monotonic() + 5
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        if f'weft_controller_agent_acked_version{{node="n1"}} {snapshot.version}.0' in text:
+            break
+        time.sleep(0.02)
+    assert f'weft_controller_agent_acked_version{{node="n1"}} {snapshot.version}.0' in text
+    assert 'weft_controller_agent_lag_versions{node="n1"} 0.0' in text
+    assert 'weft_controller_agent_connected{node="n1"} 1.0' in text
+    assert 'weft_controller_node_certificate_expiry_timestamp_seconds{node="n1"}' in text
