@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -12,7 +13,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 
+from weft.hbone import frame_repr
 from weft.hbone.errors import StreamClosedError
 from weft.hbone.events import (
     CANCEL,
@@ -34,8 +37,12 @@ from weft.hbone.events import (
 )
 from weft.hbone.request import MalformedRequestError, parse_authority, validate_connect
 
+frame_repr.install()
+
 log = logging.getLogger(__name__)
 
+# A DATA frame header as hyperframe packs it: 24-bit length (16 + 8 bits), type 0, flags, stream.
+_DATA_FRAME_HEADER = struct.Struct(">HBBBL")
 _DEFAULT_WINDOW = 65_535  # RFC 9113 section 6.9.2: every window starts here
 _MAX_STREAM_ID = 2**31 - 1
 
@@ -51,8 +58,9 @@ class TunnelSettings:
 
     connection_window: int = 16 * 1024 * 1024
     stream_window: int = 4 * 1024 * 1024
-    # Big frames mean fewer h2 calls per byte; TLS still cuts them into 16 KiB records.
-    max_frame_size: int = 1024 * 1024
+    # One frame per 256 KiB relay read: fewer h2 calls per byte (TLS still cuts 16 KiB records).
+    # Measured on the sans-I/O core: 64 KiB frames cost 1.5-2x more CPU per byte, 16 KiB 4-6x.
+    max_frame_size: int = 256 * 1024
     max_concurrent_streams: int = 100
     max_header_list_size: int = 16 * 1024
 
@@ -72,6 +80,7 @@ class HboneConnection:
         )
         self._h2 = h2.connection.H2Connection(config)
         self._closed = False
+        self._outbound: list[bytes | bytearray | memoryview] = []
         self._h2.initiate_connection()
         self._h2.update_settings(
             {
@@ -99,9 +108,21 @@ class HboneConnection:
 
     def data_to_send(self) -> bytes:
         """The bytes the core wants on the wire, in order; empty when there are none."""
-        return self._h2.data_to_send()
+        return b"".join(self.buffers_to_send())
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def buffers_to_send(self) -> list[bytes | bytearray | memoryview]:
+        """data_to_send() as a list of buffers, for transport.writelines(): payloads uncopied."""
+        self._take_h2_output()
+        buffers, self._outbound = self._outbound, []
+        return buffers
+
+    def _take_h2_output(self) -> None:
+        # h2 queues control frames in its own buffer; moving them to ours keeps frame order.
+        if self._h2._data_to_send:
+            self._outbound.append(self._h2._data_to_send)
+            self._h2._data_to_send = bytearray()
+
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Process bytes from the peer; never raises: a protocol error becomes ConnectionClosed."""
         if self._closed:
             return []
@@ -133,14 +154,33 @@ class HboneConnection:
             raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
-        """Queue as much of `data` as the flow-control windows allow; return how much that was."""
+        """Queue as much of `data` as the flow-control windows allow; return how much that was.
+
+        This is h2's send_data without its copies: h2 copies a DATA payload five times on the
+        way out (memoryview.tobytes, body join, header concat, frame join, buffer append), which
+        cost about a third of the CPU of a bulk tunnel. We run the same state-machine inputs and
+        flow-control accounting, and queue header and payload (a view, not a copy) after the
+        frames h2 has pending.
+        test_hbone_connection checks the bytes are identical to h2's.
+        """
+        connection = self._h2
         try:
-            allowed = min(len(data), self._h2.local_flow_control_window(stream_id))
-            frame_size = self._h2.max_outbound_frame_size
+            allowed = min(len(data), connection.local_flow_control_window(stream_id))
+            stream = connection.streams[stream_id]
+            frame_size = connection.max_outbound_frame_size
             for offset in range(0, allowed, frame_size):
-                self._h2.send_data(stream_id, data[offset : min(offset + frame_size, allowed)])
-        except h2.exceptions.H2Error as error:
-            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
+                length = min(frame_size, allowed - offset)
+                connection.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+                stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
+                self._take_h2_output()
+                self._outbound.append(
+                    _DATA_FRAME_HEADER.pack(length >> 8, length & 0xFF, 0, 0, stream_id)
+                )
+                self._outbound.append(data[offset : offset + length])
+                stream.outbound_flow_control_window -= length
+                connection.outbound_flow_control_window -= length
+        except (h2.exceptions.H2Error, KeyError) as error:
+            raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error!r}") from error
         return allowed
 
     def end_stream(self, stream_id: int) -> None:

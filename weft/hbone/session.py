@@ -150,7 +150,9 @@ class TunnelSession(asyncio.Protocol):
     def send_data(self, stream_id: int, data: memoryview) -> int:
         sent = self.core.send_data(stream_id, data)
         if sent:
-            self._schedule_flush()
+            # Straight to TLS: waiting a loop iteration to coalesce would add latency to every
+            # request; acknowledgements and half-closes (below) are the small frames that wait.
+            self._flush()
         return sent
 
     def end_stream(self, stream_id: int) -> None:
@@ -262,9 +264,10 @@ class TunnelSession(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.core.data_to_send()
-        if data and self.transport is not None and not self._lost:
-            self.transport.write(data)
+        buffers = self.core.buffers_to_send()
+        if buffers and self.transport is not None and not self._lost:
+            # writelines hands each buffer to TLS as is: no join copy of the payloads.
+            self.transport.writelines(buffers)
 
     def _wake_transport_writers(self) -> None:
         waiters, self._write_waiters = self._write_waiters, []

@@ -66,7 +66,9 @@ class HboneStream:
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send `data`, waiting while the peer's window or the TLS write buffer is full."""
-        view = memoryview(data)
+        # The core queues views of `data` until the transport takes them: a caller's mutable
+        # buffer must not change under it, so only immutable bytes are used uncopied.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
         while view:
             self._check_writable()
             await self.session.wait_transport_writable()
