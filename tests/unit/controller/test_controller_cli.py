@@ -173,3 +173,15 @@ def test_controller_run_serves_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_status_against_a_stopped_controller_says_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert main(["controller", "init", "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    # Port 9 (discard) on loopback: nothing listens there.
+    code = main(["status", "--controller", "127.0.0.1:9", "--state-dir", str(state)])
+    assert code == ExitCode.UNAVAILABLE
+    assert "is the controller running" in capsys.readouterr().err

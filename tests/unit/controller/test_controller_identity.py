@@ -168,3 +168,13 @@ def test_certs_from_old_and_new_root_both_verify_during_rotation(two_nodes: Cont
     later = now + dt.timedelta(hours=2)
     with pytest.raises(ValueError, match="no issuer"):
         verify_chain(old[0], old[1:], files.bundle(later), now)
+
+
+def test_joined_node_reads_the_trust_bundle(controller: Controller) -> None:
+    n1 = join(controller, "n1")
+
+    async def call() -> bytes:
+        async with ControllerClient(grpc_address(controller), n1.credentials()) as client:
+            return await client.trust_bundle()
+
+    assert asyncio.run(call()) == bundle_pem(controller)
