@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.debian import ensure_packages
 from bench.loads import load_named
 from bench.native import build_tools
 from bench.runner import BenchSettings
@@ -21,6 +22,7 @@ TINY = BenchSettings("custom", rounds=1, seconds=1.0)
 
 @pytest.fixture(scope="module")
 def tiny_run(lab: Lab) -> SessionOutput:
+    ensure_packages()  # iperf3 and stunnel4: scripts/setup.sh installs them; this checks
     workers = [node.name for node in lab.topology.workers]
     layout = prepare_layout(lab, workers[0], workers[1])
     selection = Selection(
