@@ -154,8 +154,8 @@ class PinnedMap:
         except FileNotFoundError as exc:
             raise UnavailableError(
                 f"pinned map {self.path} does not exist",
-                hint="the agent's eBPF programs are not loaded for this scope; start the agent "
-                "(it loads and pins them) or check the scope name",
+                hint="the eBPF programs are not loaded for this scope: start the agent, or run "
+                "'weft agent attach' (both load and pin them); or check the scope name",
             ) from exc
         info = libbpf.map_info(self.fd)
         expected = (ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type))
