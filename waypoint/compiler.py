@@ -362,6 +362,7 @@ def compile_waypoint(
                 config.ServiceConfig(
                     hostname=f"{name}.{namespace}.svc.{cluster_domain}",
                     port=port,
+                    vips=() if service.vip is None else (str(service.vip),),
                     routes=tuple(compiled),
                     authorization_policies=service_policies,
                 )

@@ -533,6 +533,7 @@ class ServiceConfig:
     hostname: str  # e.g. reviews.default.svc.cluster.local
     port: int
     routes: tuple[Route, ...] = ()
+    vips: tuple[str, ...] = ()  # the service's virtual IPs; HBONE tunnels name the VIP:port
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()  # those targeting this service
 
 

@@ -79,6 +79,7 @@ from waypoint.upstream import (
     NoHealthyEndpoint,
     UpstreamBackend,
 )
+from weft.identity import Identity
 
 Headers = tuple[tuple[str, str], ...]
 READ_SIZE = 64 * 1024
@@ -112,6 +113,17 @@ class DownstreamBodyError(Exception):
         self.cause = cause
 
 
+@dataclass(frozen=True)
+class Downstream:
+    """Who calls and where to: from the HBONE tunnel (its peer's SVID, its `:authority`), or,
+    on plain TCP, only the peer address. A tunnel's destination decides the service; a Host
+    header never overrides it, so a client cannot pick another service by spoofing Host."""
+
+    source_ip: str | None = None
+    identity: Identity | None = None  # the peer's SPIFFE identity (mutual TLS)
+    destination: str | None = None  # the tunnel's authority: service VIP:port or host:port
+
+
 @dataclass
 class _ClientSide:
     """The downstream connection: its parser and events not consumed yet."""
@@ -119,13 +131,8 @@ class _ClientSide:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     parser: RequestParser
+    downstream: Downstream
     pending: deque[Event] = field(default_factory=deque)
-
-    @property
-    def peer_ip(self) -> str | None:
-        # Plain TCP for now: the peer is the client. Behind HBONE it is the tunnel's source.
-        peer = self.writer.get_extra_info("peername")
-        return str(peer[0]) if peer else None
 
     async def next_event(self, timeout_s: float | None = None) -> Event:
         """The next request event; TimeoutError if no byte arrives for `timeout_s`."""
@@ -155,11 +162,33 @@ class _Exchange:
     authz_policy: str = "-"
     audit_policies: tuple[str, ...] = ()
     destination_service: str = "unknown"
+    identity: Identity | None = None
     bytes_received: int = 0
     bytes_sent: int = 0
     status: int = 0
     flags: str = "-"
     body_read: bool = False  # the request's EndOfMessage has been consumed
+
+
+def _split_authority(authority: str) -> tuple[str, str]:
+    """`host:port`, `[v6]:port` or `host` -> (host, port or "")."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        rest = authority[end + 1 :]
+        return authority[1:end], rest[1:] if rest.startswith(":") else ""
+    name, _, port = authority.partition(":")
+    return name, port
+
+
+def _source_labels(identity: Identity | None) -> dict[str, str]:
+    """Istio's source labels; the workload name is not known from an SVID, so it stays unknown."""
+    if identity is None:
+        return {}
+    return {
+        "source_principal": identity.uri,
+        "source_workload_namespace": identity.namespace,
+        "connection_security_policy": "mutual_tls",
+    }
 
 
 def _note_downstream_failure(exchange: _Exchange, error: Exception) -> None:
@@ -214,7 +243,7 @@ class WaypointProxy:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen; returns the bound address (port 0 picks a free one)."""
-        self._server = await asyncio.start_server(self._serve_client, host, port)
+        self._server = await asyncio.start_server(self._serve_plain_tcp, host, port)
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
 
@@ -227,10 +256,21 @@ class WaypointProxy:
 
     # --- the client connection ---------------------------------------------------------------
 
-    async def _serve_client(
+    async def _serve_plain_tcp(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        client = _ClientSide(reader, writer, RequestParser(self.max_header_bytes))
+        peer = writer.get_extra_info("peername")
+        await self.serve_connection(reader, writer, Downstream(str(peer[0]) if peer else None))
+
+    async def serve_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        downstream: Downstream | None = None,
+    ) -> None:
+        """Serve HTTP/1.1 requests on one client connection until it closes."""
+        parser = RequestParser(self.max_header_bytes)
+        client = _ClientSide(reader, writer, parser, downstream or Downstream())
         try:
             while True:
                 event = await client.next_event(self.idle_timeout_s)
@@ -273,11 +313,12 @@ class WaypointProxy:
         if request.upgrade == "CONNECT":
             reply = responses.LocalReply(501, "connect_not_supported", b"CONNECT is not proxied")
             return await self._reply(client, exchange, reply, keep_alive=False)
-        service = self._service_for(request.header("host"))
+        service = self._service_for(client.downstream.destination, request.header("host"))
         routing_view = RouteRequest.from_target(request.method, request.target, request.headers)
         if service is None:
             return await self._reply(client, exchange, responses.route_not_found())
         exchange.destination_service = service.hostname
+        identity = exchange.identity = client.downstream.identity
         decision_authz = evaluate(
             (*self.config.authorization_policies, *service.authorization_policies),
             AuthzRequest(
@@ -285,7 +326,9 @@ class WaypointProxy:
                 routing_view.path,
                 service.port,
                 request.headers,
-                source_ip=client.peer_ip,
+                source_principal=identity.uri if identity else None,
+                source_namespace=identity.namespace if identity else None,
+                source_ip=client.downstream.source_ip,
                 host=request.header("host"),
             ),
         )
@@ -307,14 +350,18 @@ class WaypointProxy:
             return await self._reply(client, exchange, local)
         return await self._forward(client, exchange, decision)
 
-    def _service_for(self, host: str | None) -> ServiceConfig | None:
-        """The logical service a Host names: full hostname, `name.namespace` or `name`."""
-        if host is None:
+    def _service_for(self, destination: str | None, host: str | None) -> ServiceConfig | None:
+        """The logical service: the tunnel's destination (VIP:port or hostname:port) when there
+        is one, else the one the Host header names (full hostname, `name.namespace`, `name`)."""
+        authority = destination or host
+        if authority is None:
             return None
-        name, _, port = host.partition(":")
+        name, port = _split_authority(authority)
         for service in self.config.services:
             short = service.hostname.split(".")
-            names = {service.hostname, short[0], ".".join(short[:2])}
+            names = {service.hostname, short[0], ".".join(short[:2]), *service.vips}
+            if destination is not None:
+                names = {service.hostname, *service.vips}  # tunnels name services exactly
             if name in names and (not port or port == str(service.port)):
                 return service
         return None
@@ -627,6 +674,7 @@ class WaypointProxy:
             destination_service=service,
             destination_service_name=name if rest else "unknown",
             destination_service_namespace=rest.split(".")[0] if rest else "unknown",
+            **_source_labels(exchange.identity),
         )
         self.metrics.record(record)
         if self.access_log is not None:

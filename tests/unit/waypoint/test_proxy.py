@@ -33,6 +33,7 @@ from waypoint.config import (
     RouteMatch,
     Rule,
     ServiceConfig,
+    Source,
     Timeouts,
     TrafficPolicy,
     WaypointConfig,
@@ -46,8 +47,9 @@ from waypoint.http1 import (
     ResponseParser,
     serialize_response_head,
 )
-from waypoint.proxy import WaypointProxy
+from waypoint.proxy import Downstream, WaypointProxy
 from waypoint.telemetry import RequestRecord
+from weft.identity import Identity
 
 HOST = "reviews.default.svc.cluster.local"
 V1 = BackendRef(name="reviews-v1", port=9080)
@@ -703,3 +705,57 @@ def test_client_breaking_a_streamed_body_gets_400_not_a_backend_error() -> None:
         fresh.close()
 
     run(scenario, DEFAULT)
+
+
+def test_tunnel_identity_and_destination_decide_policy_and_service() -> None:
+    frontend = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
+    intruder = Identity.parse("spiffe://cluster.local/ns/other/sa/intruder")
+    only_frontend = AuthorizationPolicy(
+        "frontend-only", "default", AuthorizationAction.ALLOW,
+        (Rule(sources=(Source(principals=("cluster.local/ns/shop/sa/frontend",)),)),),
+    )  # fmt: skip
+    reviews = ServiceConfig(
+        HOST, 9080, (Route("reviews", backends=(V1,)),), vips=("10.96.0.10",),
+        authorization_policies=(only_frontend,),
+    )  # fmt: skip
+    other = ServiceConfig("other.default.svc.cluster.local", 9080, (Route("other"),))
+
+    async def main() -> list[RequestRecord]:
+        backend = await Backend("b0").start()
+        records: list[RequestRecord] = []
+        proxy = WaypointProxy(
+            WaypointConfig(services=(other, reviews)),
+            {V1.authority: [backend.endpoint]},
+            access_log=records.append,
+        )
+
+        async def tunnel(identity: Identity) -> Client:
+            ours, theirs = socket.socketpair()
+            reader, writer = await asyncio.open_connection(sock=theirs)
+            downstream = Downstream("10.1.1.5", identity, "10.96.0.10:9080")
+            task = asyncio.create_task(proxy.serve_connection(reader, writer, downstream))
+            tasks.append(task)
+            return Client(*await asyncio.open_connection(sock=ours))
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            trusted = await tunnel(frontend)
+            # The Host names another service; the tunnel's destination wins.
+            allowed = await trusted.get("/", host="other")
+            assert (allowed.response.status, allowed.json()["backend"]) == (200, "b0")
+            trusted.close()
+            untrusted = await tunnel(intruder)
+            denied = await untrusted.get("/")
+            untrusted.close()
+            assert (denied.response.status, denied.reason) == (403, "rbac_access_denied")
+        finally:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+            await proxy.close()
+            await backend.stop()
+        return records
+
+    records = asyncio.run(main())
+    assert records[0].source_principal == "spiffe://cluster.local/ns/shop/sa/frontend"
+    assert records[0].source_workload_namespace == "shop"
+    assert records[0].connection_security_policy == "mutual_tls"
+    assert records[0].destination_service == HOST
