@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # The TLS transport pauses us above this many unsent bytes: enough to keep a 256 KiB read
 # in flight while the previous one is being encrypted, small enough to bound memory.
 WRITE_BUFFER_HIGH = 1024 * 1024
+# Below this many queued bytes, frames are joined into one TLS record before writing.
+COALESCE_LIMIT = 64 * 1024
 
 
 class TunnelSession(asyncio.Protocol):
@@ -265,8 +267,16 @@ class TunnelSession(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         buffers = self.core.buffers_to_send()
-        if buffers and self.transport is not None and not self._lost:
-            # writelines hands each buffer to TLS as is: no join copy of the payloads.
+        if not buffers or self.transport is None or self._lost:
+            return
+        # The TLS transport makes one record per buffer: small frames are joined so that a
+        # 1 KiB message is one record, not a 9-byte header record plus a payload record;
+        # bulk payloads are handed over as they are, without a join copy.
+        if len(buffers) == 1:
+            self.transport.write(buffers[0])
+        elif sum(map(len, buffers)) <= COALESCE_LIMIT:
+            self.transport.write(b"".join(buffers))
+        else:
             self.transport.writelines(buffers)
 
     def _wake_transport_writers(self) -> None:

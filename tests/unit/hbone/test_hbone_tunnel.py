@@ -129,11 +129,12 @@ async def loopback_mesh(
     server = HboneServer(server_context(server_svid, ca.bundle_pem), authorize, connect_tcp)
     await server.start(LOOPBACK, 0)
     pool = HbonePool(lambda source: client_context(client_svid, ca.bundle_pem), **pool_options)  # type: ignore[arg-type]
+    mesh = Mesh(ca, client_svid, server, pool, targets)
     try:
-        yield Mesh(ca, client_svid, server, pool, targets)
+        yield mesh
     finally:
-        await pool.close()
-        await server.close()
+        await mesh.pool.close()
+        await mesh.server.close()  # the test may have replaced the server
         for listener in listeners.values():
             listener.close()
 
@@ -577,5 +578,36 @@ def test_oversized_headers_close_the_connection_and_the_server_keeps_serving(
             assert status in (None, 431)
             assert closed or status == 431
             await mesh.assert_serving()
+
+    run(main)
+
+
+def test_pool_dials_again_after_the_peer_closed_its_connection(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            await mesh.assert_serving()
+            port = mesh.server.port
+            await mesh.server.close()  # e.g. the destination agent restarted
+            await asyncio.sleep(0.05)
+            assert mesh.pool.connection_count() == 0
+            mesh.server = HboneServer(
+                server_context(server_svid, ca.bundle_pem), allow_all, connect_tcp
+            )
+            await mesh.server.start(LOOPBACK, port)
+            await mesh.assert_serving()
+            assert mesh.pool.stats.handshakes == 2
+
+    run(main)
+
+
+def test_server_close_resets_open_tunnels(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open()
+            await mesh.server.close()
+            with pytest.raises(StreamResetError):
+                await stream.read()
 
     run(main)
