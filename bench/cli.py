@@ -16,7 +16,8 @@ from bench.report import print_report
 from bench.result import BenchResult
 from bench.runner import FULL, QUICK, BenchSettings
 from bench.session import Selection, expand_paths, run_bench
-from bench.targets import check_targets, paths_for_targets
+from bench.targets import CheckResult, check_targets, paths_for_targets
+from weft.cli import print_json
 from weft.errors import ExitCode, NotRootError, UsageError
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -34,7 +35,7 @@ examples:
   sudo weft bench                          # the full run (< 15 minutes), saved in bench/results/
   sudo weft bench stunnel rr connrate      # direct vs stunnel, two loads
   sudo weft bench --check                  # run what the targets need, print PASS/FAIL
-  weft bench --check --from bench/results/<run>.json   # check a recorded run
+  weft bench --check --from bench/results/<run>.json -o markdown   # a recorded run
 """
 
 
@@ -71,10 +72,18 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         action="store_true",
         help="with --testbed lab: remove a lab that is already up before building the bench's",
     )
-    parser.add_argument("--output", type=Path, help="directory for the JSON result and plots")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        help="where the JSON result and plots go (default: bench/results/, quick: its tmp/)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
-        "--markdown", action="store_true", help="print the report as Markdown tables"
+        "-o",
+        "--output",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="the report on stdout: terminal tables, the result's JSON, or Markdown tables",
     )
     parser.set_defaults(func=run_bench_command)
 
@@ -108,17 +117,27 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(mode, rounds, seconds)
 
 
+def emit_report(result: BenchResult, checks: list[CheckResult] | None, output: str) -> None:
+    """The report on stdout in the chosen format; progress and file names go to stderr."""
+    if output == "json":
+        document = result.to_json()
+        if checks is not None:
+            document["checks"] = [check.to_json() for check in checks]
+        print_json(document)
+    elif output == "markdown":
+        print(markdown_report(result, checks), end="")
+    else:
+        console = Console()
+        if not console.is_terminal:  # piped or logged: wide enough that tables do not wrap
+            console = Console(width=130)
+        print_report(console, result, checks)
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
-    console = Console()
-    if not console.is_terminal:  # piped or logged: wide enough that the tables do not wrap
-        console = Console(width=130)
+    status = Console(stderr=True)
     if args.from_file is not None:
         result = BenchResult.load(args.from_file)
-        checks = check_targets(result) if args.check else None
-        if args.markdown:
-            print(markdown_report(result, checks), end="")
-        else:
-            print_report(console, result, checks)
+        emit_report(result, check_targets(result) if args.check else None, args.output)
         return ExitCode.OK
     selection = parse_scenarios(args.scenarios, args.check)
     settings = settings_from(args)
@@ -128,24 +147,21 @@ def run_bench_command(args: argparse.Namespace) -> int:
         selection,
         settings,
         args.testbed,
-        lambda line: console.print(f"[dim]{line}[/]"),
+        lambda line: status.print(f"[dim]{line}[/]"),
         replace=args.replace,
     )
     result = output.result
-    directory = args.output or (QUICK_RESULTS_DIR if settings.mode == "quick" else RESULTS_DIR)
+    default_dir = QUICK_RESULTS_DIR if settings.mode == "quick" else RESULTS_DIR
+    directory = args.results_dir or default_dir
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     stem = f"{stamp}-{settings.mode}"
     json_path = directory / f"{stem}.json"
     result.save(json_path)
-    checks = check_targets(result) if args.check else None
-    if args.markdown:
-        print(markdown_report(result, checks), end="")
-    else:
-        print_report(console, result, checks)
-    console.print(f"result: {json_path}")
+    emit_report(result, check_targets(result) if args.check else None, args.output)
+    status.print(f"result: {json_path}")
     if not args.no_plots:
         from bench.plots import write_plots  # matplotlib is slow to import; only when plotting
 
         for plot in write_plots(result, output.samples_us, directory, stem):
-            console.print(f"plot:   {plot}")
+            status.print(f"plot:   {plot}")
     return ExitCode.OK

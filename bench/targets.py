@@ -68,6 +68,15 @@ class CheckResult:
     passed: bool | None  # None when not measurable
     note: str  # "n/a (path not available)" and the like, or the figures it came from
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "issue": self.target.issue,
+            "target": self.target.description,
+            "measured": self.measured,
+            "verdict": self.verdict,
+            "note": self.note,
+        }
+
     @property
     def verdict(self) -> str:
         if self.passed is None:

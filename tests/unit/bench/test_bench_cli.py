@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -132,9 +133,29 @@ def test_markdown_report_has_a_row_per_path_and_the_targets(
         ],
     )
     result.save(tmp_path / "run.json")
-    assert main(["bench", "--from", str(tmp_path / "run.json"), "--markdown", "--check"]) == 0
+    assert main(["bench", "--from", str(tmp_path / "run.json"), "-o", "markdown", "--check"]) == 0
     out = capsys.readouterr().out
     assert "| bulk throughput | direct | 15.0 Gbit/s | 67% | - | - | - |" in out
     assert "|  | stunnel | 3.75 Gbit/s | 67% | 0.25x | - | - |" in out
     assert "| weft-cross-node | not built yet |" in out
     assert "n/a (path not available: weft-cross-node)" in out
+
+
+def test_json_output_is_the_result_with_its_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = BenchResult(
+        started="t0",
+        finished="t1",
+        machine={"cores": 2},
+        commit={},
+        settings={"rounds": 1, "loads": ["bulk"]},
+        paths=[PathInfo("direct", "", "direct", None, ["bulk"])],
+        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+    )
+    result.save(tmp_path / "run.json")
+    assert main(["bench", "--from", str(tmp_path / "run.json"), "-o", "json", "--check"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["machine"] == {"cores": 2}
+    assert document["figures"][0]["median"] == 20.0
+    assert {c["verdict"] for c in document["checks"]} == {"n/a"}
