@@ -162,11 +162,15 @@ class Controller:
             self._grpc.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
+        """Stop serving; calling it again does nothing."""
+        if self._grpc is None:
+            return
         self.hub.close()
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait(grace + 1)
+        self._grpc.stop(grace).wait(grace + 1)
+        self._grpc = None
         if self._http is not None:
             self._http.stop()
+            self._http = None
         self.store.close()
 
 

@@ -8,8 +8,9 @@ verified against the bundle under the fixed name `weft-controller`, whatever add
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +213,80 @@ class ControllerClient:
 
         call = self._discovery.Watch(outgoing())
         return DiscoveryStream(call, requests)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential reconnect delays (design.md: 0.5 s .. 150 s)."""
+
+    initial: float = 0.5
+    maximum: float = 150.0
+    factor: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(self.maximum, delay * self.factor)
+
+
+ApplyUpdate = Callable[[ConfigUpdate], Awaitable[str | None]]
+
+
+async def follow_discovery(
+    address: str,
+    credentials: Callable[[], Credentials],
+    node: str,
+    apply: ApplyUpdate,
+    stop: asyncio.Event,
+    *,
+    backoff: Backoff = Backoff(),
+    on_disconnect: Callable[[str], None] | None = None,
+) -> None:
+    """Keep node `node`'s configuration flowing until `stop` is set.
+
+    `apply(update)` returns None when the update is in force (ACK) or why it was refused (NACK);
+    after a NACK the agent keeps running its last good configuration. When the stream breaks,
+    the agent keeps what it has (static stability) and reconnects with backoff; the controller
+    then starts again from a snapshot. `credentials` is called on every connect, so a renewed
+    node certificate is picked up.
+    """
+    delays = backoff.delays()
+    while not stop.is_set():
+        reason = "stream ended"
+        try:
+            async with ControllerClient(address, credentials()) as client:
+                stream = client.watch(node)
+                reader = asyncio.ensure_future(_apply_all(stream, apply))
+                stopper = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if reader not in done:
+                    stream.cancel()
+                    reader.cancel()
+                    return
+                delivered, reason = reader.result()
+                if delivered:  # the controller was reachable: start backing off afresh
+                    delays = backoff.delays()
+        except grpc.aio.AioRpcError as err:
+            reason = f"{err.code().name}: {err.details()}"
+        if on_disconnect is not None:
+            on_disconnect(reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), next(delays))
+
+
+async def _apply_all(stream: DiscoveryStream, apply: ApplyUpdate) -> tuple[bool, str]:
+    """Apply updates until the stream ends: (whether any arrived, why it ended)."""
+    delivered = False
+    try:
+        async for update in stream:
+            delivered = True
+            error = await apply(update)
+            if error is None:
+                await stream.ack(update.version)
+            else:
+                await stream.nack(update.version, error)
+    except grpc.aio.AioRpcError as err:
+        return delivered, f"{err.code().name}: {err.details()}"
+    return delivered, "stream ended"
