@@ -350,6 +350,10 @@ class WaypointProxy:
             return await self._reply(client, exchange, local)
         return await self._forward(client, exchange, decision)
 
+    def serves(self, destination: str) -> bool:
+        """Whether a tunnel to `destination` (VIP:port or hostname:port) reaches a service here."""
+        return self._service_for(destination, None) is not None
+
     def _service_for(self, destination: str | None, host: str | None) -> ServiceConfig | None:
         """The logical service: the tunnel's destination (VIP:port or hostname:port) when there
         is one, else the one the Host header names (full hostname, `name.namespace`, `name`)."""
