@@ -37,6 +37,7 @@ class TrustProvider:
         self._stamp: tuple[float, ...] = ()
         self._ca: CertificateAuthority | None = None
         self._server_pair: tuple[bytes, bytes] = (b"", b"")
+        self._server_issued = dt.datetime.min.replace(tzinfo=dt.UTC)
         self.generation = 0  # bumps on every reload; the TLS layer compares it
         self._reload_if_changed()
 
@@ -45,7 +46,9 @@ class TrustProvider:
             now = self._clock()
             previous = self.files.previous_signer(now)
             stamp = (*self.files.stamp(), previous is None)
-            if self._ca is None or stamp != self._stamp:
+            # The serving certificate is renewed at half life, like every leaf in the mesh.
+            stale = now >= self._server_issued + SERVER_CERT_LIFETIME / 2
+            if self._ca is None or stamp != self._stamp or stale:
                 ca = self.files.load()
                 # During a rotation overlap the serving certificate stays under the old root,
                 # which every agent still trusts; after it, under the new one.
@@ -59,6 +62,7 @@ class TrustProvider:
                 )
                 self._ca, self._stamp = ca, stamp
                 self._server_pair = (key_to_pem(key), certs_to_pem(chain))
+                self._server_issued = now
                 self.generation += 1
             return self._ca
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from controller.ca import CertificateAuthority, create_root
 from controller.ca_files import CAFiles
 from controller.issuance import IssuanceDeniedError, authorize_svid
+from controller.trust import SERVER_CERT_LIFETIME, TrustProvider
 from weft.errors import ConflictError
 from weft.model import Metadata, Workload
 from weft.pki import (
@@ -140,3 +141,18 @@ def test_server_certificate_carries_dns_and_ip_names() -> None:
         ip_addresses=[IPv4Address("127.0.0.1")],
     )
     assert uri_san(chain[0]) == f"spiffe://{TD}/weft/controller"
+
+
+def test_controller_serving_certificate_is_renewed_at_half_life(tmp_path: Path) -> None:
+    files = CAFiles(tmp_path)
+    files.init(TD, NOW)
+    clock = [NOW]
+    trust = TrustProvider(files, clock=lambda: clock[0])
+    first = trust.server_pair()
+    clock[0] = NOW + SERVER_CERT_LIFETIME / 4
+    assert trust.server_pair() == first
+    clock[0] = NOW + SERVER_CERT_LIFETIME / 2
+    renewed = trust.server_pair()
+    assert renewed != first
+    leaf = certs_from_pem(renewed[1])[0]
+    assert leaf.not_valid_before_utc > NOW
