@@ -44,12 +44,15 @@ class HbonePool:
         max_streams: int = 100,
         idle_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        response_timeout: float = 10.0,
         settings: TunnelSettings | None = None,
     ) -> None:
         self.client_context = client_context
         self.max_streams = max_streams
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        # The peer answers a CONNECT after its policy check and its own TCP connect.
+        self.response_timeout = response_timeout
         self.settings = settings or TunnelSettings(max_concurrent_streams=max_streams)
         self.stats = PoolStats()
         self._connections: dict[PoolKey, list[_PooledConnection]] = {}
@@ -78,7 +81,16 @@ class HbonePool:
         connection.reserve()
         try:
             session = await asyncio.shield(connection.ready)
-            stream = await session.open_tunnel(authority, headers)
+            stream = await asyncio.wait_for(
+                session.open_tunnel(authority, headers), self.response_timeout
+            )
+        except TimeoutError:
+            connection.release()
+            raise TunnelUnavailableError(
+                f"{peer[0]}:{peer[1]} did not answer the CONNECT to {authority} "
+                f"within {self.response_timeout:g} s",
+                hint="the destination agent is overloaded or stuck; see its log",
+            ) from None
         except BaseException:
             connection.release()
             raise

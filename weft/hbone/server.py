@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from weft.hbone.connection import ServerConnection, TunnelSettings
-from weft.hbone.errors import HboneError
+from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
 from weft.hbone.relay import relay
 from weft.hbone.session import TunnelSession
@@ -146,12 +146,19 @@ class HboneServer:
             self.stats.tunnels_unavailable += 1
             session.reject(stream, 503)
             return
-        if stream.finished:  # the client gave up while we were connecting
+        try:
+            session.accept(stream)
+        except StreamClosedError:  # the client gave up while we were connecting
             writer.close()
             return
         self.stats.tunnels_opened += 1
-        session.accept(stream)
-        await relay(stream, reader, writer)
+        try:
+            await relay(stream, reader, writer)
+        except Exception:
+            # relay() maps every I/O failure to a reset; anything else is a bug in it, and
+            # must cost this tunnel only.
+            log.exception("HBONE relay to %s failed", request.authority)
+            stream.abort()
 
 
 class _ServerSession(TunnelSession):

@@ -611,3 +611,19 @@ def test_server_close_resets_open_tunnels(ca: TestCa, client_svid: Svid, server_
                 await stream.read()
 
     run(main)
+
+
+def test_a_connect_the_peer_never_answers_times_out(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def stall(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid, stall, response_timeout=0.2) as mesh:
+            with pytest.raises(TunnelUnavailableError, match="did not answer the CONNECT"):
+                await mesh.open()
+            assert mesh.pool.connection_count() == 1  # the connection itself is fine
+
+    run(main)
