@@ -2,7 +2,7 @@
 
 Each path says whether it can run here (`availability`), brings up what it needs (`setup`,
 returning where the client connects for each server), names the processes whose CPU and memory
-are its cost (`mesh_pids`), and removes what it started (`teardown`). A later issue plugs a
+are its cost (`mesh_processes`), and removes what it started (`teardown`). A later issue plugs a
 meshed path in by filling in its `setup`.
 """
 
@@ -40,7 +40,7 @@ class BenchPath:
     loads: frozenset[str] = ALL_LOADS
 
     def __init__(self) -> None:
-        self._pids: list[int] = []
+        self._processes: dict[int, str] = {}  # pid -> name, of what setup started
         self._testbed: Testbed | None = None
 
     def availability(self) -> str | None:
@@ -51,18 +51,22 @@ class BenchPath:
         raise NotImplementedError
 
     def mesh_pids(self) -> list[int]:
-        return list(self._pids)
+        return list(self._processes)
 
-    def _spawned(self, testbed: Testbed, pid: int) -> None:
+    def mesh_processes(self) -> dict[int, str]:
+        """pid -> name of each process this path adds (its cost is theirs)."""
+        return dict(self._processes)
+
+    def _spawned(self, testbed: Testbed, pid: int, name: str) -> None:
         self._testbed = testbed
-        self._pids.append(pid)
+        self._processes[pid] = name
 
     def teardown(self) -> None:
         """Stop what setup started, by pid, through the lab (which also forgets them)."""
         if self._testbed is not None:
-            for pid in self._pids:
+            for pid in self._processes:
                 self._testbed.stop(pid)
-        self._pids.clear()
+        self._processes.clear()
 
 
 def _module_exists(name: str) -> bool:
@@ -120,8 +124,8 @@ class StunnelPath(BenchPath):
         for node, side, text in sides:
             config = workdir / f"stunnel-{side}.conf"
             config.write_text(text)
-            pid = testbed.node_spawn(node, ["stunnel", str(config)], f"bench-stunnel-{side}")
-            self._spawned(testbed, pid)
+            name = f"bench-stunnel-{side}"
+            self._spawned(testbed, testbed.node_spawn(node, ["stunnel", str(config)], name), name)
         for node, routes in (
             (layout.client_node, client_routes),
             (layout.server_node, server_routes),
@@ -154,7 +158,8 @@ class HaproxyPath(BenchPath):
             )
         )
         argv = ["haproxy", "-f", str(config), "-db"]
-        self._spawned(testbed, testbed.node_spawn(layout.server_node, argv, "bench-haproxy"))
+        pid = testbed.node_spawn(layout.server_node, argv, "bench-haproxy")
+        self._spawned(testbed, pid, "bench-haproxy")
         wait_listening(testbed, [self.HTTP_PORT, self.GRPC_PORT], node=layout.server_node)
         return PathTarget(
             layout.client,

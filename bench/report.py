@@ -17,12 +17,15 @@ def paths_table(result: BenchResult) -> Table:
     table.add_column("path")
     table.add_column("status")
     table.add_column("compared with")
-    table.add_column("mesh procs peak RSS", justify="right")
+    table.add_column("its processes (CPU s over the run, peak RSS)")
     for info in result.paths:
         status = "[green]ran[/]" if info.available else f"[yellow]not available:[/] {info.reason}"
         against = info.baseline + (f", {info.peer}" if info.peer else "")
-        rss = f"{info.peak_rss_bytes / 2**20:.1f} MiB" if info.mesh_processes else "-"
-        table.add_row(info.name, status, against, rss)
+        usage = "; ".join(
+            f"{p['name']} {p['cpu_seconds']:.1f} s {p['peak_rss_bytes'] / 2**20:.1f} MiB"
+            for p in info.processes
+        )
+        table.add_row(info.name, status, against, usage or "-")
     return table
 
 

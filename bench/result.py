@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ class PathInfo:
     peer: str | None
     loads: list[str]
     reason: str | None = None
-    mesh_processes: int = 0
-    peak_rss_bytes: int = 0
+    peak_rss_bytes: int = 0  # the highest sum over its processes seen after a load run
+    # Each process the path added: name, cpu_seconds (whole run, idle included), peak_rss_bytes.
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def available(self) -> bool:
@@ -102,9 +103,8 @@ class BenchResult:
     def from_json(cls, data: dict[str, Any]) -> BenchResult:
         if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"result schema {data.get('schema')!r}, expected {SCHEMA_VERSION}")
-        paths = [
-            PathInfo(**{k: v for k, v in p.items() if k != "available"}) for p in data["paths"]
-        ]
+        known = {f.name for f in fields(PathInfo)}  # older records carry fields since dropped
+        paths = [PathInfo(**{k: v for k, v in p.items() if k in known}) for p in data["paths"]]
         figures = [Figure(**{k: v for k, v in f.items() if k != "median"}) for f in data["figures"]]
         for figure in figures:
             if len(figure.round_numbers) != len(

@@ -10,12 +10,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.debian import ensure_packages
 from bench.lab_lock import lab_session_lock
 from bench.loads import Load
 from bench.native import NativeTools, build_tools
 from bench.paths import PATH_NAMES, BenchPath, PathTarget, make_path
+from bench.procstats import measure
 from bench.result import BenchResult, PathInfo, describe_commit, describe_machine
 from bench.runner import BenchSettings, run_rounds
 from bench.servers import start_servers
@@ -139,7 +141,7 @@ def run_session(
         if reason:
             progress(f"{name}: not available: {reason}")
     targets: dict[str, PathTarget] = {}
-    process_counts: dict[str, int] = {}
+    process_usage: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as workdir:
         server_pids = start_servers(testbed, layout, tools)
         runnable: list[BenchPath] = []
@@ -168,7 +170,7 @@ def run_session(
             )
         finally:
             for path in paths:
-                process_counts[path.name] = len(path.mesh_pids())
+                process_usage[path.name] = _usage_by_process(path)
                 path.teardown()
             for pid in server_pids:
                 testbed.stop(pid)
@@ -181,8 +183,8 @@ def run_session(
             peer=p.peer,
             loads=sorted(p.loads),
             reason=reasons[p.name],
-            mesh_processes=process_counts.get(p.name, 0),
             peak_rss_bytes=collected.peak_rss_bytes.get(p.name, 0),
+            processes=process_usage.get(p.name, []),
         )
         for p in paths
     ]
@@ -209,6 +211,21 @@ def run_session(
         mesh_cores=mesh_cores,
     )
     return SessionOutput(result=result, samples_us=collected.samples_us)
+
+
+def _usage_by_process(path: BenchPath) -> list[dict[str, Any]]:
+    """CPU seconds since start and peak memory of each process a path added, before it stops."""
+    usage = []
+    for pid, name in path.mesh_processes().items():
+        measured = measure([pid])
+        usage.append(
+            {
+                "name": name,
+                "cpu_seconds": measured.cpu_seconds,
+                "peak_rss_bytes": measured.peak_rss_bytes,
+            }
+        )
+    return usage
 
 
 def _now() -> str:
