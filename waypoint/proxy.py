@@ -76,6 +76,7 @@ from waypoint.telemetry import (
 from waypoint.upstream import (
     Attempt,
     CircuitOpen,
+    ConnectEndpoint,
     NoHealthyEndpoint,
     UpstreamBackend,
 )
@@ -224,6 +225,7 @@ class WaypointProxy:
         metrics: WaypointMetrics | None = None,
         access_log: Callable[[RequestRecord], None] | None = None,
         connect_timeout_s: float = 1.0,
+        connect: ConnectEndpoint | None = None,
         idle_timeout_s: float = 300.0,
         max_header_bytes: int = 64 * 1024,
     ) -> None:
@@ -235,6 +237,7 @@ class WaypointProxy:
         self.metrics = metrics or WaypointMetrics()
         self.access_log = access_log
         self.connect_timeout_s = connect_timeout_s
+        self.connect = connect  # how to reach an endpoint: plain TCP unless told otherwise
         self.idle_timeout_s = idle_timeout_s  # a keep-alive client silent this long is closed
         self.max_header_bytes = max_header_bytes
         self.guards = RouteGuards()
@@ -397,6 +400,7 @@ class WaypointProxy:
                 clock=self.clock,
                 random=self.random,
                 connect_timeout_s=self.connect_timeout_s,
+                connect=self.connect,
             )
             self._backends[ref.authority] = backend
         return backend

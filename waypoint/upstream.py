@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from waypoint.config import TrafficPolicy
@@ -93,10 +93,20 @@ class Attempt:
 
 AttemptResult = Attempt | Failure | NoHealthyEndpoint | CircuitOpen
 
+# connect(endpoint "ip:port") -> an open byte stream to it. OSError, LookupError or TimeoutError
+# mean a connect failure. Plain TCP by default; HBONE (waypoint.outbound) in the mesh.
+ConnectEndpoint = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """`ip:port` or `[v6]:port` -> (ip, port)."""
     host, _, port = endpoint.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def connect_tcp(endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = split_endpoint(endpoint)
+    return await asyncio.open_connection(host, port)
 
 
 class UpstreamBackend:
@@ -111,8 +121,10 @@ class UpstreamBackend:
         clock: Clock,
         random: RandomSource,
         connect_timeout_s: float = 1.0,
+        connect: ConnectEndpoint | None = None,
     ) -> None:
         self.authority = authority
+        self.connect = connect or connect_tcp
         self.endpoints = list(endpoints)
         self.pool = UpstreamPool(policy.connection_pool)
         self.balancer: Balancer = make_balancer(policy.load_balancer, random)
@@ -180,12 +192,11 @@ class UpstreamBackend:
             pooled.close()
             del self._streams[connection.id]
         if isinstance(grant, OpenConnection) or connection.id not in self._streams:
-            host, port = _split_endpoint(endpoint)
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), self.connect_timeout_s
+                    self.connect(endpoint), self.connect_timeout_s
                 )
-            except (OSError, TimeoutError):
+            except (OSError, LookupError, TimeoutError):
                 self._record(endpoint, None)
                 self._dispatch(self.pool.connection_failed(connection))
                 return Failure.CONNECT_FAILURE

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from waypoint_testing import FRONTEND, INTRUDER, REVIEWS_V1, WAYPOINT_ID, TestCa, hello_backend
 
 from waypoint.config import (
     AuthorizationAction,
     AuthorizationPolicy,
-    BackendRef,
     Route,
     Rule,
     ServiceConfig,
@@ -26,70 +21,12 @@ from waypoint.inbound import HboneInbound, forwarded_for
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord
 from weft.hbone import HbonePool, HboneStream, TunnelRefusedError
-from weft.identity import Identity
-from weft.tls import Svid, client_context, server_context
-
-FRONTEND = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
-INTRUDER = Identity.parse("spiffe://cluster.local/ns/other/sa/intruder")
-WAYPOINT_ID = Identity.parse("spiffe://cluster.local/ns/shop/sa/waypoint")
-REVIEWS_V1 = BackendRef(name="reviews-v1", port=9080, namespace="shop")
-
-
-class TestCa:
-    """A throwaway ECDSA P-256 root issuing SPIFFE SVIDs, as the controller's CA does."""
-
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "waypoint test root")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.certificate = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
-        self.bundle = self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, identity: Identity) -> Svid:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder().subject_name(x509.Name([]))
-            .issuer_name(self.certificate.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
-        return Svid(
-            chain_pem=certificate.public_bytes(serialization.Encoding.PEM),
-            key_pem=key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+from weft.tls import client_context, server_context
 
 
 @pytest.fixture(scope="module")
 def ca() -> TestCa:
     return TestCa()
-
-
-async def hello_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-    await writer.drain()
-    writer.close()
 
 
 async def exchange(stream: HboneStream, request: bytes) -> tuple[Response, bytes]:

@@ -1,0 +1,216 @@
+"""Shared helpers of the waypoint tests: a loopback backend and client, a throwaway mesh CA."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from waypoint.config import BackendRef
+from waypoint.http1 import (
+    Data,
+    EndOfMessage,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    serialize_response_head,
+)
+from weft.identity import Identity
+from weft.tls import Svid
+
+HOST = "reviews.default.svc.cluster.local"
+TEST_TIMEOUT_S = 10
+FRONTEND = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
+INTRUDER = Identity.parse("spiffe://cluster.local/ns/other/sa/intruder")
+WAYPOINT_ID = Identity.parse("spiffe://cluster.local/ns/shop/sa/waypoint")
+REVIEWS_V1 = BackendRef(name="reviews-v1", port=9080, namespace="shop")
+
+
+# --- a backend that behaves as each test needs ----------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """An HTTP/1.1 server on loopback: /status/<code>, /slow/<ms>, /reset, /flaky/<n>, else echo."""
+
+    name: str
+    server: asyncio.Server | None = None
+    port: int = 0
+    connections: int = 0
+    requests: list[Request] = field(default_factory=list)
+    flaky_failures: int = 0
+
+    async def start(self) -> Backend:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        parser = RequestParser()
+        request: Request | None = None
+        body = b""
+        try:
+            while data := await reader.read(65536):
+                for event in parser.feed(data):
+                    if isinstance(event, Request):
+                        request, body = event, b""
+                    elif isinstance(event, Data):
+                        body += event.data
+                    elif isinstance(event, EndOfMessage) and request is not None:
+                        self.requests.append(request)
+                        if not await self._respond(request, body, writer):
+                            return
+        finally:
+            writer.close()
+
+    async def _respond(self, request: Request, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        parts = request.target.strip("/").split("/")
+        status, payload = 200, b""
+        if parts[0] == "status":
+            status = int(parts[1])
+        elif parts[0] == "slow":
+            await asyncio.sleep(int(parts[1]) / 1000)
+        elif parts[0] == "reset":
+            return False
+        elif parts[0] == "stall":  # the head and half the body, then silence
+            writer.write(serialize_response_head(200, "OK", [("content-length", "10")]) + b"12345")
+            await writer.drain()
+            await asyncio.sleep(5)
+            return False
+        elif parts[0] == "flaky" and self.flaky_failures < int(parts[1]):
+            self.flaky_failures += 1
+            status = 503
+        if status == 200:
+            payload = json.dumps(
+                {"backend": self.name, "target": request.target, "headers": request.headers,
+                 "body": body.decode("latin-1")}
+            ).encode()  # fmt: skip
+        headers = [("content-length", str(len(payload))), ("x-backend", self.name)]
+        writer.write(serialize_response_head(status, "X", headers) + payload)
+        await writer.drain()
+        return parts[0] != "close-after"  # close-after: close without saying Connection: close
+
+
+# --- a client ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    response: Response
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+    @property
+    def reason(self) -> str | None:
+        return self.response.header("x-weft-reason")
+
+
+class Client:
+    """One keep-alive connection to the proxy."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.parser = ResponseParser()
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, raw: bytes, method: str = "GET") -> Answer:
+        self.parser.expect(method)
+        self.writer.write(raw)
+        await self.writer.drain()
+        response: Response | None = None
+        body = b""
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), TEST_TIMEOUT_S)
+            events = self.parser.feed(data) if data else self.parser.feed_eof()
+            for event in events:
+                if isinstance(event, Response) and not event.informational:
+                    response = event
+                elif isinstance(event, Data):
+                    body += event.data
+                elif isinstance(event, EndOfMessage):
+                    assert response is not None
+                    return Answer(response, body)
+
+    async def get(self, target: str, *headers: str, host: str = HOST) -> Answer:
+        extra = "".join(f"{h}\r\n" for h in headers)
+        return await self.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+
+    async def closed_by_peer(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), TEST_TIMEOUT_S) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TestCa:
+    """A throwaway ECDSA P-256 root issuing SPIFFE SVIDs, as the controller's CA does."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "waypoint test root")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.certificate = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        self.bundle = self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, identity: Identity) -> Svid:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder().subject_name(x509.Name([]))
+            .issuer_name(self.certificate.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        return Svid(
+            chain_pem=certificate.public_bytes(serialization.Encoding.PEM),
+            key_pem=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+
+async def hello_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+    await writer.drain()
+    writer.close()
