@@ -13,11 +13,12 @@ from weft.api.convert import (
     key_from_proto,
     key_to_proto,
     resource_from_proto,
+    status_from_proto,
 )
 from weft.api.v1 import admin_pb2, admin_pb2_grpc
 from weft.controller_client import CHANNEL_OPTIONS, Credentials, unavailable
 from weft.errors import UsageError
-from weft.model import Kind, ResourceKey
+from weft.model import ControllerStatus, Kind, ResourceKey
 from weft.resources import Document
 
 
@@ -88,6 +89,5 @@ class AdminClient:
         )
         return reply.revision, tuple(key_from_proto(k) for k in reply.deleted)
 
-    def status(self) -> admin_pb2.StatusResponse:
-        reply: admin_pb2.StatusResponse = self._call(self._stub.Status, admin_pb2.StatusRequest())
-        return reply
+    def status(self) -> ControllerStatus:
+        return status_from_proto(self._call(self._stub.Status, admin_pb2.StatusRequest()))

@@ -12,9 +12,15 @@ from controller.discovery import DiscoveryHub
 from controller.metrics import ControllerMetrics
 from controller.store import Store
 from controller.trust import TrustProvider
-from weft.api.convert import WireFormatError, documents_from_proto, key_from_proto, key_to_proto
+from weft.api.convert import (
+    WireFormatError,
+    documents_from_proto,
+    key_from_proto,
+    key_to_proto,
+    status_to_proto,
+)
 from weft.api.v1 import admin_pb2, admin_pb2_grpc
-from weft.model import Kind
+from weft.model import AgentReport, ControllerStatus, Kind, NodeCertificateReport
 from weft.resources import InvalidResourcesError, parse_documents
 
 
@@ -123,28 +129,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.StatusResponse:
         require_admin(context, self.trust.trust_domain)
         revision = self.hub.catalog.revision
-        agents = [
-            admin_pb2.AgentStatus(
-                node=a.node,
-                connected=a.connected,
-                sent_version=a.sent_version,
-                acked_version=a.acked_version,
-                lag=max(0, revision - a.acked_version),
-                nacked_version=a.nacked_version,
-                nack_error=a.nack_error,
-                connected_since=a.connected_since,
-            )
-            for a in self.hub.agents()
-        ]
-        return admin_pb2.StatusResponse(
+        status = ControllerStatus(
             trust_domain=self.trust.trust_domain,
             revision=revision,
-            started_at=self.started_at,
-            agents=agents,
-            node_certificates=[
-                admin_pb2.NodeCertificate(node=c.node, serial=c.serial, not_after=c.not_after)
-                for c in self.store.node_certificates()
-            ],
-            root_not_after=[c.not_valid_after_utc.timestamp() for c in self.trust.bundle()],
             resources=len(self.hub.catalog),
+            started_at=self.started_at,
+            agents=tuple(
+                AgentReport(
+                    node=a.node,
+                    connected=a.connected,
+                    sent_version=a.sent_version,
+                    acked_version=a.acked_version,
+                    lag=max(0, revision - a.acked_version),
+                    nacked_version=a.nacked_version,
+                    nack_error=a.nack_error,
+                    connected_since=a.connected_since,
+                )
+                for a in self.hub.agents()
+            ),
+            node_certificates=tuple(
+                NodeCertificateReport(c.node, c.serial, c.not_after)
+                for c in self.store.node_certificates()
+            ),
+            root_not_after=tuple(c.not_valid_after_utc.timestamp() for c in self.trust.bundle()),
         )
+        return status_to_proto(status)

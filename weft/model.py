@@ -488,3 +488,38 @@ def kind_of(resource: Resource) -> Kind:
 def key_of(resource: Resource) -> ResourceKey:
     meta = resource.metadata
     return ResourceKey(kind_of(resource), meta.namespace, meta.name)
+
+
+# --- Controller status (what `weft status` shows) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """One node's agent as the controller sees it."""
+
+    node: str
+    connected: bool
+    sent_version: int
+    acked_version: int
+    lag: int  # store revision minus acked version
+    nacked_version: int = 0  # 0: no NACK outstanding
+    nack_error: str = ""
+    connected_since: float = 0.0  # unix seconds
+
+
+@dataclass(frozen=True)
+class NodeCertificateReport:
+    node: str
+    serial: str
+    not_after: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    trust_domain: str
+    revision: int
+    resources: int
+    started_at: float  # unix seconds
+    agents: tuple[AgentReport, ...] = ()
+    node_certificates: tuple[NodeCertificateReport, ...] = ()
+    root_not_after: tuple[float, ...] = ()  # unix seconds, one per trust bundle root

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from weft.api.v1 import admin_pb2, discovery_pb2, resources_pb2
-from weft.model import Kind, ResourceKey
+from weft.model import (
+    AgentReport,
+    ControllerStatus,
+    Kind,
+    NodeCertificateReport,
+    ResourceKey,
+)
 from weft.resources import Document, ParsedResource, parse_stored
 
 
@@ -130,3 +136,59 @@ def documents_from_proto(messages: Iterable[admin_pb2.Document]) -> list[Documen
             body = m.body_json
         documents.append(Document(m.source, m.index, body))
     return documents
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def status_to_proto(status: ControllerStatus) -> admin_pb2.StatusResponse:
+    return admin_pb2.StatusResponse(
+        trust_domain=status.trust_domain,
+        revision=status.revision,
+        resources=status.resources,
+        started_at=status.started_at,
+        agents=[
+            admin_pb2.AgentStatus(
+                node=a.node,
+                connected=a.connected,
+                sent_version=a.sent_version,
+                acked_version=a.acked_version,
+                lag=a.lag,
+                nacked_version=a.nacked_version,
+                nack_error=a.nack_error,
+                connected_since=a.connected_since,
+            )
+            for a in status.agents
+        ],
+        node_certificates=[
+            admin_pb2.NodeCertificate(node=c.node, serial=c.serial, not_after=c.not_after)
+            for c in status.node_certificates
+        ],
+        root_not_after=list(status.root_not_after),
+    )
+
+
+def status_from_proto(message: admin_pb2.StatusResponse) -> ControllerStatus:
+    return ControllerStatus(
+        trust_domain=message.trust_domain,
+        revision=message.revision,
+        resources=message.resources,
+        started_at=message.started_at,
+        agents=tuple(
+            AgentReport(
+                node=a.node,
+                connected=a.connected,
+                sent_version=a.sent_version,
+                acked_version=a.acked_version,
+                lag=a.lag,
+                nacked_version=a.nacked_version,
+                nack_error=a.nack_error,
+                connected_since=a.connected_since,
+            )
+            for a in message.agents
+        ),
+        node_certificates=tuple(
+            NodeCertificateReport(c.node, c.serial, c.not_after) for c in message.node_certificates
+        ),
+        root_not_after=tuple(message.root_not_after),
+    )

@@ -10,7 +10,14 @@ import pytest
 from weft.api import convert
 from weft.api.protogen import API_DIR, generate
 from weft.api.v1 import admin_pb2, resources_pb2
-from weft.model import Kind, ResourceKey, Workload
+from weft.model import (
+    AgentReport,
+    ControllerStatus,
+    Kind,
+    NodeCertificateReport,
+    ResourceKey,
+    Workload,
+)
 from weft.resources import Document, parse_body
 
 WORKLOAD = {
@@ -78,3 +85,17 @@ def test_admin_documents_keep_source_and_index_even_when_not_json() -> None:
     back = convert.documents_from_proto(docs)
     assert back[0] == Document("f.yaml", 2, WORKLOAD)
     assert back[1] == Document("g.yaml", 0, "{not json")
+
+
+def test_controller_status_round_trips() -> None:
+    status = ControllerStatus(
+        trust_domain="cluster.local",
+        revision=9,
+        resources=4,
+        started_at=1.5,
+        agents=(AgentReport("n1", True, 9, 8, 1, 9, "bad route", 2.0),),
+        node_certificates=(NodeCertificateReport("n1", "ab", 3.0),),
+        root_not_after=(4.0,),
+    )
+    wire = convert.status_to_proto(status).SerializeToString()
+    assert convert.status_from_proto(admin_pb2.StatusResponse.FromString(wire)) == status
