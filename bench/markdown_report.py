@@ -1,4 +1,4 @@
-"""The report as Markdown tables, for bench/README.md and issue comments (`--markdown`)."""
+"""The report as Markdown tables, for bench/README.md and issue comments (`-o markdown`)."""
 
 from __future__ import annotations
 
