@@ -1,7 +1,17 @@
 """HBONE: TCP tunnelled as HTTP/2 CONNECT streams over mutual TLS, spoken by agents and waypoints.
 
-`connection` is the sans-I/O protocol core; `session`, `stream`, `server`, `pool` and `relay` are
-the asyncio shell around it.
+`connection` is the sans-I/O protocol core (h2 underneath); `session`, `stream`, `server`, `pool`
+and `relay` are the asyncio shell around it. Inbound (port 15008), an agent or waypoint runs
+
+    server = HboneServer(weft.tls.server_context(svid, bundle), authorize, connect)
+    await server.start("0.0.0.0", 15008)
+
+where `authorize(peer_identity, authority, headers) -> bool` answers 401 when false and
+`connect(authority) -> (reader, writer)` answers 503 when it raises OSError or LookupError.
+Outbound, one pool per process reuses TLS connections per (source, destination, peer):
+
+    stream = await pool.open_stream(source, destination, (node_ip, 15008), "10.1.2.3:8080")
+    await relay(stream, app_reader, app_writer)
 """
 
 from weft.hbone.connection import ClientConnection, ServerConnection, TunnelSettings
