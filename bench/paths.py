@@ -57,7 +57,8 @@ class BenchPath:
         """pid -> name of each process this path adds (its cost is theirs)."""
         return dict(self._processes)
 
-    def _spawned(self, testbed: Testbed, pid: int, name: str) -> None:
+    def record_process(self, testbed: Testbed, pid: int, name: str) -> None:
+        """Count a process setup started as this path's cost, and stop it at teardown."""
         self._testbed = testbed
         self._processes[pid] = name
 
@@ -125,7 +126,8 @@ class StunnelPath(BenchPath):
             config = workdir / f"stunnel-{side}.conf"
             config.write_text(text)
             name = f"bench-stunnel-{side}"
-            self._spawned(testbed, testbed.node_spawn(node, ["stunnel", str(config)], name), name)
+            pid = testbed.node_spawn(node, ["stunnel", str(config)], name)
+            self.record_process(testbed, pid, name)
         for node, routes in (
             (layout.client_node, client_routes),
             (layout.server_node, server_routes),
@@ -159,7 +161,7 @@ class HaproxyPath(BenchPath):
         )
         argv = ["haproxy", "-f", str(config), "-db"]
         pid = testbed.node_spawn(layout.server_node, argv, "bench-haproxy")
-        self._spawned(testbed, pid, "bench-haproxy")
+        self.record_process(testbed, pid, "bench-haproxy")
         wait_listening(testbed, [self.HTTP_PORT, self.GRPC_PORT], node=layout.server_node)
         return PathTarget(
             layout.client,
