@@ -8,18 +8,22 @@ import contextlib
 import dataclasses
 import json
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, get_args
 
 from waypoint.admin import AdminServer
 from waypoint.compiler import CompiledWaypoint, CompileError, compile_resources
 from waypoint.config import RouteFilter
+from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, access_log_line
-from weft.errors import UsageError
+from weft.errors import UsageError, WeftError
 from weft.resources import parse_documents, read_documents
+from weft.tls import Svid, server_context
 
 FILTER_TYPES = get_args(RouteFilter)
 EXAMPLES = """\
@@ -50,7 +54,17 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
 
     run = verbs.add_parser("run", help="serve HTTP/1.1 on --listen, metrics on --admin")
     common(run)
-    run.add_argument("--listen", default="127.0.0.1:15080", metavar="IP:PORT")
+    run.add_argument(
+        "--listen", default="127.0.0.1:15080", metavar="IP:PORT",
+        help="plain-TCP HTTP/1.1 listener; 'off' to disable",
+    )  # fmt: skip
+    run.add_argument(
+        "--hbone", default="off", metavar="IP:PORT",
+        help="HBONE (mTLS CONNECT) listener, e.g. 0.0.0.0:15008; needs --cert/--key/--trust-bundle",
+    )  # fmt: skip
+    run.add_argument("--cert", help="the waypoint's SVID certificate chain (PEM)")
+    run.add_argument("--key", help="the SVID's private key (PEM)")
+    run.add_argument("--trust-bundle", help="the mesh's trust bundle (PEM)")
     run.add_argument(
         "--admin", default="127.0.0.1:15020", metavar="IP:PORT",
         help="metrics and readiness endpoint; 'off' to disable",
@@ -135,54 +149,101 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _ServeOptions:
+    listen: tuple[str, int] | None
+    admin: tuple[str, int] | None
+    hbone: tuple[str, int] | None
+    tls: ssl.SSLContext | None
+    max_seconds: float | None
+    quiet: bool
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise UsageError(
+            f"{flag} {path}: {error.strerror}", hint=f"check the path given to {flag}"
+        ) from None
+
+
+def _hbone_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.hbone == "off":
+        return None
+    missing = [flag for flag, value in (("--cert", args.cert), ("--key", args.key),
+               ("--trust-bundle", args.trust_bundle)) if not value]  # fmt: skip
+    if missing:
+        raise UsageError(
+            "--hbone needs the waypoint's SVID and the mesh trust bundle: "
+            f"{', '.join(missing)} missing",
+            hint="pass --cert, --key and --trust-bundle, or --hbone off for plain TCP only",
+        )
+    svid = Svid(chain_pem=_read(args.cert, "--cert"), key_pem=_read(args.key, "--key"))
+    try:
+        return server_context(svid, _read(args.trust_bundle, "--trust-bundle"))
+    except WeftError as error:
+        raise UsageError(str(error), hint="check --cert, --key and --trust-bundle") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     compiled = load(args)
-    listen = _address(args.listen, "--listen")
-    admin = None if args.admin == "off" else _address(args.admin, "--admin")
+    options = _ServeOptions(
+        listen=None if args.listen == "off" else _address(args.listen, "--listen"),
+        admin=None if args.admin == "off" else _address(args.admin, "--admin"),
+        hbone=None if args.hbone == "off" else _address(args.hbone, "--hbone"),
+        tls=_hbone_tls(args),
+        max_seconds=args.max_seconds,
+        quiet=args.quiet,
+    )
     try:
         import uvloop  # the event loop the data path is measured with (design.md §9)
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return int(runner(_serve(compiled, listen, admin, args.max_seconds, args.quiet)))
+    return int(runner(_serve(compiled, options)))
 
 
-async def _serve(
-    compiled: CompiledWaypoint,
-    listen: tuple[str, int],
-    admin_address: tuple[str, int] | None,
-    max_seconds: float | None,
-    quiet: bool,
-) -> int:
+async def _serve(compiled: CompiledWaypoint, options: _ServeOptions) -> int:
     def log(record: RequestRecord) -> None:
-        if not quiet:
+        if not options.quiet:
             print(access_log_line(record), flush=True)
 
     proxy = WaypointProxy(compiled.config, compiled.endpoints, access_log=log)
+    inbound = HboneInbound(proxy, options.tls) if options.tls is not None else None
     listening = False
     admin = AdminServer(proxy.metrics, ready=lambda: listening)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    services = ", ".join(f"{s.hostname}:{s.port}" for s in compiled.config.services)
     try:
-        if admin_address is not None:
-            host, port = await admin.start(*admin_address)
+        if options.admin is not None:
+            host, port = await admin.start(*options.admin)
             print(f"waypoint: metrics on http://{host}:{port}/metrics", file=sys.stderr)
-        try:
-            host, port = await proxy.start(*listen)
-        except OSError as error:
-            raise UsageError(
-                f"--listen {listen[0]}:{listen[1]}: {error.strerror}",
-                hint="pick a free port, or stop what listens there",
-            ) from None
+        if options.listen is not None:
+            try:
+                host, port = await proxy.start(*options.listen)
+            except OSError as error:
+                raise UsageError(
+                    f"--listen {options.listen[0]}:{options.listen[1]}: {error.strerror}",
+                    hint="pick a free port, or stop what listens there",
+                ) from None
+            print(
+                f"waypoint: serving {services or 'no services'} on {host}:{port}", file=sys.stderr
+            )
+        if inbound is not None and options.hbone is not None:
+            await inbound.start(*options.hbone)  # raises HboneError (a WeftError) if taken
+            print(f"waypoint: HBONE (mTLS) on {options.hbone[0]}:{inbound.port}", file=sys.stderr)
         listening = True
-        services = ", ".join(f"{s.hostname}:{s.port}" for s in compiled.config.services)
-        print(f"waypoint: serving {services or 'no services'} on {host}:{port}", file=sys.stderr)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max_seconds)
+            await asyncio.wait_for(stop.wait(), options.max_seconds)
     finally:
+        if inbound is not None:
+            await inbound.close()
         await proxy.close()
         await admin.close()
     return 0

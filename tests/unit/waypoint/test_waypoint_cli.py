@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -14,8 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from waypoint_testing import FRONTEND, WAYPOINT_ID, TestCa
 
 from weft.cli import main
+from weft.hbone import HbonePool
+from weft.tls import client_context
 
 SHOP = """\
 apiVersion: v1
@@ -151,15 +155,7 @@ def test_run_serves_routes_policy_and_metrics_until_its_time_is_up(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", listen), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the waypoint never listened"
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                time.sleep(0.05)
+        wait_for_port(process, listen)
         proxy = http.client.HTTPConnection("127.0.0.1", listen, timeout=5)
         proxy.request("GET", "/reviews/1", headers={"Host": "reviews.shop:9080"})
         served = proxy.getresponse()
@@ -181,3 +177,78 @@ def test_run_serves_routes_policy_and_metrics_until_its_time_is_up(
     log_lines = [json.loads(line) for line in out.splitlines()]
     assert [line["response_code"] for line in log_lines] == [200, 403]
     assert "serving reviews.shop.svc.cluster.local:9080" in err
+
+
+def test_hbone_without_an_svid_is_a_usage_error(
+    shop: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_shop = [
+        "waypoint",
+        "run",
+        "-f",
+        str(shop),
+        "--name",
+        "shop-waypoint",
+        "--namespace",
+        "shop",
+    ]
+    code = main([*run_shop, "--hbone", "127.0.0.1:0", "--cert", "/nonexistent.pem"])
+    assert code == 2
+    assert "--key, --trust-bundle missing" in capsys.readouterr().err
+
+
+def wait_for_port(process: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the waypoint never listened"
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.05)
+
+
+def test_run_accepts_hbone_tunnels_to_a_service_vip(
+    shop: Path, backend: int, tmp_path: Path
+) -> None:
+    ca = TestCa()
+    waypoint_svid = ca.issue(WAYPOINT_ID)
+    (tmp_path / "cert.pem").write_bytes(waypoint_svid.chain_pem)
+    (tmp_path / "key.pem").write_bytes(waypoint_svid.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle)
+    hbone = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weft.cli", "waypoint", "run", "-f", str(shop),
+         "--name", "shop-waypoint", "--namespace", "shop", "--listen", "off", "--admin", "off",
+         "--hbone", f"127.0.0.1:{hbone}", "--cert", str(tmp_path / "cert.pem"),
+         "--key", str(tmp_path / "key.pem"), "--trust-bundle", str(tmp_path / "bundle.pem"),
+         "--endpoint", f"reviews-v1.shop:9080=127.0.0.1:{backend}", "--max-seconds", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client_svid = ca.issue(FRONTEND)
+
+    async def through_tunnel() -> bytes:
+        pool = HbonePool(lambda source: client_context(client_svid, ca.bundle))
+        try:
+            stream = await pool.open_stream(
+                FRONTEND, WAYPOINT_ID, ("127.0.0.1", hbone), "10.96.0.10:9080"
+            )
+            await stream.write(b"GET /hello HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+            received = b""
+            while data := await asyncio.wait_for(stream.read(), 5):
+                received += data
+            return received
+        finally:
+            await pool.close()
+
+    try:
+        wait_for_port(process, hbone)
+        received = asyncio.run(through_tunnel())
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=10)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"hello from /hello")
+    (log,) = [json.loads(line) for line in out.splitlines()]
+    assert log["source_principal"] == FRONTEND.uri
