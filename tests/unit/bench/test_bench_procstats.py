@@ -21,20 +21,25 @@ def test_status_parsing_reads_vmhwm_in_bytes() -> None:
 
 
 def test_measure_sees_cpu_burnt_by_a_child_process() -> None:
-    burner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass",
-        ]
+    # The child spins until it has used 1 s of CPU (or 20 s passed); a loaded machine only
+    # makes this test wait longer, never fail.
+    spin = (
+        "import time\n"
+        "end = time.monotonic() + 20\n"
+        "while time.process_time() < 1.0 and time.monotonic() < end: pass"
     )
+    burner = subprocess.Popen([sys.executable, "-c", spin])
     try:
-        time.sleep(0.4)
         assert burner.pid in process_tree(os.getpid())
+        deadline = time.monotonic() + 20
         usage = measure([burner.pid])
-        assert usage.cpu_seconds >= 0.1
+        while usage.cpu_seconds < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            usage = measure([burner.pid])
+        assert usage.cpu_seconds >= 0.2
         assert usage.peak_rss_bytes > 1_000_000
     finally:
+        burner.kill()
         burner.wait(timeout=10)
 
 
