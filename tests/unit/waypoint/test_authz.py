@@ -4,8 +4,10 @@ reports; rules AND their clauses, clauses OR their values."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from waypoint.authz import DENIED_BODY, AuthzRequest, evaluate, value_matches
+from waypoint.authz import DENIED_BODY, AuthzRequest, evaluate, rule_matches, value_matches
 from waypoint.config import (
     AuthorizationAction,
     AuthorizationPolicy,
@@ -215,3 +217,28 @@ def test_hosts_match_case_insensitively_with_or_without_the_port() -> None:
     assert evaluate(policies, AuthzRequest("GET", "/", 80, host="Shop.Example.com:8080")).allowed
     assert not evaluate(policies, AuthzRequest("GET", "/", 80, host="admin.example.com")).allowed
     assert not evaluate(policies, AuthzRequest("GET", "/", 80, host="example.org")).allowed
+
+
+paths = st.sampled_from(["/", "/admin", "/admin/x", "/public", "/public/y"])
+patterns = st.sampled_from(["/admin*", "/public*", "*", "/admin", "*/x"])
+rules = st.builds(
+    lambda allowed: Rule(operations=(Operation(paths=tuple(allowed)),)),
+    st.lists(patterns, min_size=1, max_size=2),
+)
+actions = st.sampled_from([ALLOW, DENY, AUDIT])
+
+
+@given(st.lists(st.tuples(actions, st.lists(rules, max_size=2)), max_size=4), paths)
+def test_decision_follows_deny_then_allow_whatever_the_policies(
+    specs: list[tuple[AuthorizationAction, list[Rule]]], path: str
+) -> None:
+    policies = [policy(f"p{i}", action, *rules) for i, (action, rules) in enumerate(specs)]
+    req = request(path=path)
+    decision = evaluate(policies, req)
+    denies = [
+        p for p in policies if p.action is DENY and any(rule_matches(r, req) for r in p.rules)
+    ]
+    allows = [p for p in policies if p.action is ALLOW]
+    allowed_by = [p for p in allows if any(rule_matches(r, req) for r in p.rules)]
+    expected = not denies and (not allows or bool(allowed_by))
+    assert decision.allowed is expected

@@ -30,11 +30,13 @@ from waypoint.routing import (
     NoRoute,
     Redirect,
     RouteRequest,
+    _precedence,
     apply_header_modifier,
     choose_backend,
     match_route,
     normalize_path,
     redirect_location,
+    request_matches,
     rewrite_path,
     route_request,
 )
@@ -323,3 +325,39 @@ def test_normalized_paths_are_stable_and_free_of_dot_segments(segments: list[str
     assert normalized.startswith("/")
     assert "." not in normalized.split("/")
     assert ".." not in normalized.split("/")
+
+
+path_matches = st.builds(
+    PathMatch,
+    st.sampled_from(list(PathMatchType)),
+    st.sampled_from(["/", "/a", "/a/b", "/a/b/c", "/b"]),
+)
+route_matches = st.builds(
+    RouteMatch,
+    path=path_matches,
+    method=st.sampled_from([None, "GET", "POST"]),
+    headers=st.lists(
+        st.builds(HeaderMatch, st.sampled_from(["x-a", "x-b"]), st.sampled_from(["1", "2"])),
+        max_size=2,
+    ).map(tuple),
+)
+
+
+@given(
+    st.lists(st.lists(route_matches, min_size=1, max_size=3), min_size=1, max_size=4),
+    st.sampled_from(["/", "/a", "/a/b", "/a/b/c", "/b/x"]),
+    st.sampled_from(["GET", "POST"]),
+    st.lists(st.tuples(st.sampled_from(["x-a", "x-b"]), st.sampled_from(["1", "2"])), max_size=2),
+)
+def test_the_winner_matches_and_no_matching_rule_is_more_specific(
+    matches: list[list[RouteMatch]], path: str, method: str, headers: list[tuple[str, str]]
+) -> None:
+    routes = [Route(f"r{i}", matches=tuple(m)) for i, m in enumerate(matches)]
+    request = RouteRequest.from_target(method, path, tuple(headers))
+    matched = match_route(routes, request)
+    candidates = [(r, m) for r in routes for m in r.matches if request_matches(m, request)]
+    if matched is None:
+        assert candidates == []
+        return
+    assert request_matches(matched.match, request)
+    assert all(_precedence(m) <= _precedence(matched.match) for _, m in candidates)
