@@ -40,6 +40,7 @@ from waypoint.http1 import (
     Http1Error,
     Request,
     RequestParser,
+    Upgraded,
     encode_chunk,
     serialize_request_head,
     serialize_response_head,
@@ -448,6 +449,10 @@ class WaypointProxy:
         exchange.trace_id = trace.trace_id
         headers.append(("x-request-id", exchange.request_id))
         headers.append(("traceparent", trace.header_value()))
+        upgrade = exchange.request.upgrade
+        if upgrade is not None and upgrade != "CONNECT":
+            # Connection/Upgrade are hop-by-hop, but an upgrade is end to end: ask the backend.
+            headers += [("connection", "upgrade"), ("upgrade", upgrade)]
         if body.complete:
             if body.data or exchange.request.framing is not BodyFraming.NONE:
                 headers.append(("content-length", str(len(body.data))))
@@ -574,6 +579,8 @@ class WaypointProxy:
         if not keep_alive:
             out.append(("connection", "close"))
         exchange.status = response.status
+        if response.status == 101:
+            return await self._switch_protocols(client, exchange, backend, attempt, headers)
         await client.send(serialize_response_head(response.status, response.reason, out))
         reusable = response.keep_alive
         remaining = None if deadline is None else max(0.0, deadline - self.clock())
@@ -592,6 +599,33 @@ class WaypointProxy:
         if request.upgrade is not None:
             client.pending.extend(client.parser.resume())
         return keep_alive
+
+    async def _switch_protocols(
+        self,
+        client: _ClientSide,
+        exchange: _Exchange,
+        backend: UpstreamBackend,
+        attempt: Attempt,
+        headers: Headers,
+    ) -> bool:
+        """The backend accepted the upgrade (WebSocket, h2c...): from now on bytes are opaque."""
+        request = exchange.request
+        upgrade = attempt.response.header("upgrade") if attempt.response else None
+        if request.upgrade is None or upgrade is None:
+            backend.finish(attempt, reusable=False)  # a 101 nobody asked for: refuse it
+            raise ConnectionResetError("backend answered 101 to a request without Upgrade")
+        out = [*headers, ("connection", "upgrade"), ("upgrade", upgrade)]
+        await client.send(serialize_response_head(101, "Switching Protocols", out))
+        early = b"".join(e.data for e in client.parser.switch_protocol() if isinstance(e, Upgraded))
+        early += b"".join(e.data for e in client.pending if isinstance(e, Upgraded))
+        client.pending.clear()
+        if early and attempt.stream is not None:
+            attempt.stream.writer.write(early)
+        sent, received = await backend.splice(attempt, client.reader, client.writer)
+        exchange.bytes_received += sent + len(early)
+        exchange.bytes_sent += received
+        exchange.flags = "upgraded"
+        return False
 
     async def _stream_body(
         self,

@@ -234,10 +234,10 @@ class UpstreamBackend:
     async def _read_head(self, stream: UpstreamStream) -> Response:
         while True:
             event = await stream.next_event()
-            if isinstance(event, Response) and not event.informational:
-                return event
+            if isinstance(event, Response) and (not event.informational or event.status == 101):
+                return event  # 101: the backend accepted an upgrade; the proxy splices
             if isinstance(event, Upgraded):
-                raise ConnectionResetError("backend switched protocols; not proxied yet")
+                raise ConnectionResetError("backend switched protocols without a 101")
             if isinstance(event, ConnectionClosed):
                 raise ConnectionResetError("backend closed the connection before responding")
             # 1xx heads are dropped: the waypoint answered 100-continue to the client itself.
@@ -249,6 +249,39 @@ class UpstreamBackend:
         if not isinstance(event, (Data, EndOfMessage)):
             raise ConnectionResetError(f"unexpected {type(event).__name__} in a response body")
         return [event]
+
+    async def splice(
+        self, attempt: Attempt, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, int]:
+        """After a 101, copy bytes both ways between the client and this attempt's connection
+        until both sides have closed; returns (bytes to the backend, bytes to the client)."""
+        stream = attempt.stream
+        assert stream is not None
+        early = b"".join(e.data for e in stream.pending if isinstance(e, Upgraded))
+        stream.pending.clear()
+        if early:
+            writer.write(early)
+
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> int:
+            copied = 0
+            try:
+                while data := await source.read(READ_SIZE):
+                    sink.write(data)
+                    await sink.drain()
+                    copied += len(data)
+                if sink.can_write_eof():
+                    sink.write_eof()
+            except ConnectionError:
+                sink.close()
+            return copied
+
+        try:
+            up, down = await asyncio.gather(
+                copy(reader, stream.writer), copy(stream.reader, writer)
+            )
+        finally:
+            self.finish(attempt, reusable=False)
+        return up, down + len(early)
 
     def finish(self, attempt: Attempt, reusable: bool) -> None:
         """The exchange on this attempt's connection is over; reuse or close it."""

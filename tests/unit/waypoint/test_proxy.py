@@ -617,3 +617,76 @@ def test_tunnel_identity_and_destination_decide_policy_and_service() -> None:
     assert records[0].source_workload_namespace == "shop"
     assert records[0].connection_security_policy == "mutual_tls"
     assert records[0].destination_service == HOST
+
+
+async def upgrading_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts `Upgrade: echo`, then echoes bytes upper-cased until the client half-closes."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b"upgrade: echo" not in head.lower():
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        writer.close()
+        return
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    )
+    while data := await reader.read(1024):
+        writer.write(data.upper())
+        await writer.drain()
+    writer.close()
+
+
+def test_upgrade_accepted_by_the_backend_becomes_a_two_way_byte_stream() -> None:
+    async def main() -> tuple[bytes, list[RequestRecord]]:
+        backend = await asyncio.start_server(upgrading_backend, "127.0.0.1", 0)
+        endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        records: list[RequestRecord] = []
+        proxy = WaypointProxy(
+            WaypointConfig(services=(ServiceConfig(HOST, 9080, DEFAULT),)),
+            {V1.authority: [endpoint]},
+            access_log=records.append,
+        )
+        _, port = await proxy.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /chat HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\n"
+                "Upgrade: echo\r\n\r\nearly ".encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TEST_TIMEOUT_S)
+            writer.write(b"and late")
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(), TEST_TIMEOUT_S)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+            assert b"upgrade: echo" in head.lower()
+            return echoed, records
+        finally:
+            await proxy.close()
+            backend.close()
+
+    echoed, records = asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
+    assert echoed == b"EARLY AND LATE"
+    assert (records[0].response_code, records[0].response_flags) == (101, "upgraded")
+
+
+def test_upgrade_refused_by_the_backend_keeps_http_going() -> None:
+    async def main() -> tuple[int, int]:
+        backend = await asyncio.start_server(upgrading_backend, "127.0.0.1", 0)
+        endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        proxy = WaypointProxy(
+            WaypointConfig(services=(ServiceConfig(HOST, 9080, DEFAULT),)),
+            {V1.authority: [endpoint]},
+            access_log=lambda record: None,
+        )
+        _, port = await proxy.start()
+        try:
+            client = await Client.connect(port)
+            refused = await client.get("/chat", "Connection: Upgrade", "Upgrade: other")
+            again = await client.get("/chat", "Connection: Upgrade", "Upgrade: other")
+            client.close()
+            return refused.response.status, again.response.status
+        finally:
+            await proxy.close()
+            backend.close()
+
+    assert asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S)) == (400, 400)
