@@ -546,8 +546,10 @@ class WaypointConfig:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()  # those targeting the waypoint
     request_body_buffer_limit: int = 64 * 1024  # bodies above this are streamed and not retried
 
-    def traffic_policy_for(self, backend: BackendRef) -> TrafficPolicy:
+    def traffic_policy_for(self, backend: BackendRef | str) -> TrafficPolicy:
+        """The policy of a backend (or of its authority, `name.namespace:port`)."""
+        wanted = backend if isinstance(backend, str) else backend.authority
         for authority, policy in self.traffic_policies:
-            if authority == backend.authority:
+            if authority == wanted:
                 return policy
         return TrafficPolicy()

@@ -251,6 +251,18 @@ class WaypointProxy:
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
 
+    def update(self, config: WaypointConfig, endpoints: Mapping[str, Sequence[str]]) -> None:
+        """Apply new configuration (from discovery) without dropping connections: requests in
+        flight finish under the config they started with; new ones see the new one."""
+        self.config = config
+        self.endpoints = endpoints
+        for authority, backend in list(self._backends.items()):
+            if backend.policy != config.traffic_policy_for(authority):
+                del self._backends[authority]  # rebuilt on next use with the new policy
+                backend.retire()
+            else:
+                backend.set_endpoints(endpoints.get(authority, ()))
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -314,6 +314,18 @@ class UpstreamPool:
         self._connections.pop(connection.id, None)
         return self._serve_waiters()
 
+    def drop_idle(self, keep: frozenset[str] | None = None) -> list[UpstreamConnection]:
+        """Forget idle connections (all, or those to endpoints not in `keep`); the caller closes
+        them. Busy ones finish their request first."""
+        dropped = [
+            c
+            for c in self._connections.values()
+            if not c.busy and (keep is None or c.endpoint not in keep)
+        ]
+        for connection in dropped:
+            del self._connections[connection.id]
+        return dropped
+
     def cancel(self, ticket: int) -> None:
         """A queued request gave up (its client left or its timeout fired)."""
         self._pending = deque(w for w in self._pending if w.ticket != ticket)

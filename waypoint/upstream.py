@@ -124,6 +124,7 @@ class UpstreamBackend:
         connect: ConnectEndpoint | None = None,
     ) -> None:
         self.authority = authority
+        self.policy = policy
         self.connect = connect or connect_tcp
         self.endpoints = list(endpoints)
         self.pool = UpstreamPool(policy.connection_pool)
@@ -287,7 +288,12 @@ class UpstreamBackend:
         """The exchange on this attempt's connection is over; reuse or close it."""
         self.balancer.finished(attempt.endpoint)
         stream = self._streams.get(attempt.connection.id)
-        keep = reusable and not attempt.close_after and stream is not None
+        keep = (
+            reusable
+            and not attempt.close_after
+            and stream is not None
+            and attempt.endpoint in self.endpoints  # removed by discovery meanwhile: close
+        )
         if not keep:
             closing = self._streams.pop(attempt.connection.id, None)
             if closing is not None:
@@ -316,6 +322,24 @@ class UpstreamBackend:
     def _close_traded(self) -> None:
         while self.pool.closed_idle:
             stream = self._streams.pop(self.pool.closed_idle.pop().id, None)
+            if stream is not None:
+                stream.close()
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """New endpoints from discovery: idle connections to removed ones close now, busy ones
+        after their request (finish() will not pool them)."""
+        self.endpoints = list(endpoints)
+        if self.outliers is not None:
+            self.outliers.set_endpoints(self.endpoints)
+        self._close_dropped(self.pool.drop_idle(frozenset(self.endpoints)))
+
+    def retire(self) -> None:
+        """This backend's policy changed: close what is idle; requests in flight finish here."""
+        self._close_dropped(self.pool.drop_idle())
+
+    def _close_dropped(self, connections: list[UpstreamConnection]) -> None:
+        for connection in connections:
+            stream = self._streams.pop(connection.id, None)
             if stream is not None:
                 stream.close()
 

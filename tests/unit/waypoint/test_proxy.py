@@ -690,3 +690,23 @@ def test_upgrade_refused_by_the_backend_keeps_http_going() -> None:
             backend.close()
 
     assert asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S)) == (400, 400)
+
+
+def test_update_moves_new_requests_to_new_endpoints_and_routes() -> None:
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        assert (await client.get("/")).json()["backend"] == "b0"
+        proxy.update(proxy.config, {V1.authority: [backends[1].endpoint]})
+        assert (await client.get("/")).json()["backend"] == "b1"
+        to_v2 = WaypointConfig(
+            services=(ServiceConfig(HOST, 9080, (Route("v2", backends=(V2,)),)),)
+        )
+        proxy.update(to_v2, {V2.authority: [backends[0].endpoint]})
+        answer = await client.get("/")
+        client.close()
+        assert answer.json()["backend"] == "b0"
+        assert records[-1].route_name == "v2"
+
+    run(scenario, DEFAULT, backends=2, endpoints={V1.authority: ["backend:0"]})

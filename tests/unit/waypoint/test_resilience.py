@@ -458,3 +458,15 @@ def test_abort_share_over_many_requests_matches_the_percentage() -> None:
     source = random.Random(11)
     aborted = sum(decide_fault(fault, source.random).abort_status == 500 for _ in range(2000))
     assert 450 <= aborted <= 550
+
+
+def test_drop_idle_forgets_idle_connections_to_removed_endpoints_only() -> None:
+    pool = UpstreamPool(ConnectionPool())
+    kept, removed, busy = pool.acquire("a"), pool.acquire("b"), pool.acquire("b")
+    assert isinstance(kept, OpenConnection)
+    assert isinstance(removed, OpenConnection)
+    assert isinstance(busy, OpenConnection)
+    pool.release(kept.connection, reusable=True)
+    pool.release(removed.connection, reusable=True)
+    assert pool.drop_idle(frozenset({"a"})) == [removed.connection]
+    assert pool.open_connections == 2  # "a" idle, and the busy "b" finishing its request
