@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.native import NativeTools
+from bench.priority import prioritized
 from bench.testbed import Testbed
 
 
@@ -49,7 +50,7 @@ def run_client(ctx: LoadContext, argv: Sequence[str], what: str) -> str:
     """Run a load client in the client workload, bounded by the load's time plus a grace period."""
     timeout = ctx.seconds + 20
     try:
-        proc = ctx.testbed.exec(ctx.client, list(argv), timeout=timeout, check=False)
+        proc = ctx.testbed.exec(ctx.client, prioritized(argv), timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"{what} did not finish within {timeout:.0f} s") from exc
     if proc.returncode != 0:

@@ -16,6 +16,7 @@ from bench.listening import wait_listening
 from bench.loads.catalog import SERVICE_PORTS
 from bench.peer_configs import haproxy_config, stunnel_client_config, stunnel_server_config
 from bench.pki import create_peer_pki
+from bench.priority import prioritized
 from bench.testbed import BenchLayout, Testbed
 
 ALL_LOADS = frozenset({"bulk", "rr", "connrate", "http1", "http16", "grpc"})
@@ -126,7 +127,7 @@ class StunnelPath(BenchPath):
             config = workdir / f"stunnel-{side}.conf"
             config.write_text(text)
             name = f"bench-stunnel-{side}"
-            pid = testbed.node_spawn(node, ["stunnel", str(config)], name)
+            pid = testbed.node_spawn(node, prioritized(["stunnel", str(config)]), name)
             self.record_process(testbed, pid, name)
         for node, routes in (
             (layout.client_node, client_routes),
@@ -159,7 +160,7 @@ class HaproxyPath(BenchPath):
                 grpc=(self.GRPC_PORT, server_ip, SERVICE_PORTS["grpc"]),
             )
         )
-        argv = ["haproxy", "-f", str(config), "-db"]
+        argv = prioritized(["haproxy", "-f", str(config), "-db"])
         pid = testbed.node_spawn(layout.server_node, argv, "bench-haproxy")
         self.record_process(testbed, pid, "bench-haproxy")
         wait_listening(testbed, [self.HTTP_PORT, self.GRPC_PORT], node=layout.server_node)

@@ -7,6 +7,7 @@ import sys
 from bench.listening import wait_listening
 from bench.loads.catalog import SERVICE_PORTS
 from bench.native import NativeTools
+from bench.priority import prioritized
 from bench.testbed import BenchLayout, Testbed
 
 
@@ -25,7 +26,7 @@ def start_servers(testbed: Testbed, layout: BenchLayout, tools: NativeTools) -> 
                 "grpc": [sys.executable, "-m", "bench.grpc_echo", "serve", ip, port["grpc"]],
             }
             for service, argv in commands.items():
-                pids.append(testbed.spawn(workload, argv, f"{workload}-{service}"))
+                pids.append(testbed.spawn(workload, prioritized(argv), f"{workload}-{service}"))
         for workload, _node in layout.servers:
             wait_listening(testbed, list(SERVICE_PORTS.values()), workload=workload)
     except BaseException:

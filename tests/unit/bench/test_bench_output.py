@@ -9,6 +9,7 @@ import pytest
 
 from bench.lab_lock import lab_session_lock
 from bench.plots import write_plots
+from bench.priority import prioritized
 from bench.result import BenchResult, PathInfo, describe_commit, describe_machine
 from bench.runner import Figure
 from weft.errors import ConflictError
@@ -63,3 +64,7 @@ def test_lab_lock_makes_a_second_holder_wait_then_fail_naming_the_holder(tmp_pat
     assert messages == [f"waiting for the lab: pid {os.getpid()} holds {lock}"]
     with lab_session_lock(messages.append, wait=0.3, path=lock):
         pass  # released when the first holder left
+
+
+def test_every_bench_process_runs_at_the_same_raised_priority() -> None:
+    assert prioritized(["iperf3", "-s"]) == ["nice", "-n", "-5", "iperf3", "-s"]
