@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         join_port=args.join_port,
         http_port=args.http_port,
         policy=IssuancePolicy(svid_lifetime=args.svid_ttl, node_lifetime=args.node_cert_ttl),
+        max_workers=args.max_workers,
     )
     controller = Controller(config)
     stop = threading.Event()
@@ -142,11 +143,21 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
 
     run = sub.add_parser("run", parents=[common], help="serve gRPC (mTLS), join and HTTP")
     run.add_argument("--listen", default="0.0.0.0", help="address to listen on")
-    run.add_argument("--grpc-port", type=int, default=15012)
-    run.add_argument("--join-port", type=int, default=15013)
-    run.add_argument("--http-port", type=int, default=15014)
-    run.add_argument("--svid-ttl", type=_duration, default=dt.timedelta(hours=24))
-    run.add_argument("--node-cert-ttl", type=_duration, default=dt.timedelta(hours=24))
+    run.add_argument("--grpc-port", type=int, default=15012, help="mTLS gRPC (0: any)")
+    run.add_argument("--join-port", type=int, default=15013, help="node join, TLS (0: any)")
+    run.add_argument("--http-port", type=int, default=15014, help="/metrics, /healthz")
+    run.add_argument(
+        "--svid-ttl", type=_duration, default=dt.timedelta(hours=24), help="workload cert lifetime"
+    )
+    run.add_argument(
+        "--node-cert-ttl", type=_duration, default=dt.timedelta(hours=24), help="node cert lifetime"
+    )
+    run.add_argument(
+        "--max-workers",
+        type=int,
+        default=ControllerConfig.max_workers,
+        help="gRPC worker threads; each connected agent's discovery stream holds one",
+    )
     run.set_defaults(func=_run)
 
     token = sub.add_parser("token", help="join tokens for nodes")
