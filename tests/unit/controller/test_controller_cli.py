@@ -185,3 +185,16 @@ def test_status_against_a_stopped_controller_says_what_to_check(
     code = main(["status", "--controller", "127.0.0.1:9", "--state-dir", str(state)])
     assert code == ExitCode.UNAVAILABLE
     assert "is the controller running" in capsys.readouterr().err
+
+
+def test_delete_by_file_removes_what_the_file_names(
+    controller: Controller, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MESH)
+    assert weft(controller, "apply", "-f", str(path)) == 0
+    assert weft(controller, "delete", "-f", str(path)) == 0
+    assert "service/cart deleted" in capsys.readouterr().out
+    assert controller.store.resources() == []
+    assert weft(controller, "delete", "svc", "cart", "-n", "shop") == 1
+    assert "not found" in capsys.readouterr().err
