@@ -110,6 +110,11 @@ class HboneConnection:
         """The bytes the core wants on the wire, in order; empty when there are none."""
         return b"".join(self.buffers_to_send())
 
+    @property
+    def has_output(self) -> bool:
+        """True if data_to_send() would return bytes."""
+        return bool(self._outbound or self._h2._data_to_send)
+
     def buffers_to_send(self) -> list[bytes | bytearray | memoryview]:
         """data_to_send() as a list of buffers, for transport.writelines(): payloads uncopied."""
         self._take_h2_output()

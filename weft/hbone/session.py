@@ -64,7 +64,8 @@ class TunnelSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._dispatch(self.core.receive_data(data))
-        self._flush()
+        if self.core.has_output:  # SETTINGS/PING ACKs, 400s, RST_STREAMs, GOAWAY
+            self._flush()
 
     def eof_received(self) -> bool:
         return False  # a TLS peer that stops sending is gone: close our side too
@@ -167,7 +168,9 @@ class TunnelSession(asyncio.Protocol):
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.core.acknowledge(stream_id, size)
-        self._schedule_flush()
+        # Most reads give back too little window for h2 to send a WINDOW_UPDATE yet.
+        if self.core.has_output:
+            self._schedule_flush()
 
     # Internals
 
