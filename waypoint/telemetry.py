@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -91,6 +92,7 @@ class WaypointMetrics:
             buckets=DURATION_BUCKETS_MS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
     def record(self, request: RequestRecord) -> None:
         labels = {
@@ -109,8 +111,17 @@ class WaypointMetrics:
             "response_flags": request.response_flags,
             "connection_security_policy": request.connection_security_policy,
         }
-        self.requests.labels(**labels).inc()
-        self.duration.labels(**labels).observe(request.duration_ms)
+        key = tuple(labels[name] for name in REQUEST_LABELS)
+        children = self._children.get(key)
+        if children is None:
+            # labels() validates and hashes 14 values on every call; the registry keeps every
+            # child forever anyway, so keeping a reference to it here costs no extra memory.
+            children = self._children[key] = (
+                self.requests.labels(*key),
+                self.duration.labels(*key),
+            )
+        children[0].inc()
+        children[1].observe(request.duration_ms)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this registry."""
