@@ -85,55 +85,39 @@ def rotated(items: Sequence[BenchPath], round_index: int) -> list[BenchPath]:
     return [*items[shift:], *items[:shift]]
 
 
-def run_rounds(
-    *,
-    testbed: Testbed,
-    targets: dict[str, PathTarget],
-    paths: Sequence[BenchPath],
-    loads: Sequence[Load],
-    settings: BenchSettings,
-    tools: NativeTools,
-    progress: Progress,
-) -> Collected:
+@dataclass(frozen=True)
+class RoundPlan:
+    """What stays the same for every load run of a session."""
+
+    testbed: Testbed
+    targets: dict[str, PathTarget]
+    settings: BenchSettings
+    tools: NativeTools
+    progress: Progress
+
+
+def run_rounds(plan: RoundPlan, paths: Sequence[BenchPath], loads: Sequence[Load]) -> Collected:
     collected = Collected()
-    for round_index in range(settings.rounds):
+    for round_index in range(plan.settings.rounds):
         for load in loads:
             for path in rotated([p for p in paths if load.name in p.loads], round_index):
-                _run_once(
-                    testbed=testbed,
-                    target=targets[path.name],
-                    path=path,
-                    load=load,
-                    settings=settings,
-                    tools=tools,
-                    round_index=round_index,
-                    collected=collected,
-                    progress=progress,
-                )
+                _run_once(plan, path, load, round_index, collected)
     return collected
 
 
 def _run_once(
-    *,
-    testbed: Testbed,
-    target: PathTarget,
-    path: BenchPath,
-    load: Load,
-    settings: BenchSettings,
-    tools: NativeTools,
-    round_index: int,
-    collected: Collected,
-    progress: Progress,
+    plan: RoundPlan, path: BenchPath, load: Load, round_index: int, collected: Collected
 ) -> None:
+    settings, progress, target = plan.settings, plan.progress, plan.targets[path.name]
     host, port = target.addresses[load.service]
     ctx = LoadContext(
-        testbed=testbed,
+        testbed=plan.testbed,
         client=target.client,
         host=host,
         port=port,
         seconds=settings.seconds,
         max_count=load.max_count,
-        tools=tools,
+        tools=plan.tools,
     )
     label = f"round {round_index + 1}/{settings.rounds}  {load.name:<8} {path.name:<17}"
     pids = path.mesh_pids()

@@ -19,7 +19,7 @@ from bench.native import NativeTools, build_tools
 from bench.paths import PATH_NAMES, BenchPath, PathTarget, make_path
 from bench.procstats import measure
 from bench.result import BenchResult, PathInfo, describe_commit, describe_machine
-from bench.runner import BenchSettings, run_rounds
+from bench.runner import BenchSettings, RoundPlan, run_rounds
 from bench.servers import start_servers
 from bench.testbed import BenchLayout, Testbed, prepare_layout
 from vm.lab.lab import Lab
@@ -159,15 +159,8 @@ def run_session(
                 f"running {len(selection.loads)} loads on {len(runnable)} paths, "
                 f"{settings.rounds} rounds of {settings.seconds:g} s per load"
             )
-            collected = run_rounds(
-                testbed=testbed,
-                targets=targets,
-                paths=runnable,
-                loads=selection.loads,
-                settings=settings,
-                tools=tools,
-                progress=progress,
-            )
+            plan = RoundPlan(testbed, targets, settings, tools, progress)
+            collected = run_rounds(plan, runnable, selection.loads)
         finally:
             for path in paths:
                 process_usage[path.name] = _usage_by_process(path)
