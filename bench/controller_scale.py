@@ -342,12 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.workloads, args.services, args.changes = 1_000, 200, 30
     result = run(args)
-    snapshot_ok = result["snapshot"]["subscribe_to_received"]["max_ms"] < 1000
+    # The target is one node's snapshot; 20 nodes subscribing at the same instant is reported
+    # alongside (it shares two cores between the controller and 20 client streams).
+    snapshot_ok = result["snapshot"]["single_node_subscribe_to_received_ms"] < 1000
     change_ok = result["change_to_all_watchers"]["per_watcher"]["p99_ms"] < 100
     record = {
         "benchmark": "controller-scale",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
             "python": platform.python_version(),
