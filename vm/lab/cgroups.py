@@ -7,6 +7,7 @@ Node agents live in the node cgroup, outside `workloads/`, so eBPF attached at
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -61,6 +62,19 @@ def member_pids(root: Path) -> list[int]:
     return pids
 
 
+def populated(cgroup: Path) -> bool:
+    """True while any live or still-exiting process is in `cgroup` or below.
+
+    cgroup.procs already hides a task that is exiting, but rmdir fails with EBUSY until it is
+    gone; cgroup.events says when it is.
+    """
+    try:
+        events = (cgroup / "cgroup.events").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return False
+    return "populated 1" in events
+
+
 def kill_and_remove(root: Path, timeout: float = 5.0) -> list[str]:
     """SIGKILL every process under `root` (they are the lab's), then remove the cgroups.
 
@@ -72,17 +86,26 @@ def kill_and_remove(root: Path, timeout: float = 5.0) -> list[str]:
     if kill_file.exists():
         kill_file.write_text("1", encoding="ascii")
     deadline = time.monotonic() + timeout
-    while (pids := member_pids(root)) and time.monotonic() < deadline:
+    while populated(root) and time.monotonic() < deadline:
         if not kill_file.exists():
-            for pid in pids:
+            for pid in member_pids(root):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        time.sleep(0.01)
     removed: list[str] = []
-    for directory, _, _ in os.walk(root, topdown=False):
-        try:
-            os.rmdir(directory)
-            removed.append(directory)
-        except FileNotFoundError:
-            pass
+    for directory in sorted((d for d, _, _ in os.walk(root)), key=len, reverse=True):
+        while True:
+            try:
+                os.rmdir(directory)
+                removed.append(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise UnavailableError(
+                        f"cannot remove cgroup {directory}: {exc.strerror}",
+                        hint=f"see which processes are left in it: cat {directory}/cgroup.procs",
+                    ) from exc
+                time.sleep(0.01)
     return removed

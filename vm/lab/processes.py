@@ -87,6 +87,10 @@ def spawn(
             close_fds=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    # The shell joins the cgroup before exec (so nothing runs outside it); joining from here
+    # too means the process is in its cgroup when spawn() returns, with no window to race.
+    with contextlib.suppress(OSError):  # already exited: the caller sees it as not running
+        (cgroup / "cgroup.procs").write_text(str(proc.pid), encoding="ascii")
     # Drop the Popen object without waiting: the child is reaped in stop() or by init.
     return ProcessInfo(
         name=name,
