@@ -81,9 +81,9 @@ class HbonePool:
         connection.reserve()
         try:
             session = await asyncio.shield(connection.ready)
-            stream = await asyncio.wait_for(
-                session.open_tunnel(authority, headers), self.response_timeout
-            )
+            # asyncio.timeout, unlike wait_for, costs no extra task per tunnel.
+            async with asyncio.timeout(self.response_timeout):
+                stream = await session.open_tunnel(authority, headers)
         except TimeoutError:
             connection.release()
             raise TunnelUnavailableError(

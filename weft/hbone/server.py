@@ -138,9 +138,8 @@ class HboneServer:
             session.reject(stream, 401)
             return
         try:
-            reader, writer = await asyncio.wait_for(
-                self.connect(request.authority), self.connect_timeout
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await self.connect(request.authority)
         except (OSError, LookupError, TimeoutError) as error:
             log.info("HBONE target %s unreachable: %r", request.authority, error)
             self.stats.tunnels_unavailable += 1
