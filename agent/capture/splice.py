@@ -12,6 +12,7 @@ peer, the agent waits until the peer has written everything redirected to it (`d
 from __future__ import annotations
 
 import fcntl
+import select
 import socket
 import struct
 import time
@@ -48,8 +49,8 @@ def bytes_written(sock: socket.socket) -> int:
 class Splice:
     """Two connected sockets whose bytes the kernel moves; stop() hands them back.
 
-    Register the pair before any byte arrives on either socket: the verdict program judges
-    segments as they arrive, so bytes queued before the pair entered the sockhash stay there.
+    The verdict program judges segments as they arrive; bytes queued before start() stay in
+    the socket, and forward_until_eof() relays them (and any the kernel passes up) by hand.
     """
 
     maps: NodeMaps
@@ -76,6 +77,33 @@ class Splice:
             return True
         peer = self._peer_of(source)
         return bytes_written(peer) - self._written_before[peer.fileno()] >= redirected
+
+    def forward_until_eof(self, source: socket.socket, timeout: float) -> int:
+        """Wait for `source` to reach end of stream, relaying any byte that still comes up to
+        user space (a segment that arrived before start(), or that the kernel passed up) to
+        the peer. Returns how many bytes went through user space. Blocking, bounded.
+
+        A socket in a sockhash may wake a reader and then report EAGAIN when the data it woke
+        for was redirected; that is retried, not taken for an error.
+        """
+        deadline = time.monotonic() + timeout
+        relayed = 0
+        peer = self._peer_of(source)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no end of stream on the spliced socket within {timeout} s")
+            readable, _, _ = select.select([source], [], [], left)
+            if not readable:
+                continue
+            try:
+                data = source.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not data:
+                return relayed
+            peer.sendall(data)
+            relayed += len(data)
 
     def pass_end_of_stream(self, source: socket.socket, timeout: float) -> None:
         """`source` reached EOF: once its bytes are out of the peer, half-close the peer.
