@@ -54,6 +54,9 @@ bench-quick: setup ## benchmark, quick mode (< 3 min)
 bench: setup     ## benchmark, full run (< 15 min), recorded under bench/results/
 	$(WEFT) bench
 
+bench-controller: setup ## controller scale benchmark (10k workloads, 2k services, 20 watchers)
+	$(PY) -m bench.controller_scale
+
 lab-up: setup
 	$(WEFT) lab up --demo
 
