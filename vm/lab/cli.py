@@ -29,6 +29,7 @@ examples:
   sudo weft lab exec frontend -- curl -s http://10.96.0.11:8080/products
   sudo weft lab exec node1 -- ip route    # a node name runs the command in the node netns
   sudo weft lab traffic --requests 200    # the demo's load client; exit 1 on any error
+  sudo weft lab logs frontend -n 20       # the end of a lab process's log
   sudo weft lab down                      # idempotent; also cleans up after a crash
 
 The lab lives in network namespaces weft-<node> and weft-<node>-<workload>, the cgroup
@@ -72,6 +73,11 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     exec_.add_argument("target", help="a workload name, or a node name for the node's netns")
     exec_.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     exec_.set_defaults(func=cmd_exec)
+
+    logs = _subparser(sub, "logs", "the end of a lab process's log (demo workloads, agents...)")
+    logs.add_argument("name", help="the process name (a demo workload's name, or spawn()'s name)")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
+    logs.set_defaults(func=cmd_logs)
 
     traffic = _subparser(sub, "traffic", "run the demo's load client and print its report")
     traffic.add_argument("--requests", type=int, default=200, help="HTTP requests (default 200)")
@@ -271,6 +277,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
         )
     # The terminal is passed through so interactive commands and pipes behave as usual.
     return subprocess.call(argv)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    require_root("weft lab logs")
+    lab = Lab.attach(args.state_dir)
+    matches = [p for p in lab.processes() if p.name == args.name]
+    if not matches:
+        known = ", ".join(sorted({p.name for p in lab.processes()})) or "none"
+        raise UsageError(f"the lab has no process named '{args.name}' (processes: {known})")
+    process = matches[-1]
+    state = "running" if processes.is_running(process) else "not running"
+    print(f"# {process.log} (pid {process.pid}, {state})")
+    print(processes.log_tail(process.log, args.lines))
+    return ExitCode.OK
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:

@@ -423,7 +423,7 @@ class _Parser:
         traffic = None
         if doc.get("traffic") is not None:
             t = self.mapping(doc["traffic"], "demo.traffic", ["workload", "command"])
-            if t["workload"] not in seen:
+            if not isinstance(t["workload"], str) or t["workload"] not in seen:
                 raise self.fail(
                     "demo.traffic.workload", "the name of a demo workload", t["workload"]
                 )
