@@ -10,11 +10,10 @@ from typing import cast
 
 from demo.serving import (
     add_listen_arguments,
-    announce_listening,
+    announce_and_wait_for_termination,
     bind_error_message,
     log,
     run_service,
-    wait_for_termination,
 )
 
 
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             print(bind_error_message("echo", args.host, args.port, error), file=sys.stderr)
             return 1
-        announce_listening(args.host, server.sockets[0].getsockname()[1])
-        signal_name = await wait_for_termination()
+        port = server.sockets[0].getsockname()[1]
+        signal_name = await announce_and_wait_for_termination(args.host, port)
         log("echo", f"received {signal_name}, closing {len(connections)} connections")
         server.close()
         for connection in list(connections):

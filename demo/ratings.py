@@ -14,11 +14,10 @@ import grpc
 from demo import ratings_pb2, ratings_pb2_grpc
 from demo.serving import (
     add_listen_arguments,
-    announce_listening,
+    announce_and_wait_for_termination,
     bind_error_message,
     log,
     run_service,
-    wait_for_termination,
 )
 
 MAX_STREAM_COUNT = 100_000
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(bind_error_message("ratings", args.host, args.port, reason), file=sys.stderr)
             return 1
         await server.start()
-        announce_listening(args.host, port)
-        signal_name = await wait_for_termination()
+        signal_name = await announce_and_wait_for_termination(args.host, port)
         log("ratings", f"received {signal_name}, draining calls")
         await server.stop(grace=5.0)
         return 0

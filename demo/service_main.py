@@ -9,11 +9,10 @@ from collections.abc import Callable
 from demo.httpserver import Handler, HttpServer
 from demo.serving import (
     add_listen_arguments,
-    announce_listening,
+    announce_and_wait_for_termination,
     bind_error_message,
     log,
     run_service,
-    wait_for_termination,
 )
 
 
@@ -35,8 +34,7 @@ def serve_http(
         except OSError as error:
             print(bind_error_message(service, args.host, args.port, error), file=sys.stderr)
             return 1
-        announce_listening(args.host, port)
-        signal_name = await wait_for_termination()
+        signal_name = await announce_and_wait_for_termination(args.host, port)
         log(service, f"received {signal_name}, draining connections")
         await server.shutdown()
         return 0

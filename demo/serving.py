@@ -37,8 +37,12 @@ def run_service(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return uvloop.run(main())
 
 
-async def wait_for_termination() -> str:
-    """Return the name of the first SIGTERM or SIGINT the process receives."""
+async def announce_and_wait_for_termination(host: str, port: int) -> str:
+    """Announce the listening address, then return the name of the first SIGTERM or SIGINT.
+
+    The signal handlers go in before the announcement: whoever waits for `listening on` may
+    signal at once, and a SIGTERM before the handlers would kill the process uncleanly.
+    """
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
 
@@ -48,6 +52,7 @@ async def wait_for_termination() -> str:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    announce_listening(host, port)
     try:
         return await received
     finally:
