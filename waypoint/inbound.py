@@ -19,7 +19,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from waypoint.proxy import Downstream, WaypointProxy
+from waypoint.downstream import Downstream
+from waypoint.proxy import WaypointProxy
 from weft.hbone import HboneServer, TunnelSettings
 from weft.identity import Identity
 

@@ -14,9 +14,7 @@ import os
 import random as random_module
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from waypoint import responses
@@ -29,6 +27,16 @@ from waypoint.config import (
     ServiceConfig,
     WaypointConfig,
 )
+from waypoint.downstream import (
+    ClientConnection,
+    Downstream,
+    DownstreamBodyError,
+    Exchange,
+    RequestBody,
+    end_to_end,
+    note_downstream_failure,
+    split_authority,
+)
 from waypoint.http1 import (
     CONTINUE,
     LAST_CHUNK,
@@ -36,7 +44,6 @@ from waypoint.http1 import (
     ConnectionClosed,
     Data,
     EndOfMessage,
-    Event,
     Http1Error,
     Request,
     RequestParser,
@@ -81,131 +88,9 @@ from waypoint.upstream import (
     NoHealthyEndpoint,
     UpstreamBackend,
 )
-from weft.identity import Identity
 
 Headers = tuple[tuple[str, str], ...]
-READ_SIZE = 64 * 1024
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
-
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the framing this proxy rewrites on each side.
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "content-length", "expect", "http2-settings",
-    }
-)  # fmt: skip
-
-
-def _end_to_end(headers: Headers) -> list[tuple[str, str]]:
-    """Drop hop-by-hop fields, including those the Connection header names."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name == "connection"
-        for token in value.split(",")
-    }
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
-
-
-class DownstreamBodyError(Exception):
-    """The client broke its request body (or left) while it was being streamed upstream."""
-
-    def __init__(self, cause: Http1Error | ConnectionError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-@dataclass(frozen=True)
-class Downstream:
-    """Who calls and where to: from the HBONE tunnel (its peer's SVID, its `:authority`), or,
-    on plain TCP, only the peer address. A tunnel's destination decides the service; a Host
-    header never overrides it, so a client cannot pick another service by spoofing Host."""
-
-    source_ip: str | None = None
-    identity: Identity | None = None  # the peer's SPIFFE identity (mutual TLS)
-    destination: str | None = None  # the tunnel's authority: service VIP:port or host:port
-
-
-@dataclass
-class _ClientSide:
-    """The downstream connection: its parser and events not consumed yet."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    parser: RequestParser
-    downstream: Downstream
-    pending: deque[Event] = field(default_factory=deque)
-
-    async def next_event(self, timeout_s: float | None = None) -> Event:
-        """The next request event; TimeoutError if no byte arrives for `timeout_s`."""
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout_s)
-            self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
-        return self.pending.popleft()
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-
-@dataclass
-class _Exchange:
-    """What is learnt about one request as it goes; becomes its RequestRecord."""
-
-    request: Request
-    started: float
-    start_time: str
-    request_id: str
-    trace_id: str = "-"
-    route_name: str = "-"
-    upstream_cluster: str = "-"
-    upstream_host: str = "-"
-    attempts: int = 0
-    authz_policy: str = "-"
-    audit_policies: tuple[str, ...] = ()
-    destination_service: str = "unknown"
-    identity: Identity | None = None
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    status: int = 0
-    flags: str = "-"
-    body_read: bool = False  # the request's EndOfMessage has been consumed
-
-
-def _split_authority(authority: str) -> tuple[str, str]:
-    """`host:port`, `[v6]:port` or `host` -> (host, port or "")."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        rest = authority[end + 1 :]
-        return authority[1:end], rest[1:] if rest.startswith(":") else ""
-    name, _, port = authority.partition(":")
-    return name, port
-
-
-def _source_labels(identity: Identity | None) -> dict[str, str]:
-    """Istio's source labels; the workload name is not known from an SVID, so it stays unknown."""
-    if identity is None:
-        return {}
-    return {
-        "source_principal": identity.uri,
-        "source_workload_namespace": identity.namespace,
-        "connection_security_policy": "mutual_tls",
-    }
-
-
-def _note_downstream_failure(exchange: _Exchange, error: Exception) -> None:
-    if isinstance(error, Http1Error):
-        exchange.status, exchange.flags = error.status, "downstream_protocol_error"
-    else:
-        exchange.flags = "downstream_disconnect"
-
-
-@dataclass(frozen=True)
-class _Body:
-    """A request body read ahead: `data` complete, or its first part with the rest to stream."""
-
-    data: bytes
-    complete: bool
 
 
 class WaypointProxy:
@@ -286,7 +171,7 @@ class WaypointProxy:
     ) -> None:
         """Serve HTTP/1.1 requests on one client connection until it closes."""
         parser = RequestParser(self.max_header_bytes)
-        client = _ClientSide(reader, writer, parser, downstream or Downstream())
+        client = ClientConnection(reader, writer, parser, downstream or Downstream())
         try:
             while True:
                 event = await client.next_event(self.idle_timeout_s)
@@ -305,9 +190,9 @@ class WaypointProxy:
         finally:
             writer.close()
 
-    async def _handle(self, client: _ClientSide, request: Request) -> bool:
+    async def _handle(self, client: ClientConnection, request: Request) -> bool:
         """Serve one request; False if the client connection must close afterwards."""
-        exchange = _Exchange(
+        exchange = Exchange(
             request=request,
             started=self.clock(),
             start_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -316,15 +201,15 @@ class WaypointProxy:
         try:
             return await self._serve(client, exchange)
         except DownstreamBodyError as failure:
-            _note_downstream_failure(exchange, failure.cause)
+            note_downstream_failure(exchange, failure.cause)
             raise failure.cause from None
         except (Http1Error, ConnectionError, TimeoutError) as error:
-            _note_downstream_failure(exchange, error)
+            note_downstream_failure(exchange, error)
             raise
         finally:
             self._report(exchange)
 
-    async def _serve(self, client: _ClientSide, exchange: _Exchange) -> bool:
+    async def _serve(self, client: ClientConnection, exchange: Exchange) -> bool:
         request = exchange.request
         if request.upgrade == "CONNECT":
             reply = responses.LocalReply(501, "connect_not_supported", b"CONNECT is not proxied")
@@ -376,7 +261,7 @@ class WaypointProxy:
         authority = destination or host
         if authority is None:
             return None
-        name, port = _split_authority(authority)
+        name, port = split_authority(authority)
         for service in self.config.services:
             short = service.hostname.split(".")
             names = {service.hostname, short[0], ".".join(short[:2]), *service.vips}
@@ -418,13 +303,13 @@ class WaypointProxy:
             self._backends[ref.authority] = backend
         return backend
 
-    async def _read_body(self, client: _ClientSide, exchange: _Exchange) -> _Body:
+    async def _read_body(self, client: ClientConnection, exchange: Exchange) -> RequestBody:
         """Read the body up to the buffer limit: within it, it can be replayed on a retry."""
         request = exchange.request
         if request.framing is BodyFraming.NONE:
             await client.next_event()  # the EndOfMessage the parser emitted with the head
             exchange.body_read = True
-            return _Body(b"", complete=True)
+            return RequestBody(b"", complete=True)
         if request.expects_continue:
             await client.send(CONTINUE)  # as Envoy does by default: answer it here, not proxy it
         parts: list[bytes] = []
@@ -433,13 +318,15 @@ class WaypointProxy:
             event = await client.next_event()
             if isinstance(event, EndOfMessage):
                 exchange.body_read = True
-                return _Body(b"".join(parts), complete=True)
+                return RequestBody(b"".join(parts), complete=True)
             if isinstance(event, Data):
                 parts.append(event.data)
                 size += len(event.data)
-        return _Body(b"".join(parts), complete=False)
+        return RequestBody(b"".join(parts), complete=False)
 
-    async def _body_tail(self, client: _ClientSide, exchange: _Exchange) -> AsyncIterator[bytes]:
+    async def _body_tail(
+        self, client: ClientConnection, exchange: Exchange
+    ) -> AsyncIterator[bytes]:
         """The rest of a streamed request body. A client error surfaces as DownstreamBodyError, so
         the upstream side does not mistake it for a backend reset."""
         while True:
@@ -454,8 +341,8 @@ class WaypointProxy:
                 exchange.bytes_received += len(event.data)
                 yield event.data
 
-    def _upstream_head(self, decision: Forward, exchange: _Exchange, body: _Body) -> bytes:
-        headers = _end_to_end(decision.headers)
+    def _upstream_head(self, decision: Forward, exchange: Exchange, body: RequestBody) -> bytes:
+        headers = end_to_end(decision.headers)
         headers = [(n, v) for n, v in headers if n not in ("x-request-id", "traceparent")]
         trace = propagate(exchange.request.header("traceparent"), self.random_bytes)
         exchange.trace_id = trace.trace_id
@@ -472,7 +359,9 @@ class WaypointProxy:
             headers.append(("transfer-encoding", "chunked"))
         return serialize_request_head(decision.method, decision.target, headers)
 
-    async def _forward(self, client: _ClientSide, exchange: _Exchange, decision: Forward) -> bool:
+    async def _forward(
+        self, client: ClientConnection, exchange: Exchange, decision: Forward
+    ) -> bool:
         route = decision.matched.route
         backend = self._backend(decision.backend)
         exchange.upstream_cluster = backend.authority
@@ -554,8 +443,8 @@ class WaypointProxy:
 
     async def _deliver(
         self,
-        client: _ClientSide,
-        exchange: _Exchange,
+        client: ClientConnection,
+        exchange: Exchange,
         decision: Forward,
         backend: UpstreamBackend,
         attempt: Attempt,
@@ -569,7 +458,7 @@ class WaypointProxy:
         response = attempt.response
         assert response is not None
         request = exchange.request
-        headers: Headers = tuple(_end_to_end(response.headers))
+        headers: Headers = tuple(end_to_end(response.headers))
         for modifier in decision.response_modifiers:
             headers = apply_header_modifier(headers, modifier)
         bodyless = request.method == "HEAD" or response.status in (204, 304)
@@ -614,8 +503,8 @@ class WaypointProxy:
 
     async def _switch_protocols(
         self,
-        client: _ClientSide,
-        exchange: _Exchange,
+        client: ClientConnection,
+        exchange: Exchange,
         backend: UpstreamBackend,
         attempt: Attempt,
         headers: Headers,
@@ -641,8 +530,8 @@ class WaypointProxy:
 
     async def _stream_body(
         self,
-        client: _ClientSide,
-        exchange: _Exchange,
+        client: ClientConnection,
+        exchange: Exchange,
         backend: UpstreamBackend,
         attempt: Attempt,
         *,
@@ -666,8 +555,8 @@ class WaypointProxy:
 
     async def _reply(
         self,
-        client: _ClientSide,
-        exchange: _Exchange,
+        client: ClientConnection,
+        exchange: Exchange,
         reply: responses.LocalReply,
         keep_alive: bool = True,
     ) -> bool:
@@ -684,7 +573,7 @@ class WaypointProxy:
             client.pending.extend(client.parser.resume())
         return keep_alive
 
-    async def _drain(self, client: _ClientSide, exchange: _Exchange) -> bool:
+    async def _drain(self, client: ClientConnection, exchange: Exchange) -> bool:
         """Skip the rest of the request body; False if it is too large to bother (or was being
         streamed to a backend when things failed): the connection then closes instead."""
         if exchange.body_read:
@@ -701,35 +590,8 @@ class WaypointProxy:
                 skipped += len(event.data)
         return False
 
-    def _report(self, exchange: _Exchange) -> None:
-        request = exchange.request
-        service = exchange.destination_service
-        name, _, rest = service.partition(".")
-        record = RequestRecord(
-            start_time=exchange.start_time,
-            method=request.method,
-            path=request.target,
-            authority=request.header("host") or "-",
-            protocol=f"HTTP/{request.http_version}",
-            response_code=exchange.status,
-            response_flags=exchange.flags,
-            duration_ms=(self.clock() - exchange.started) * 1000,
-            bytes_received=exchange.bytes_received,
-            bytes_sent=exchange.bytes_sent,
-            request_id=exchange.request_id,
-            trace_id=exchange.trace_id,
-            route_name=exchange.route_name,
-            upstream_cluster=exchange.upstream_cluster,
-            upstream_host=exchange.upstream_host,
-            attempts=exchange.attempts,
-            authz_policy=exchange.authz_policy,
-            audit_policies=exchange.audit_policies,
-            user_agent=request.header("user-agent") or "-",
-            destination_service=service,
-            destination_service_name=name if rest else "unknown",
-            destination_service_namespace=rest.split(".")[0] if rest else "unknown",
-            **_source_labels(exchange.identity),
-        )
+    def _report(self, exchange: Exchange) -> None:
+        record = exchange.record((self.clock() - exchange.started) * 1000)
         self.metrics.record(record)
         if self.access_log is not None:
             self.access_log(record)

@@ -109,9 +109,11 @@ def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> Non
             with pytest.raises(TunnelRefusedError, match="answered 503"):
                 await pools[FRONTEND].open_stream(FRONTEND, WAYPOINT_ID, peer, "10.96.0.99:80")
         finally:
+            # Server first: HboneServer.close() aborts transports that a client close may
+            # already have closed, which trips asyncio's SSL transport (reported to weft.hbone).
+            await inbound.close()
             for pool in pools.values():
                 await pool.close()
-            await inbound.close()
             await proxy.close()
             backend.close()
 

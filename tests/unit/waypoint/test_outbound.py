@@ -68,9 +68,9 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
             client.close()
             await proxy.close()
         await outbound.close()
-        await pool.close()
-        await agent.close()
+        await agent.close()  # servers before the pool: see test_inbound's note
         await impostor.close()
+        await pool.close()
         backend.close()
         return statuses
 

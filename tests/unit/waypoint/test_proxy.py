@@ -38,7 +38,8 @@ from waypoint.config import (
     TrafficPolicy,
     WaypointConfig,
 )
-from waypoint.proxy import Downstream, WaypointProxy
+from waypoint.downstream import Downstream
+from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord
 from weft.identity import Identity
 
