@@ -180,6 +180,13 @@ def test_weft_lab_status_json_lists_every_workload_with_its_process_alive(lab: L
     assert all(p["alive"] for p in demo)
 
 
+def test_weft_lab_logs_shows_the_end_of_a_demo_process_log(lab: Lab):
+    result = weft("lab", "logs", "catalog", "-n", "5")
+    assert result.returncode == 0
+    assert "demo.catalog" in result.stdout or "8080" in result.stdout
+    assert "running" in result.stdout.splitlines()[0]
+
+
 def test_weft_lab_traffic_succeeds_through_the_service_vips(lab: Lab):
     result = weft("lab", "traffic", "--requests", "40", "--duration-limit", "30", timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr

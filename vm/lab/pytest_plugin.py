@@ -73,8 +73,8 @@ def lab(_lab_session_lock: SessionLock) -> Iterator[Lab]:
         return
     _acquire(_lab_session_lock)
     built = Lab(load_topology(), DEFAULT_STATE_DIR)
-    built.up(demo=True, replace=True)
     try:
+        built.up(demo=True, replace=True)
         yield built
     finally:
         built.down()
