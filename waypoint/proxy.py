@@ -1,9 +1,11 @@
-"""The waypoint's first asyncio shell: an HTTP/1.1 proxy from a plain-TCP listener to plain-TCP
-backends, applying authorization, routing, filters, retries and timeouts on the way.
+"""The waypoint's asyncio shell: an HTTP/1.1 proxy applying authorization, routing, filters,
+retries and timeouts between a client connection and the backends' endpoints.
 
 Every decision is made by the sans-I/O modules (http1, authz, routing, resilience, responses,
 telemetry); this module reads and writes bytes, sleeps when a decision says so and arms the
-timers the retry machine asks for. HBONE in and out will replace the two plain-TCP ends.
+timers the retry machine asks for. Clients arrive on a plain-TCP listener or, through
+inbound.py, as HBONE tunnels; endpoints are reached over plain TCP or, through outbound.py,
+over HBONE.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The decisions (which endpoint, whether a connection may open, whether an endpoint is ejected)
 are made by resilience.py's state machines; this module only opens sockets, moves bytes and
-reports outcomes back to them. Plain TCP for now: HBONE to the endpoint replaces `_open` later.
+reports outcomes back to them. How an endpoint is reached is injected (`connect`): plain TCP by
+default, HBONE through outbound.py in the mesh.
 """
 
 from __future__ import annotations
