@@ -26,6 +26,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -118,7 +119,10 @@ def _serve_forever(setup: Callable[[], Any], report: multiprocessing.connection.
     asyncio.set_event_loop(loop)
     ports = loop.run_until_complete(setup())
     report.send(ports)
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.run_forever()
+    # Relays torn down mid-connection leave tasks behind: exit without their GC warnings.
+    os._exit(0)
 
 
 class _Sink(asyncio.Protocol):
@@ -168,6 +172,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:
+            writer.close()  # TLS cannot half-close: a plain relay closes the whole connection
     except OSError:
         writer.transport.abort()
 
