@@ -482,7 +482,27 @@ class Result:
     connections_per_s: float
 
 
-def run(variants: list[str], seconds: float, read_size: int) -> list[Result]:
+def _describe(result: Result) -> str:
+    return (
+        f"{result.variant:>10}: {result.bulk_gbit_s:6.2f} Gbit/s  "
+        f"relays {result.relay_cpu_s_per_gb:5.2f} CPU-s/GB  "
+        f"1KiB RR p50 {result.rr_p50_us:6.0f} us p99 {result.rr_p99_us:6.0f} us  "
+        f"{result.connections_per_s:7.0f} conn/s"
+    )
+
+
+def _median(results: list[Result]) -> Result:
+    return Result(
+        results[0].variant,
+        *(
+            statistics.median(getattr(result, name) for result in results)
+            for name in ("bulk_gbit_s", "relay_cpu_s_per_gb", "rr_p50_us", "rr_p99_us")
+        ),
+        statistics.median(result.connections_per_s for result in results),
+    )
+
+
+def run(variants: list[str], seconds: float, read_size: int, repeat: int = 1) -> list[Result]:
     processes = Processes()
     results = []
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as workdir:
@@ -506,26 +526,30 @@ def run(variants: list[str], seconds: float, read_size: int) -> list[Result]:
                     hbone_outbound_process, pki, hbone_port, targets, read_size
                 )
                 relay_pids["hbone"] = processes.pids[-2:]
+            rounds: dict[str, list[Result]] = {variant: [] for variant in variants}
+            # Variants take turns, round after round, so a burst of load elsewhere on the
+            # machine does not land on one variant only; the medians are reported.
+            for round_number in range(repeat):
+                for variant in variants:
+                    sink, echo = entries[variant]
+                    measure_rr(echo, 0.2, 200)  # warm up: the pool's one handshake is here
+                    cpu_before = cpu_seconds(relay_pids[variant])
+                    gbit_s, delivered = measure_bulk(sink, seconds)
+                    relay_cpu = cpu_seconds(relay_pids[variant]) - cpu_before
+                    rounds[variant].append(
+                        Result(
+                            variant,
+                            gbit_s,
+                            relay_cpu / (delivered / 1e9),
+                            *measure_rr(echo, seconds),
+                            measure_connections(echo, seconds),
+                        )
+                    )
+                    if repeat > 1:
+                        print(f"round {round_number + 1} {_describe(rounds[variant][-1])}")
             for variant in variants:
-                sink, echo = entries[variant]
-                measure_rr(echo, 0.2, 200)  # warm up: the pool's one handshake happens here
-                cpu_before = cpu_seconds(relay_pids[variant])
-                gbit_s, delivered = measure_bulk(sink, seconds)
-                relay_cpu = cpu_seconds(relay_pids[variant]) - cpu_before
-                result = Result(
-                    variant,
-                    gbit_s,
-                    relay_cpu / (delivered / 1e9),
-                    *measure_rr(echo, seconds),
-                    measure_connections(echo, seconds),
-                )
-                print(
-                    f"{variant:>10}: {result.bulk_gbit_s:6.2f} Gbit/s  "
-                    f"relays {result.relay_cpu_s_per_gb:5.2f} CPU-s/GB  "
-                    f"1KiB RR p50 {result.rr_p50_us:6.0f} us p99 {result.rr_p99_us:6.0f} us  "
-                    f"{result.connections_per_s:7.0f} conn/s",
-                    flush=True,
-                )
+                result = _median(rounds[variant])
+                print(_describe(result), flush=True)
                 results.append(result)
         finally:
             processes.stop()
@@ -558,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (max 30)")
     parser.add_argument("--only", choices=VARIANTS, action="append", help="repeatable")
     parser.add_argument("--read-size", type=int, default=256 * 1024, help="relay read size")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     seconds = min(max(args.seconds, 0.5), 30.0)
@@ -566,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stunnel not installed: skipping that baseline", file=sys.stderr)
         variants.remove("stunnel")
     print(f"{os.cpu_count()} cores, {seconds:g} s per measurement, read size {args.read_size}")
-    results = run(variants, seconds, args.read_size)
+    results = run(variants, seconds, args.read_size, min(max(args.repeat, 1), 10))
     print_ratios(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
