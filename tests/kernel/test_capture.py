@@ -21,8 +21,9 @@ from kernel_sandbox import (
     run_client,
 )
 
-from agent.bpf.loader import cgroup_id
+from agent.bpf.loader import Loader, cgroup_id
 from agent.bpf.maps import Enrollment, Inbound, Mode, OriginalDestination
+from agent.bpf.programs import NODE
 
 AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
 OPTED_OUT = Enrollment(Mode.NONE, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
@@ -135,3 +136,22 @@ def test_udp_is_never_captured(node: Node) -> None:
             timeout=10,
         )
         assert receiver.recv(16) == b"dns"
+
+
+def test_state_survives_an_agent_restart_and_capture_keeps_working(
+    node: Node, node_listen: Listeners
+) -> None:
+    workload = node.workload("restart", AMBIENT)
+    node.maps.skip_port(2222)
+    try:
+        restarted = Loader("node", pin_root=node.loader.scope_dir.parent).attach(
+            NODE, node.cgroups.workloads
+        )
+        assert all(a.reused for a in restarted)  # the same links, no second attachment
+        assert node.maps.enrollment(cgroup_id(workload)) == AMBIENT  # pinned maps kept state
+        node_listen(AGENT_ADDR, 15001, "agent")
+        assert run_client(node.netns, workload, UNROUTED_ADDR, 80, "again").reply == "agent:again"
+        node_listen(SERVER_ADDR, 2222, "ssh")
+        assert run_client(node.netns, workload, SERVER_ADDR, 2222, "x").reply == "ssh:x"
+    finally:
+        node.maps.unskip_port(2222)
