@@ -194,12 +194,7 @@ class WaypointProxy:
 
     async def _handle(self, client: ClientConnection, request: Request) -> bool:
         """Serve one request; False if the client connection must close afterwards."""
-        exchange = Exchange(
-            request=request,
-            started=self.clock(),
-            start_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            request_id=request.header("x-request-id") or str(uuid.uuid4()),
-        )
+        exchange = self.new_exchange(request)
         try:
             return await self._serve(client, exchange)
         except DownstreamBodyError as failure:
@@ -209,19 +204,38 @@ class WaypointProxy:
             note_downstream_failure(exchange, error)
             raise
         finally:
-            self._report(exchange)
+            self.report(exchange)
 
     async def _serve(self, client: ClientConnection, exchange: Exchange) -> bool:
-        request = exchange.request
-        if request.upgrade == "CONNECT":
+        if exchange.request.upgrade == "CONNECT":
             reply = responses.LocalReply(501, "connect_not_supported", b"CONNECT is not proxied")
             return await self._reply(client, exchange, reply, keep_alive=False)
-        service = self._service_for(client.downstream.destination, request.header("host"))
-        routing_view = RouteRequest.from_target(request.method, request.target, request.headers)
+        admitted = await self.admit(exchange, client.downstream)
+        if isinstance(admitted, responses.LocalReply):
+            return await self._reply(client, exchange, admitted)
+        return await self._forward(client, exchange, admitted)
+
+    def new_exchange(self, request: Request) -> Exchange:
+        """Start the record of one request (HTTP/1.1 or HTTP/2)."""
+        return Exchange(
+            request=request,
+            started=self.clock(),
+            start_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            request_id=request.header("x-request-id") or str(uuid.uuid4()),
+        )
+
+    async def admit(
+        self, exchange: Exchange, downstream: Downstream
+    ) -> responses.LocalReply | Forward:
+        """Everything decided before a backend is asked, the same for HTTP/1.1 and HTTP/2:
+        which service, L7 authorization, the route and its redirect, rate limit and faults."""
+        request = exchange.request
+        service = self._service_for(downstream.destination, request.header("host"))
         if service is None:
-            return await self._reply(client, exchange, responses.route_not_found())
+            return responses.route_not_found()
+        routing_view = RouteRequest.from_target(request.method, request.target, request.headers)
         exchange.destination_service = service.hostname
-        identity = exchange.identity = client.downstream.identity
+        identity = exchange.identity = downstream.identity
         decision_authz = evaluate(
             (*self.config.authorization_policies, *service.authorization_policies),
             AuthzRequest(
@@ -231,27 +245,24 @@ class WaypointProxy:
                 request.headers,
                 source_principal=identity.uri if identity else None,
                 source_namespace=identity.namespace if identity else None,
-                source_ip=client.downstream.source_ip,
+                source_ip=downstream.source_ip,
                 host=request.header("host"),
             ),
         )
         exchange.audit_policies = decision_authz.audited
         exchange.authz_policy = decision_authz.policy or "-"
         if not decision_authz.allowed:
-            return await self._reply(client, exchange, responses.rbac_denied())
+            return responses.rbac_denied()
         decision = route_request(service.routes, routing_view, self.random)
         if isinstance(decision, NoRoute):
-            return await self._reply(client, exchange, responses.route_not_found())
+            return responses.route_not_found()
         exchange.route_name = decision.matched.route.name
         if isinstance(decision, NoBackend):
-            return await self._reply(client, exchange, responses.no_backend())
+            return responses.no_backend()
         if isinstance(decision, Redirect):
-            reply = responses.redirect(decision.status, decision.location)
-            return await self._reply(client, exchange, reply)
+            return responses.redirect(decision.status, decision.location)
         local = await self._apply_guards(decision.matched.route)
-        if local is not None:
-            return await self._reply(client, exchange, local)
-        return await self._forward(client, exchange, decision)
+        return decision if local is None else local
 
     def serves(self, destination: str) -> bool:
         """Whether a tunnel to `destination` (VIP:port or hostname:port) reaches a service here."""
@@ -290,7 +301,8 @@ class WaypointProxy:
 
     # --- forwarding ------------------------------------------------------------------------------
 
-    def _backend(self, ref: BackendRef) -> UpstreamBackend:
+    def backend(self, ref: BackendRef) -> UpstreamBackend:
+        """The runtime of a concrete backend, created on first use."""
         backend = self._backends.get(ref.authority)
         if backend is None:
             backend = UpstreamBackend(
@@ -365,7 +377,7 @@ class WaypointProxy:
         self, client: ClientConnection, exchange: Exchange, decision: Forward
     ) -> bool:
         route = decision.matched.route
-        backend = self._backend(decision.backend)
+        backend = self.backend(decision.backend)
         exchange.upstream_cluster = backend.authority
         body = await self._read_body(client, exchange)
         exchange.bytes_received = len(body.data)
@@ -592,7 +604,8 @@ class WaypointProxy:
                 skipped += len(event.data)
         return False
 
-    def _report(self, exchange: Exchange) -> None:
+    def report(self, exchange: Exchange) -> None:
+        """Count the finished request and write its access-log line."""
         record = exchange.record((self.clock() - exchange.started) * 1000)
         self.metrics.record(record)
         if self.access_log is not None:
