@@ -92,6 +92,8 @@ from waypoint.upstream import (
 )
 
 Headers = tuple[tuple[str, str], ...]
+READ_SIZE = 64 * 1024
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
 
 
@@ -171,10 +173,19 @@ class WaypointProxy:
         writer: asyncio.StreamWriter,
         downstream: Downstream | None = None,
     ) -> None:
-        """Serve HTTP/1.1 requests on one client connection until it closes."""
+        """Serve one client connection until it closes: HTTP/1.1, or HTTP/2 when it opens with
+        the HTTP/2 connection preface (prior knowledge, as gRPC clients and tunnels do)."""
+        downstream = downstream or Downstream()
         parser = RequestParser(self.max_header_bytes)
-        client = ClientConnection(reader, writer, parser, downstream or Downstream())
+        client = ClientConnection(reader, writer, parser, downstream)
         try:
+            first = await self._first_bytes(reader)
+            if first.startswith(HTTP2_PREFACE):
+                from waypoint.http2_proxy import Http2Front  # it builds on this module
+
+                await Http2Front(self).serve(reader, writer, downstream, first)
+                return
+            client.pending.extend(parser.feed(first) if first else parser.feed_eof())
             while True:
                 event = await client.next_event(self.idle_timeout_s)
                 if isinstance(event, ConnectionClosed):
@@ -191,6 +202,16 @@ class WaypointProxy:
             pass  # the client left, or stayed idle past idle_timeout_s: just close
         finally:
             writer.close()
+
+    async def _first_bytes(self, reader: asyncio.StreamReader) -> bytes:
+        """Enough of the first bytes to tell HTTP/2's preface from an HTTP/1.1 request."""
+        data = b""
+        while len(data) < len(HTTP2_PREFACE) and HTTP2_PREFACE.startswith(data):
+            chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout_s)
+            if not chunk:
+                break
+            data += chunk
+        return data
 
     async def _handle(self, client: ClientConnection, request: Request) -> bool:
         """Serve one request; False if the client connection must close afterwards."""

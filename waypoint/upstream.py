@@ -150,8 +150,7 @@ class UpstreamBackend:
 
         `body` is sent as given (already framed); `body_tail`, for a body too large to buffer,
         yields the rest, which is sent chunk-encoded and ends with the last chunk."""
-        available = self.outliers.available(self.endpoints) if self.outliers else self.endpoints
-        endpoint = self.balancer.pick(available, headers)
+        endpoint = self.pick_endpoint(headers)
         if endpoint is None:
             return NoHealthyEndpoint()
         acquired = self.pool.acquire(endpoint)
@@ -163,6 +162,16 @@ class UpstreamBackend:
         else:
             grant = acquired
         return await self._run(grant, method, head, body, body_tail)
+
+    def pick_endpoint(self, headers: Headers) -> str | None:
+        """An endpoint that is not ejected, chosen by the DestinationRule's load balancer."""
+        available = self.outliers.available(self.endpoints) if self.outliers else self.endpoints
+        return self.balancer.pick(available, headers)
+
+    def record(self, endpoint: str, status: int | None) -> None:
+        """An exchange with `endpoint` ended with `status` (None: no response), for outlier
+        detection."""
+        self._record(endpoint, status)
 
     async def _wait_for_grant(self, ticket: int) -> Grant:
         future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()

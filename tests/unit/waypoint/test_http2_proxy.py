@@ -1,0 +1,164 @@
+"""HTTP/2 and gRPC through the waypoint: admitted like HTTP/1.1, streamed with trailers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from waypoint_testing import HOST, TEST_TIMEOUT_S
+
+from waypoint.config import (
+    AuthorizationAction,
+    AuthorizationPolicy,
+    BackendRef,
+    Operation,
+    RequestHeaderModifier,
+    Route,
+    Rule,
+    ServiceConfig,
+    WaypointConfig,
+)
+from waypoint.http2 import PREFACE, H2Peer, H2Stream
+from waypoint.proxy import WaypointProxy
+from waypoint.telemetry import RequestRecord
+
+GREETER = BackendRef(name="greeter", port=50051)
+DENY_ADMIN = AuthorizationPolicy(
+    "deny-admin", "default", AuthorizationAction.DENY,
+    (Rule(operations=(Operation(paths=("/admin.*",)),)),),
+)  # fmt: skip
+ROUTES = (
+    Route(
+        "grpc", backends=(GREETER,), filters=(RequestHeaderModifier(add=(("x-via", "waypoint"),)),)
+    ),
+)
+
+
+async def greeter(stream: H2Stream) -> None:
+    """A gRPC-shaped backend: echoes the message; /fail answers trailers-only NOT_FOUND."""
+    body = b""
+    while data := await stream.read():
+        body += data
+    seen = dict(stream.headers)
+    if seen[":path"] == "/helloworld.Greeter/Fail":
+        await stream.send_headers(
+            [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "5")],
+            end_stream=True,
+        )
+        return
+    echoed = [("x-te-seen", seen.get("te", "-")), ("x-via-seen", seen.get("x-via", "-"))]
+    await stream.send_headers([(":status", "200"), ("content-type", "application/grpc"), *echoed])
+    await stream.send_data(body)
+    await stream.send_trailers([("grpc-status", "0"), ("grpc-message", "")])
+
+
+async def start_greeter() -> asyncio.Server:
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        preface = await reader.readexactly(len(PREFACE))
+        peer = H2Peer(reader, writer, client_side=False, handler=greeter)
+        peer.start(preface)
+        await peer.run()
+
+    return await asyncio.start_server(accept, "127.0.0.1", 0)
+
+
+def grpc_call(path: str, content_type: str = "application/grpc") -> list[tuple[str, str]]:
+    return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", HOST),
+            ("content-type", content_type), ("te", "trailers")]  # fmt: skip
+
+
+async def call(
+    port: int, headers: list[tuple[str, str]], message: bytes
+) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    peer = H2Peer(reader, writer, client_side=True)
+    peer.start()
+    running = asyncio.create_task(peer.run())
+    try:
+        stream = peer.open_stream(headers)
+        await stream.send_data(message, end_stream=True)
+        head = dict(await stream.response_headers())
+        body = b""
+        while data := await stream.read():
+            body += data
+        return head, body, dict(stream.trailers)
+    finally:
+        await peer.close()
+        running.cancel()
+
+
+def run(scenario, endpoint_override: str | None = None) -> list[RequestRecord]:  # type: ignore[no-untyped-def]
+    records: list[RequestRecord] = []
+
+    async def main() -> None:
+        backend = await start_greeter()
+        endpoint = endpoint_override or f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        config = WaypointConfig(
+            services=(ServiceConfig(HOST, 9080, ROUTES, authorization_policies=(DENY_ADMIN,)),)
+        )
+        proxy = WaypointProxy(config, {GREETER.authority: [endpoint]}, access_log=records.append)
+        _, port = await proxy.start()
+        try:
+            await scenario(port)
+        finally:
+            await proxy.close()
+            backend.close()
+
+    asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
+    return records
+
+
+def test_grpc_call_is_forwarded_with_body_trailers_and_route_edits() -> None:
+    async def scenario(port: int) -> None:
+        head, body, trailers = await call(
+            port, grpc_call("/helloworld.Greeter/SayHello"), b"\x00\x00\x00\x00\x05hello"
+        )
+        assert head[":status"] == "200"
+        assert (head["x-te-seen"], head["x-via-seen"]) == ("trailers", "waypoint")
+        assert body == b"\x00\x00\x00\x00\x05hello"
+        assert trailers["grpc-status"] == "0"
+
+    (record,) = run(scenario)
+    assert (record.response_code, record.protocol, record.route_name) == (200, "HTTP/2", "grpc")
+    assert record.bytes_received == record.bytes_sent == 10
+
+
+def test_trailers_only_error_stays_trailers_only() -> None:
+    async def scenario(port: int) -> None:
+        head, body, trailers = await call(port, grpc_call("/helloworld.Greeter/Fail"), b"")
+        assert (head["grpc-status"], body, trailers) == ("5", b"", {})
+
+    run(scenario)
+
+
+def test_denied_grpc_call_gets_permission_denied() -> None:
+    async def scenario(port: int) -> None:
+        head, _, _ = await call(port, grpc_call("/admin.Keys/List"), b"")
+        assert (head[":status"], head["grpc-status"], head["x-weft-reason"]) == (
+            "200",
+            "7",
+            "rbac_access_denied",
+        )
+        assert head["grpc-message"] == "RBAC: access denied"
+
+    run(scenario)
+
+
+def test_denied_plain_http2_request_gets_403_with_the_rbac_body() -> None:
+    async def scenario(port: int) -> None:
+        head, body, _ = await call(port, grpc_call("/admin.Keys/List", "text/plain"), b"")
+        assert (head[":status"], body) == ("403", b"RBAC: access denied")
+
+    run(scenario)
+
+
+def test_unreachable_backend_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def scenario(port: int) -> None:
+        head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"")
+        assert (head["grpc-status"], head["x-weft-reason"]) == ("14", "upstream_connect_error")
+
+    run(scenario, endpoint_override=closed)
