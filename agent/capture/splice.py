@@ -49,8 +49,7 @@ def bytes_written(sock: socket.socket) -> int:
 class Splice:
     """Two connected sockets whose bytes the kernel moves; stop() hands them back.
 
-    The verdict program judges segments as they arrive; bytes queued before start() stay in
-    the socket, and forward_until_eof() relays them (and any the kernel passes up) by hand.
+    Bytes already queued when start() is called are redirected too, ahead of later ones.
     """
 
     maps: NodeMaps
@@ -66,6 +65,12 @@ class Splice:
             self._written_before[sock.fileno()] = bytes_written(sock)
         a, b = self.downstream.fileno(), self.upstream.fileno()
         self.maps.splice((self._cookies[a], a), (self._cookies[b], b), self.cgroup_id)
+        # Bytes that arrived before the sockets entered the sockhash wait in the receive queue
+        # until the next segment wakes the verdict program, which could be never (a client that
+        # sent its request and waits for the answer). Setting SO_RCVLOWAT makes TCP signal
+        # "data ready" at once, so the kernel redirects the queued bytes first, in order.
+        for sock in (self.downstream, self.upstream):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     def _peer_of(self, sock: socket.socket) -> socket.socket:
         return self.upstream if sock is self.downstream else self.downstream

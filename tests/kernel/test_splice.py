@@ -3,7 +3,9 @@ bytes cross between them without reaching the agent, and are counted for the sou
 
 from __future__ import annotations
 
+import select
 import socket
+import time
 from ipaddress import IPv4Address
 
 from kernel_sandbox import AGENT_ADDR, SERVER_ADDR, Listeners, Node
@@ -76,3 +78,43 @@ def test_socket_cookie_is_stable_and_distinct_per_socket() -> None:
     with socket.socket() as a, socket.socket() as b:
         assert socket_cookie(a) == socket_cookie(a)
         assert socket_cookie(a) != socket_cookie(b)
+
+
+def test_a_request_queued_before_the_splice_started_is_sent_on_without_further_data(
+    node: Node, node_listen: Listeners
+) -> None:
+    server = node_listen(SERVER_ADDR, 7071, "server")
+
+    def make_listener() -> socket.socket:
+        s = tcp_socket()
+        s.bind((AGENT_ADDR, 15102))
+        s.listen(1)
+        return s
+
+    with (
+        node.netns.socket_in(make_listener) as agent_listener,
+        node.netns.socket_in(tcp_socket) as client,
+        node.netns.socket_in(tcp_socket) as upstream,
+    ):
+        client.connect((AGENT_ADDR, 15102))
+        downstream, _ = agent_listener.accept()
+        with downstream:
+            upstream.connect((SERVER_ADDR, 7071))
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")  # sent before the agent has decided
+            assert select.select([downstream], [], [], TIMEOUT_S)[0]  # queued at the agent
+            splice = Splice(node.maps, downstream, upstream, 0)
+            splice.start()
+            # The client sends nothing more; the queued request must still go on by itself.
+            deadline = time.monotonic() + TIMEOUT_S
+            cookie = socket_cookie(downstream)
+            while not (node.maps.spliced_from(cookie) and splice.drained(downstream)):
+                assert time.monotonic() < deadline, "the queued request was never sent on"
+                time.sleep(0.01)
+            client.shutdown(socket.SHUT_WR)
+            assert splice.forward_until_eof(downstream, TIMEOUT_S) == 0
+            splice.pass_end_of_stream(downstream, TIMEOUT_S)
+            splice.forward_until_eof(upstream, TIMEOUT_S)
+            splice.pass_end_of_stream(upstream, TIMEOUT_S)
+            assert read_to_eof(client) == b"server:GET / HTTP/1.1\r\n\r\n"
+            splice.stop()
+    assert [a.data for a in server.accepted] == [b"GET / HTTP/1.1\r\n\r\n"]
