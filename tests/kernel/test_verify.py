@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from kernel_sandbox import AGENT_ADDR, Node
 
 from agent.bpf import libbpf
 from agent.bpf.links import cgroup_id, pinned_links
-from agent.bpf.maps import Enrollment, Inbound, Mode
+from agent.bpf.loader import Loader
+from agent.bpf.maps import Enrollment, Inbound, Mode, NodeMaps
 from agent.bpf.programs import NODE, Target
+from agent.capture.enrollment import reconcile_enrollment
 from agent.capture.verify import verify_capture
 
 AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
@@ -62,3 +65,18 @@ def test_workload_without_enrollment_entry_is_reported(node: Node) -> None:
         state.problem(Mode.AMBIENT) == "forgotten: expected mode AMBIENT, found no enrollment entry"
     )
     assert state.problem(Mode.NONE) is not None
+
+
+def test_reconcile_makes_the_enrollment_map_match_the_desired_state(pin_root: Path) -> None:
+    loader = Loader("recon", pin_root=pin_root)
+    loader.compile("weft_connect.c").cleanup()  # creates and pins the maps, attaches nothing
+    strict = Enrollment(Mode.AMBIENT, Inbound.STRICT, IPv4Address(AGENT_ADDR))
+    with NodeMaps(loader.maps_dir) as maps:
+        maps.enroll(1, AMBIENT)
+        maps.enroll(2, AMBIENT)
+        plan = reconcile_enrollment(maps, {2: strict, 3: AMBIENT})
+        assert plan.removals == (1,)
+        assert maps.enrollments() == {2: strict, 3: AMBIENT}
+        assert maps.stats(1) is None  # a removed workload's counters go with it
+        assert maps.stats(3) is not None
+        assert reconcile_enrollment(maps, {2: strict, 3: AMBIENT}).empty
