@@ -6,8 +6,8 @@ faults); this module only maps them onto HTTP/2 streams. Local replies to gRPC c
 trailers-only responses with a grpc-status, as Envoy sends them, so gRPC clients see
 PERMISSION_DENIED or UNAVAILABLE instead of an unparseable HTTP error.
 
-Not yet: retries, connection pooling to HTTP/2 backends (one upstream connection per request),
-circuit breaking; the route's request timeout applies until the response head arrives.
+Upstream connections are shared per endpoint (requests multiplex as streams). Not yet: retries
+and circuit breaking for HTTP/2; the route's request timeout applies until the response head.
 """
 
 from __future__ import annotations
@@ -122,28 +122,20 @@ class Http2Front:
             return
         exchange.upstream_host = endpoint
         try:
-            reader, writer = await asyncio.wait_for(
-                backend.connect(endpoint), backend.connect_timeout_s
-            )
-        except (OSError, LookupError, TimeoutError):
+            upstream = await backend.http2_connection(endpoint)
+            sent = upstream.open_stream(self._upstream_headers(exchange.request, decision))
+        except (OSError, LookupError, TimeoutError, H2StreamError):
             backend.record(endpoint, None)
             await self._reply(stream, exchange, responses.upstream_failure(Failure.CONNECT_FAILURE))
             return
-        upstream = H2Peer(reader, writer, client_side=True)
-        upstream.start()
-        running = asyncio.get_running_loop().create_task(upstream.run())
-        pump: asyncio.Task[None] | None = None
+        pump = asyncio.get_running_loop().create_task(self._pump_request(stream, sent, exchange))
         try:
-            outgoing = self._upstream_headers(exchange.request, decision)
-            sent = upstream.open_stream(outgoing)
-            pump = asyncio.get_running_loop().create_task(
-                self._pump_request(stream, sent, exchange)
-            )
             timeout = decision.matched.route.timeouts.request_s
             try:
                 async with asyncio.timeout(timeout):
                     head = await sent.response_headers()
             except TimeoutError:
+                sent.reset()
                 await self._reply(stream, exchange, responses.upstream_timeout())
                 return
             except H2StreamError:
@@ -152,15 +144,13 @@ class Http2Front:
                 return
             await self._relay_response(stream, sent, head, exchange, decision)
             backend.record(endpoint, exchange.status)
+        except H2StreamError:
+            sent.reset()  # the client went away mid-response: free the upstream stream too
+            raise
         finally:
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, H2StreamError):
-                    await pump
-            await upstream.close()
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, H2StreamError):
+                await pump
 
     @staticmethod
     def _upstream_headers(request: Request, decision: Forward) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from waypoint.http1 import (
     Upgraded,
     encode_chunk,
 )
+from waypoint.http2 import H2Peer
 from waypoint.resilience import (
     Balancer,
     Clock,
@@ -44,6 +45,7 @@ from waypoint.resilience import (
 
 Headers = tuple[tuple[str, str], ...]
 READ_SIZE = 64 * 1024
+HTTP2_STREAMS = 100  # concurrent streams per upstream HTTP/2 connection before dialling another
 
 
 @dataclass
@@ -136,6 +138,7 @@ class UpstreamBackend:
             self.outliers.set_endpoints(self.endpoints)
         self.connect_timeout_s = connect_timeout_s
         self._streams: dict[int, UpstreamStream] = {}
+        self._http2: dict[str, tuple[H2Peer, asyncio.Task[None]]] = {}
         self._waiters: dict[int, asyncio.Future[Grant]] = {}
 
     async def attempt(
@@ -335,6 +338,26 @@ class UpstreamBackend:
             if stream is not None:
                 stream.close()
 
+    async def http2_connection(self, endpoint: str) -> H2Peer:
+        """A shared HTTP/2 connection to `endpoint`: requests multiplex on it as streams; a new
+        one is dialled when it closed or its streams are at the limit. Raises what `connect`
+        raises (OSError, LookupError, TimeoutError) when the endpoint cannot be reached."""
+        entry = self._http2.get(endpoint)
+        if entry is not None and not entry[0].closed and len(entry[0].streams) < HTTP2_STREAMS:
+            return entry[0]
+        reader, writer = await asyncio.wait_for(self.connect(endpoint), self.connect_timeout_s)
+        peer = H2Peer(reader, writer, client_side=True)
+        peer.start()
+        task = asyncio.get_running_loop().create_task(peer.run())
+        self._http2[endpoint] = (peer, task)
+        return peer
+
+    def _close_http2(self, keep: Sequence[str] = ()) -> None:
+        for endpoint in [e for e in self._http2 if e not in keep]:
+            peer, task = self._http2.pop(endpoint)
+            task.cancel()
+            peer.writer.close()
+
     def set_endpoints(self, endpoints: Sequence[str]) -> None:
         """New endpoints from discovery: idle connections to removed ones close now, busy ones
         after their request (finish() will not pool them)."""
@@ -342,10 +365,12 @@ class UpstreamBackend:
         if self.outliers is not None:
             self.outliers.set_endpoints(self.endpoints)
         self._close_dropped(self.pool.drop_idle(frozenset(self.endpoints)))
+        self._close_http2(keep=self.endpoints)
 
     def retire(self) -> None:
         """This backend's policy changed: close what is idle; requests in flight finish here."""
         self._close_dropped(self.pool.drop_idle())
+        self._close_http2()
 
     def _close_dropped(self, connections: list[UpstreamConnection]) -> None:
         for connection in connections:
@@ -357,3 +382,4 @@ class UpstreamBackend:
         for stream in self._streams.values():
             stream.close()
         self._streams.clear()
+        self._close_http2()

@@ -52,8 +52,12 @@ async def greeter(stream: H2Stream) -> None:
     await stream.send_trailers([("grpc-status", "0"), ("grpc-message", "")])
 
 
+UPSTREAM_CONNECTIONS: list[int] = []
+
+
 async def start_greeter() -> asyncio.Server:
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        UPSTREAM_CONNECTIONS.append(1)
         preface = await reader.readexactly(len(PREFACE))
         peer = H2Peer(reader, writer, client_side=False, handler=greeter)
         peer.start(preface)
@@ -162,3 +166,14 @@ def test_unreachable_backend_is_unavailable() -> None:
         assert (head["grpc-status"], head["x-weft-reason"]) == ("14", "upstream_connect_error")
 
     run(scenario, endpoint_override=closed)
+
+
+def test_calls_share_one_upstream_connection() -> None:
+    async def scenario(port: int) -> None:
+        UPSTREAM_CONNECTIONS.clear()
+        for _ in range(3):
+            head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"x")
+            assert head[":status"] == "200"
+        assert len(UPSTREAM_CONNECTIONS) == 1
+
+    run(scenario)
