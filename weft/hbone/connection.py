@@ -14,6 +14,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import hyperframe.frame
 
 from weft.hbone import frame_repr
 from weft.hbone.errors import StreamClosedError
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # A DATA frame header as hyperframe packs it: 24-bit length (16 + 8 bits), type 0, flags, stream.
 _DATA_FRAME_HEADER = struct.Struct(">HBBBL")
+_DATA_FRAME_TYPE = 0x0
+_END_STREAM_FLAG = 0x1
 _DEFAULT_WINDOW = 65_535  # RFC 9113 section 6.9.2: every window starts here
 _MAX_STREAM_ID = 2**31 - 1
 
@@ -132,7 +135,7 @@ class HboneConnection:
         if self._closed:
             return []
         try:
-            h2_events = self._h2.receive_data(data)
+            h2_events = self._receive_frames(data)
         except h2.exceptions.ProtocolError as error:
             # h2 has queued a GOAWAY with the right code already.
             self._closed = True
@@ -149,6 +152,58 @@ class HboneConnection:
         # partial frame: more than a maximal frame means the declared length is too long.
         if len(self._h2.incoming_buffer._data) > self._h2.max_inbound_frame_size + 9:
             events.extend(self._fail(FRAME_SIZE_ERROR, "frame longer than SETTINGS_MAX_FRAME_SIZE"))
+        return events
+
+    # Class-level switch so that a test can compare the fast path with h2's own parser.
+    fast_data_path = True
+
+    def _receive_frames(self, data: bytes | bytearray) -> list[h2.events.Event]:
+        """h2.receive_data(), with complete DATA frames at the front of `data` parsed here.
+
+        h2 copies every received byte into its frame buffer, parses a Frame object out of it and
+        deletes it again; for the DATA frames that make up a tunnel that was about a third of
+        the CPU of a 1 KiB request/response. Only whole, unpadded DATA frames on a nonzero
+        stream are taken here, and only when h2's buffer is empty (no preface or header block
+        pending); they then go through h2's own frame handler, so its state machines, flow
+        control and errors are exactly those of h2. Anything else goes to h2 as it is.
+        """
+        connection = self._h2
+        pending = connection.incoming_buffer
+        if (
+            not self.fast_data_path
+            or pending._preamble_len
+            or pending._data
+            or pending._headers_buffer  # a header block must continue with CONTINUATION
+        ):
+            return connection.receive_data(data)
+        view = memoryview(data)
+        end = len(view)
+        offset = 0
+        events: list[h2.events.Event] = []
+        while end - offset >= 9:
+            length = int.from_bytes(view[offset : offset + 3], "big")
+            flags = view[offset + 4]
+            stream_id = int.from_bytes(view[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+            if (
+                view[offset + 3] != _DATA_FRAME_TYPE
+                or flags & ~_END_STREAM_FLAG
+                or not stream_id
+                or length > connection.max_inbound_frame_size
+                or end - offset - 9 < length
+            ):
+                break
+            frame = hyperframe.frame.DataFrame(stream_id)
+            frame.data = view[offset + 9 : offset + 9 + length].tobytes()
+            if flags & _END_STREAM_FLAG:
+                frame.flags.add("END_STREAM")
+            try:
+                events.extend(connection._receive_frame(frame))
+            except h2.exceptions.ProtocolError as error:
+                connection._terminate_connection(error.error_code)  # as h2.receive_data does
+                raise
+            offset += 9 + length
+        if offset < end:
+            events.extend(connection.receive_data(view[offset:]))
         return events
 
     def send_window(self, stream_id: int) -> int:

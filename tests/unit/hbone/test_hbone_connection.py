@@ -358,3 +358,63 @@ def test_fast_data_path_emits_exactly_the_frames_h2_would(sizes: list[int]) -> N
         assert ours.send_data(stream_id, memoryview(payload)) == expected
         assert ours.data_to_send() == reference.data_to_send()
         assert ours.send_window(stream_id) == reference.local_flow_control_window(stream_id)
+
+
+@st.composite
+def tunnel_traffic(draw: st.DrawFn) -> list[bytes]:
+    """Frames a client could send on an open tunnel, mostly DATA, cut at random points."""
+    pieces = []
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["data", "data", "data", "end", "padded", "headers", "other"]))
+        stream_id = draw(st.sampled_from([1, 1, 1, 3, 5, 0]))
+        if kind in ("data", "end"):
+            # Built by hand: hyperframe refuses to build DATA on stream 0, a peer need not.
+            payload = draw(st.binary(max_size=40))
+            header = len(payload).to_bytes(3, "big") + b"\x00"
+            header += (b"\x01" if kind == "end" else b"\x00") + stream_id.to_bytes(4, "big")
+            pieces.append(header + payload)
+        elif kind == "padded":
+            frame = hf.DataFrame(stream_id or 1, data=b"pad", flags={"PADDED"})
+            frame.pad_length = draw(st.integers(0, 5))
+            pieces.append(frame.serialize())
+        elif kind == "headers":
+            block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", "10.0.0.1:1")])
+            end_headers = draw(st.booleans())
+            pieces.append(
+                hf.HeadersFrame(
+                    stream_id or 3, data=block, flags={"END_HEADERS"} if end_headers else set()
+                ).serialize()
+            )
+        else:
+            pieces.append(draw(random_frames()))
+    stream = b"".join(pieces)
+    boundaries = [sum(map(len, pieces[:i])) for i in range(len(pieces) + 1)]
+    positions = st.one_of(st.sampled_from(boundaries), st.integers(0, len(stream)))
+    cuts = sorted(draw(st.lists(positions, max_size=6)))
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(tunnel_traffic())
+def test_fast_receive_path_behaves_exactly_like_h2(chunks: list[bytes]) -> None:
+    """DATA frames parsed by the core itself must give h2's events, replies and window."""
+    outcomes = []
+    for fast in (True, False):
+        client, server = connected()
+        server.fast_data_path = fast
+        tunnel(client, server)
+        events: list[Event] = []
+        for chunk in chunks:
+            events += server.receive_data(chunk)
+        outcomes.append((events, server.data_to_send(), server.closed, server.open_streams))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_data_inside_an_unfinished_header_block_is_a_connection_error() -> None:
+    client, server = connected()
+    stream_id = tunnel(client, server)
+    block = hpack.Encoder().encode([(":method", "CONNECT"), (":authority", "10.0.0.1:1")])
+    assert server.receive_data(hf.HeadersFrame(3, data=block).serialize()) == []  # no END_HEADERS
+    [closed] = server.receive_data(hf.DataFrame(stream_id, data=b"x").serialize())
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.error_code == PROTOCOL_ERROR
