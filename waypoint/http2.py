@@ -132,6 +132,7 @@ class H2Peer:
         self.connection = h2.connection.H2Connection(config=config)
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
+        self._already_received = b""
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -139,7 +140,9 @@ class H2Peer:
         return int(self.connection.max_outbound_frame_size)
 
     def start(self, already_received: bytes = b"") -> None:
-        """Send our preface/SETTINGS and take bytes already read (the client's preface)."""
+        """Send our preface/SETTINGS; `already_received` (the client's preface, read to tell
+        HTTP/2 from HTTP/1.1) is processed first thing in `run()`."""
+        self._already_received = already_received
         self.connection.initiate_connection()
         self.connection.update_settings(
             {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW}
@@ -148,18 +151,20 @@ class H2Peer:
         # stream must not use up the window every other stream of the connection needs.
         self.connection.increment_flow_control_window(CONNECTION_WINDOW - DEFAULT_WINDOW)
         self._flush()
-        if already_received:
-            self._receive(already_received)
 
     async def run(self) -> None:
         """Read until the connection closes; then every open stream fails."""
         try:
+            if self._already_received:
+                self._receive(self._already_received)
             while not self.closed:
                 data = await self.reader.read(READ_SIZE)
                 if not data:
                     break
                 self._receive(data)
-        except (ConnectionError, h2.exceptions.ProtocolError):
+        except h2.exceptions.H2Error:
+            self._flush()  # h2 queued a GOAWAY naming the error: send it before closing
+        except ConnectionError:
             pass
         finally:
             self._close_all()

@@ -22,6 +22,7 @@ from waypoint.http2 import H2Peer, H2Stream, H2StreamError
 from waypoint.proxy import WaypointProxy
 from waypoint.resilience import Failure
 from waypoint.routing import Forward, apply_header_modifier
+from waypoint.telemetry import propagate
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -123,7 +124,7 @@ class Http2Front:
         exchange.upstream_host = endpoint
         try:
             upstream = await backend.http2_connection(endpoint)
-            sent = upstream.open_stream(self._upstream_headers(exchange.request, decision))
+            sent = upstream.open_stream(self._upstream_headers(exchange, decision))
         except (OSError, LookupError, TimeoutError, H2StreamError):
             backend.record(endpoint, None)
             await self._reply(stream, exchange, responses.upstream_failure(Failure.CONNECT_FAILURE))
@@ -152,9 +153,13 @@ class Http2Front:
             with contextlib.suppress(asyncio.CancelledError, H2StreamError):
                 await pump
 
-    @staticmethod
-    def _upstream_headers(request: Request, decision: Forward) -> list[tuple[str, str]]:
-        regular = [(n, v) for n, v in end_to_end(decision.headers) if n != "host"]
+    def _upstream_headers(self, exchange: Exchange, decision: Forward) -> list[tuple[str, str]]:
+        request = exchange.request
+        replaced = ("host", "x-request-id", "traceparent")
+        regular = [(n, v) for n, v in end_to_end(decision.headers) if n not in replaced]
+        trace = propagate(request.header("traceparent"), self.proxy.random_bytes)
+        exchange.trace_id = trace.trace_id
+        regular += [("x-request-id", exchange.request_id), ("traceparent", trace.header_value())]
         authority = next((v for n, v in decision.headers if n == "host"), decision.backend.name)
         headers = [
             (":method", decision.method),

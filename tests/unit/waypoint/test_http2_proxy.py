@@ -46,7 +46,11 @@ async def greeter(stream: H2Stream) -> None:
             end_stream=True,
         )
         return
-    echoed = [("x-te-seen", seen.get("te", "-")), ("x-via-seen", seen.get("x-via", "-"))]
+    echoed = [
+        ("x-te-seen", seen.get("te", "-")),
+        ("x-via-seen", seen.get("x-via", "-")),
+        ("x-trace-seen", seen.get("traceparent", "-")),
+    ]
     await stream.send_headers([(":status", "200"), ("content-type", "application/grpc"), *echoed])
     await stream.send_data(body)
     await stream.send_trailers([("grpc-status", "0"), ("grpc-message", "")])
@@ -119,6 +123,7 @@ def test_grpc_call_is_forwarded_with_body_trailers_and_route_edits() -> None:
         )
         assert head[":status"] == "200"
         assert (head["x-te-seen"], head["x-via-seen"]) == ("trailers", "waypoint")
+        assert head["x-trace-seen"].startswith("00-")
         assert body == b"\x00\x00\x00\x00\x05hello"
         assert trailers["grpc-status"] == "0"
 
@@ -175,5 +180,19 @@ def test_calls_share_one_upstream_connection() -> None:
             head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"x")
             assert head[":status"] == "200"
         assert len(UPSTREAM_CONNECTIONS) == 1
+
+    run(scenario)
+
+
+def test_garbage_after_the_preface_closes_that_connection_only() -> None:
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + b"\x00\x00\x04\x09\xff\x00\x00\x00\x07garbage!" * 3)
+        answer = await asyncio.wait_for(reader.read(), TEST_TIMEOUT_S)
+        goaway = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # length 8, type 7, stream 0
+        assert goaway in answer
+        writer.close()
+        head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"x")
+        assert head[":status"] == "200"
 
     run(scenario)
