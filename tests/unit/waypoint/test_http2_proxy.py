@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 
 from waypoint_testing import HOST, TEST_TIMEOUT_S
@@ -196,3 +197,30 @@ def test_garbage_after_the_preface_closes_that_connection_only() -> None:
         assert head[":status"] == "200"
 
     run(scenario)
+
+
+def test_random_frames_never_escape_as_unhandled_errors() -> None:
+    source = random.Random(1123)
+    unhandled: list[object] = []
+
+    async def scenario(port: int) -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: unhandled.append(context)
+        )
+        for _ in range(60):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            frames = b"".join(
+                source.randbytes(3) + bytes([source.randrange(10), source.randrange(256)])
+                + source.randbytes(4) + source.randbytes(source.randrange(0, 40))
+                for _ in range(source.randrange(1, 5))
+            )  # fmt: skip
+            writer.write(PREFACE + frames)
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(), TEST_TIMEOUT_S)
+            writer.close()
+        head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"x")
+        assert head[":status"] == "200"
+        await asyncio.sleep(0.05)
+
+    run(scenario)
+    assert unhandled == []
