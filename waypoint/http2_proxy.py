@@ -7,7 +7,8 @@ trailers-only responses with a grpc-status, as Envoy sends them, so gRPC clients
 PERMISSION_DENIED or UNAVAILABLE instead of an unparseable HTTP error.
 
 Upstream connections are shared per endpoint (requests multiplex as streams). Not yet: retries
-and circuit breaking for HTTP/2; the route's request timeout applies until the response head.
+and circuit breaking for HTTP/2; the route's timeouts (the shorter of request and backendRequest,
+as there is one try) apply until the response head.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ class Http2Front:
             return
         pump = asyncio.get_running_loop().create_task(self._pump_request(stream, sent, exchange))
         try:
-            timeout = decision.matched.route.timeouts.request_s
+            timeouts = decision.matched.route.timeouts
+            present = [t for t in (timeouts.request_s, timeouts.backend_request_s) if t]
+            timeout = min(present) if present else None  # one try only: the shorter one binds
             try:
                 async with asyncio.timeout(timeout):
                     head = await sent.response_headers()

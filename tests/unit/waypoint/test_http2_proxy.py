@@ -17,6 +17,7 @@ from waypoint.config import (
     Route,
     Rule,
     ServiceConfig,
+    Timeouts,
     WaypointConfig,
 )
 from waypoint.http2 import PREFACE, H2Peer, H2Stream
@@ -41,6 +42,8 @@ async def greeter(stream: H2Stream) -> None:
     while data := await stream.read():
         body += data
     seen = dict(stream.headers)
+    if seen[":path"] == "/helloworld.Greeter/Slow":
+        await asyncio.sleep(2)
     if seen[":path"] == "/helloworld.Greeter/Fail":
         await stream.send_headers(
             [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "5")],
@@ -96,14 +99,16 @@ async def call(
         running.cancel()
 
 
-def run(scenario, endpoint_override: str | None = None) -> list[RequestRecord]:  # type: ignore[no-untyped-def]
+def run(
+    scenario, endpoint_override: str | None = None, routes: tuple[Route, ...] = ROUTES
+) -> list[RequestRecord]:  # type: ignore[no-untyped-def]
     records: list[RequestRecord] = []
 
     async def main() -> None:
         backend = await start_greeter()
         endpoint = endpoint_override or f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
         config = WaypointConfig(
-            services=(ServiceConfig(HOST, 9080, ROUTES, authorization_policies=(DENY_ADMIN,)),)
+            services=(ServiceConfig(HOST, 9080, routes, authorization_policies=(DENY_ADMIN,)),)
         )
         proxy = WaypointProxy(config, {GREETER.authority: [endpoint]}, access_log=records.append)
         _, port = await proxy.start()
@@ -224,3 +229,16 @@ def test_random_frames_never_escape_as_unhandled_errors() -> None:
 
     run(scenario)
     assert unhandled == []
+
+
+def test_backend_request_timeout_gives_deadline_exceeded_as_unavailable() -> None:
+    slow = (Route("grpc", backends=(GREETER,), timeouts=Timeouts(backend_request_s=0.2)),)
+
+    async def scenario(port: int) -> None:
+        started = asyncio.get_running_loop().time()
+        head, _, _ = await call(port, grpc_call("/helloworld.Greeter/Slow"), b"x")
+        elapsed = asyncio.get_running_loop().time() - started
+        assert (head["grpc-status"], head["x-weft-reason"]) == ("14", "upstream_request_timeout")
+        assert 0.15 <= elapsed < 1.5
+
+    run(scenario, routes=slow)
