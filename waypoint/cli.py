@@ -33,6 +33,8 @@ examples:
       --endpoint reviews-v1.default:9080=127.0.0.1:8081       # override a backend's endpoints
   curl -H 'Host: reviews' http://127.0.0.1:15080/reviews/1      # then send it requests
   curl http://127.0.0.1:15020/metrics                           # istio_requests_total & co.
+  weft waypoint run -f shop.yaml --name waypoint --hbone 0.0.0.0:15008 \
+      --cert svid.pem --key svid-key.pem --trust-bundle bundle.pem  # mTLS tunnels in
 """
 
 
@@ -52,11 +54,13 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
             help="endpoints of a backend (name.namespace:port), instead of its selected workloads",
         )  # fmt: skip
 
-    run = verbs.add_parser("run", help="serve HTTP/1.1 on --listen, metrics on --admin")
+    run = verbs.add_parser(
+        "run", help="serve HTTP/1.1 and HTTP/2 (gRPC) on --listen and/or --hbone"
+    )
     common(run)
     run.add_argument(
         "--listen", default="127.0.0.1:15080", metavar="IP:PORT",
-        help="plain-TCP HTTP/1.1 listener; 'off' to disable",
+        help="plain-TCP listener (HTTP/1.1, or HTTP/2 with prior knowledge); 'off' to disable",
     )  # fmt: skip
     run.add_argument(
         "--hbone", default="off", metavar="IP:PORT",
