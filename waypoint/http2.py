@@ -45,9 +45,13 @@ class H2Stream:
         self._window = asyncio.Event()
         self.reset_code: int | None = None
         self.ended = False  # the peer ended its side
+        self._unread = b""
 
     async def read(self) -> bytes:
         """The next piece of the body; b"" once the peer ended the stream."""
+        if self._unread:
+            data, self._unread = self._unread, b""
+            return data
         item = await self._body.get()
         if item is None:
             self._body.put_nowait(None)  # stay at the end for later reads
@@ -57,6 +61,10 @@ class H2Stream:
         data, flow_controlled = item
         self.peer.acknowledge(self.stream_id, flow_controlled)
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes read ahead: the next read() returns them first."""
+        self._unread = data + self._unread
 
     async def response_headers(self) -> Headers:
         """(client side) Wait for the response head; H2StreamError if the stream dies first."""
@@ -98,6 +106,9 @@ class H2Stream:
 
     # called by the peer's read loop
     def _on_data(self, data: bytes, flow_controlled: int) -> None:
+        if not data:  # padding only: give the window back, and never read as the end
+            self.peer.acknowledge(self.stream_id, flow_controlled)
+            return
         self._body.put_nowait((data, flow_controlled))
 
     def _on_end(self) -> None:

@@ -21,9 +21,18 @@ from waypoint.downstream import Downstream, Exchange, end_to_end
 from waypoint.http1 import Request
 from waypoint.http2 import H2Peer, H2Stream, H2StreamError
 from waypoint.proxy import WaypointProxy
-from waypoint.resilience import Failure
+from waypoint.resilience import (
+    Deliver,
+    Failure,
+    GiveUp,
+    RequestRetries,
+    ResponseReceived,
+    StartAttempt,
+    WaitBackoff,
+)
 from waypoint.routing import Forward, apply_header_modifier
 from waypoint.telemetry import propagate
+from waypoint.upstream import UpstreamBackend
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -115,6 +124,115 @@ class Http2Front:
         exchange.bytes_sent = len(reply.body)
 
     async def _forward(self, stream: H2Stream, exchange: Exchange, decision: Forward) -> None:
+        retry = decision.matched.route.retry
+        if retry is not None and retry.attempts > 0:
+            body = await self._buffer_request(stream, exchange)
+            if body is not None:
+                await self._forward_with_retries(stream, exchange, decision, body)
+                return
+            # Too large to replay: it was not all read, so it streams once like any other.
+        await self._forward_once(stream, exchange, decision)
+
+    async def _buffer_request(self, stream: H2Stream, exchange: Exchange) -> bytes | None:
+        """The whole request body if it fits the buffer limit (it can then be replayed on a
+        retry); None, with what was read given back to the stream, if it does not."""
+        limit = self.proxy.config.request_body_buffer_limit
+        parts: list[bytes] = []
+        size = 0
+        while data := await stream.read():
+            parts.append(data)
+            size += len(data)
+            if size > limit:
+                stream.unread(b"".join(parts))
+                return None
+        exchange.bytes_received = size
+        return b"".join(parts)
+
+    async def _forward_with_retries(
+        self, stream: H2Stream, exchange: Exchange, decision: Forward, body: bytes
+    ) -> None:
+        """Tries driven by the same retry machine as HTTP/1.1: per-try and request timeouts,
+        back-off, retry on connect failure, reset, 5xx or listed status codes."""
+        route = decision.matched.route
+        backend = self.proxy.backend(decision.backend)
+        exchange.upstream_cluster = backend.authority
+        retries = RequestRetries(
+            route.timeouts, route.retry, self.proxy.clock, self.proxy.random,
+            body_buffer_limit=self.proxy.config.request_body_buffer_limit,
+        )  # fmt: skip
+        headers = self._upstream_headers(exchange, decision)
+        step = retries.begin()
+        while True:
+            if isinstance(step, StartAttempt):
+                exchange.attempts = step.attempt
+                endpoint = backend.pick_endpoint(decision.headers)
+                if endpoint is None:
+                    await self._reply(stream, exchange, responses.no_healthy_upstream())
+                    return
+                exchange.upstream_host = endpoint
+                outcome = await self._try(
+                    backend, endpoint, headers, body, stream=stream, deadline=step.deadline
+                )
+                if isinstance(outcome, tuple):
+                    sent, head = outcome
+                    status = next((v for n, v in head if n == ":status"), "502")
+                    step = retries.on_outcome(ResponseReceived(int(status)))
+                    if isinstance(step, Deliver):
+                        await self._relay_response(stream, sent, head, exchange, decision)
+                        return
+                    sent.reset()
+                else:
+                    after = retries.on_timer() if outcome is None else retries.on_outcome(outcome)
+                    step = after or retries.on_outcome(Failure.PER_TRY_TIMEOUT)
+            elif isinstance(step, WaitBackoff):
+                wake = retries.deadline() or step.until
+                await asyncio.sleep(max(0.0, wake - self.proxy.clock()))
+                step = retries.on_timer() or step
+            elif isinstance(step, GiveUp):
+                reply = (
+                    responses.upstream_timeout()
+                    if step.failure is None
+                    else responses.upstream_failure(step.failure)
+                )
+                await self._reply(stream, exchange, reply)
+                return
+            else:  # Deliver without a response cannot happen: the machine only delivers one
+                raise AssertionError(f"unexpected retry step {step!r}")
+
+    async def _try(
+        self,
+        backend: UpstreamBackend,
+        endpoint: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        stream: H2Stream,
+        deadline: float | None,
+    ) -> tuple[H2Stream, Headers] | Failure | None:
+        """One try: the response head, a Failure, or None when the try's deadline passed."""
+        try:
+            upstream = await backend.http2_connection(endpoint)
+            sent = upstream.open_stream(headers)
+        except (OSError, LookupError, TimeoutError, H2StreamError):
+            backend.record(endpoint, None)
+            return Failure.CONNECT_FAILURE
+        remaining = None if deadline is None else max(0.0, deadline - self.proxy.clock())
+        try:
+            async with asyncio.timeout(remaining):
+                await sent.send_data(body, end_stream=not stream.trailers)
+                if stream.trailers:
+                    await sent.send_trailers(stream.trailers)
+                head = await sent.response_headers()
+        except TimeoutError:
+            sent.reset()
+            return None
+        except H2StreamError:
+            backend.record(endpoint, None)
+            return Failure.RESET
+        backend.record(endpoint, int(next((v for n, v in head if n == ":status"), "502")))
+        return sent, head
+
+    async def _forward_once(self, stream: H2Stream, exchange: Exchange, decision: Forward) -> None:
         backend = self.proxy.backend(decision.backend)
         exchange.upstream_cluster = backend.authority
         exchange.attempts = 1

@@ -14,6 +14,8 @@ from waypoint.config import (
     BackendRef,
     Operation,
     RequestHeaderModifier,
+    RetryOn,
+    RetryPolicy,
     Route,
     Rule,
     ServiceConfig,
@@ -42,6 +44,10 @@ async def greeter(stream: H2Stream) -> None:
     while data := await stream.read():
         body += data
     seen = dict(stream.headers)
+    if seen[":path"] == "/helloworld.Greeter/Flaky" and FLAKY:
+        FLAKY.pop()
+        await stream.send_headers([(":status", "503")], end_stream=True)
+        return
     if seen[":path"] == "/helloworld.Greeter/Slow":
         await asyncio.sleep(2)
     if seen[":path"] == "/helloworld.Greeter/Fail":
@@ -61,6 +67,7 @@ async def greeter(stream: H2Stream) -> None:
 
 
 UPSTREAM_CONNECTIONS: list[int] = []
+FLAKY: list[int] = []  # one entry per 503 the Flaky method still has to answer
 
 
 async def start_greeter() -> asyncio.Server:
@@ -99,16 +106,20 @@ async def call(
         running.cancel()
 
 
-def run(
-    scenario, endpoint_override: str | None = None, routes: tuple[Route, ...] = ROUTES
-) -> list[RequestRecord]:  # type: ignore[no-untyped-def]
+def run(  # type: ignore[no-untyped-def]
+    scenario,
+    endpoint_override: str | None = None,
+    routes: tuple[Route, ...] = ROUTES,
+    buffer_limit: int = 64 * 1024,
+) -> list[RequestRecord]:
     records: list[RequestRecord] = []
 
     async def main() -> None:
         backend = await start_greeter()
         endpoint = endpoint_override or f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
         config = WaypointConfig(
-            services=(ServiceConfig(HOST, 9080, routes, authorization_policies=(DENY_ADMIN,)),)
+            services=(ServiceConfig(HOST, 9080, routes, authorization_policies=(DENY_ADMIN,)),),
+            request_body_buffer_limit=buffer_limit,
         )
         proxy = WaypointProxy(config, {GREETER.authority: [endpoint]}, access_log=records.append)
         _, port = await proxy.start()
@@ -242,3 +253,51 @@ def test_backend_request_timeout_gives_deadline_exceeded_as_unavailable() -> Non
         assert 0.15 <= elapsed < 1.5
 
     run(scenario, routes=slow)
+
+
+RETRYING = (
+    Route(
+        "grpc",
+        backends=(GREETER,),
+        retry=RetryPolicy(
+            attempts=2,
+            retry_on=frozenset({RetryOn.SERVER_ERROR, RetryOn.CONNECT_FAILURE}),
+            backoff_base_s=0.001,
+            backoff_max_s=0.001,
+        ),
+    ),
+)
+
+
+def test_a_503_is_retried_with_the_buffered_body() -> None:
+    async def scenario(port: int) -> None:
+        FLAKY[:] = [1]
+        head, body, trailers = await call(port, grpc_call("/helloworld.Greeter/Flaky"), b"again")
+        assert (head[":status"], body, trailers["grpc-status"]) == ("200", b"again", "0")
+
+    (record,) = run(scenario, routes=RETRYING)
+    assert (record.attempts, record.response_code) == (2, 200)
+
+
+def test_body_above_the_buffer_limit_streams_once_intact() -> None:
+    payload = bytes(range(256)) * 16  # 4 KiB against a 1 KiB buffer
+
+    async def scenario(port: int) -> None:
+        head, body, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), payload)
+        assert (head[":status"], body) == ("200", payload)
+
+    (record,) = run(scenario, routes=RETRYING, buffer_limit=1024)
+    assert record.attempts == 1
+
+
+def test_connect_failures_are_retried_then_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def scenario(port: int) -> None:
+        head, _, _ = await call(port, grpc_call("/helloworld.Greeter/SayHello"), b"x")
+        assert (head["grpc-status"], head["x-weft-reason"]) == ("14", "upstream_connect_error")
+
+    (record,) = run(scenario, endpoint_override=closed, routes=RETRYING)
+    assert record.attempts == 3
