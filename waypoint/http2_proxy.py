@@ -6,9 +6,13 @@ faults); this module only maps them onto HTTP/2 streams. Local replies to gRPC c
 trailers-only responses with a grpc-status, as Envoy sends them, so gRPC clients see
 PERMISSION_DENIED or UNAVAILABLE instead of an unparseable HTTP error.
 
-Upstream connections are shared per endpoint (requests multiplex as streams). Not yet: retries
-and circuit breaking for HTTP/2; the route's timeouts (the shorter of request and backendRequest,
-as there is one try) apply until the response head.
+Upstream connections are shared per endpoint (requests multiplex as streams). With a retry
+policy, a body within the buffer limit is read first and replayed per try (the retry machine of
+resilience.py decides, as for HTTP/1.1); otherwise the body streams to a single try, whose
+timeout is the shorter of the route's request and backendRequest timeouts, until the response
+head. Retries look at the HTTP status, not at grpc-status. Not yet: circuit breaking (connection
+pool limits) for HTTP/2, and HTTP/2 to HTTP/1.1 translation (the upstream speaks what the client
+spoke).
 """
 
 from __future__ import annotations
