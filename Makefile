@@ -57,6 +57,12 @@ bench: setup     ## benchmark, full run (< 15 min), recorded under bench/results
 bench-controller: setup ## controller scale benchmark (10k workloads, 2k services, 20 watchers)
 	$(PY) -m bench.controller_scale
 
+bench-hbone: setup ## HBONE micro-benchmark: pooled HBONE vs TLS relay vs stunnel vs direct, loopback
+	$(PY) -m bench.hbone_loopback --seconds 3 --repeat 3
+
+bench-parsers: setup ## HTTP/1.1 parser micro-benchmark (waypoint codec vs h11 vs httptools)
+	$(PY) -m bench.waypoint_parsers
+
 lab-up: setup
 	$(WEFT) lab up --demo
 
