@@ -96,7 +96,9 @@ class HboneServer:
             self._server.close()
         for session in list(self._sessions):
             session.close()
-            if session.transport is not None:
+            # Abort rather than wait for slow peers; a transport the peer already closed has
+            # nothing left to abort (and uvloop/asyncio SSL transports fail if asked to).
+            if session.transport is not None and not session.lost:
                 session.transport.abort()
         for task in list(self._tasks):
             task.cancel()

@@ -135,6 +135,11 @@ class TunnelSession(asyncio.Protocol):
         stream.on_reset(0)
         self._flush()
 
+    @property
+    def lost(self) -> bool:
+        """The transport is gone (the peer closed it, or it was aborted)."""
+        return self._lost
+
     def close(self) -> None:
         """GOAWAY, then close the transport once what is queued has been written."""
         self.core.close()

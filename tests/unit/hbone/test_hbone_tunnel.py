@@ -627,3 +627,17 @@ def test_a_connect_the_peer_never_answers_times_out(
             assert mesh.pool.connection_count() == 1  # the connection itself is fine
 
     run(main)
+
+
+def test_server_closes_cleanly_after_its_clients_already_hung_up(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open()  # left open: the server still holds its session
+            await stream.write(b"x")
+            await mesh.pool.close()  # the client side goes first: the server sees the hang-up
+            await asyncio.sleep(0.05)
+            await mesh.server.close()  # used to abort a dead SSL transport: AttributeError
+
+    run(main)
