@@ -19,6 +19,7 @@ from weft.pki import (
     LEAF_USAGES,
     CertificateError,
     PrivateKey,
+    build_self_signed_ca,
     generate_key,
     subject_for,
     verify_chain,
@@ -38,32 +39,7 @@ def create_root(trust_domain: str, now: dt.datetime) -> tuple[x509.Certificate, 
     """A self-signed root for `trust_domain`, valid ten years."""
     key = generate_key()
     name = subject_for(trust_domain, f"Weft root CA {now:%Y-%m-%d %H:%M:%S}")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + ROOT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(_ski(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = build_self_signed_ca(name, key, now - CLOCK_SKEW, now + ROOT_LIFETIME)
     return cert, key
 
 

@@ -217,3 +217,39 @@ def subject_for(trust_domain: str, common_name: str | None = None) -> x509.Name:
 LEAF_USAGES = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 )
+
+
+CA_USAGES = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def build_self_signed_ca(
+    name: x509.Name,
+    key: PrivateKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    path_length: int | None = None,
+) -> x509.Certificate:
+    """A self-signed CA certificate (a mesh root, or a throwaway root for tests and benchmarks)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(CA_USAGES, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
