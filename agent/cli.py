@@ -217,5 +217,6 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     maps.add_argument("-o", "--output", choices=("table", "json"), default="table")
     maps.set_defaults(func=cmd_maps)
 
-    run = sub.add_parser("run", help="run the node agent (not in this build)")
-    run.set_defaults(func=_not_in_this_build, family="agent run")
+    from agent.main import register_run  # the node agent's runtime lives in agent/runtime
+
+    register_run(sub.add_parser("run", help="run the node agent (capture, HBONE, certs, config)"))

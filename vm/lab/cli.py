@@ -56,6 +56,11 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     up.add_argument("--nodes", type=int, metavar="N", help="number of worker nodes")
     up.add_argument("--demo", action="store_true", help="deploy the demo shop and its services")
     up.add_argument(
+        "--mesh",
+        action="store_true",
+        help="also start the controller and node agents (vm/lab/mesh.py)",
+    )
+    up.add_argument(
         "--replace", action="store_true", help="tear down a running or crashed lab first"
     )
     _add_wait(up)
@@ -132,6 +137,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         with console.status("starting", spinner="dots") as status:
             lab.up(demo=args.demo, replace=args.replace, progress=progress)
+            if args.mesh:
+                from vm.lab.mesh import up_mesh
+
+                up_mesh(lab, progress)
     finally:
         session.release()
     elapsed = time.monotonic() - started

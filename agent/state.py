@@ -1,0 +1,174 @@
+"""The node's view of the mesh, built from the controller's Watch: snapshot then deltas.
+
+Pure: `NodeState.apply(update)` returns the next state or raises StateRejectedError (the agent NACKs
+and keeps the last good state). Lookups answer the questions the data path asks: which local
+workload owns this address, which service owns this VIP:port, is a destination in the mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from weft.api.convert import ConfigUpdate
+from weft.identity import DEFAULT_TRUST_DOMAIN, Identity
+from weft.model import (
+    ROOT_NAMESPACE,
+    AuthorizationPolicy,
+    DataplaneMode,
+    Kind,
+    MutualTLSMode,
+    Namespace,
+    PeerAuthentication,
+    ResourceKey,
+    Service,
+    ServicePort,
+    Workload,
+    WorkloadSelector,
+)
+
+
+class StateRejectedError(ValueError):
+    """An update the agent cannot apply; the message goes back to the controller in the NACK."""
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    """A service port addressed by VIP:port, and the endpoints behind it."""
+
+    service: Service
+    port: ServicePort
+    endpoints: tuple[Workload, ...]
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """Every resource the controller sent this node, at one version, with derived indexes."""
+
+    node: str
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    version: int = 0
+    resources: Mapping[ResourceKey, object] = field(default_factory=dict)
+
+    # --- applying updates -----------------------------------------------------------------
+
+    def apply(self, update: ConfigUpdate) -> NodeState:
+        """The state after `update`; a snapshot replaces everything, a delta edits it."""
+        if not update.snapshot and update.version <= self.version:
+            raise StateRejectedError(
+                f"version {update.version} is not newer than the applied {self.version}"
+            )
+        resources: dict[ResourceKey, object] = {} if update.snapshot else dict(self.resources)
+        for key in update.removals:
+            resources.pop(key, None)
+        for received in update.upserts:
+            resources[received.parsed.key] = received.parsed.resource
+        next_state = NodeState(self.node, self.trust_domain, update.version, resources)
+        next_state.check()
+        return next_state
+
+    def check(self) -> None:
+        """Refuse a view the data path could not serve unambiguously."""
+        owners: dict[IPv4Address, str] = {}
+        for workload in self.workloads():
+            name = f"{workload.metadata.namespace}/{workload.metadata.name}"
+            other = owners.setdefault(workload.address, name)
+            if other != name:
+                raise StateRejectedError(
+                    f"workloads {other} and {name} both claim address {workload.address}"
+                )
+
+    # --- lookups --------------------------------------------------------------------------
+
+    def of_kind(self, kind: Kind) -> list[object]:
+        return [r for k, r in sorted(self.resources.items()) if k.kind == kind]
+
+    def workloads(self) -> list[Workload]:
+        return [r for r in self.of_kind(Kind.WORKLOAD) if isinstance(r, Workload)]
+
+    def services(self) -> list[Service]:
+        return [r for r in self.of_kind(Kind.SERVICE) if isinstance(r, Service)]
+
+    def local_workloads(self) -> list[Workload]:
+        return [w for w in self.workloads() if w.node == self.node]
+
+    def workload_at(self, address: IPv4Address) -> Workload | None:
+        return next((w for w in self.workloads() if w.address == address), None)
+
+    def namespace(self, name: str) -> Namespace | None:
+        found = self.resources.get(ResourceKey(Kind.NAMESPACE, "", name))
+        return found if isinstance(found, Namespace) else None
+
+    def in_mesh(self, workload: Workload) -> bool:
+        """Captured and reachable over HBONE: its namespace opted in and it did not opt out."""
+        namespace = self.namespace(workload.metadata.namespace)
+        if namespace is None or namespace.dataplane_mode != DataplaneMode.AMBIENT:
+            return False
+        return not workload.meshed_opt_out
+
+    def identity(self, workload: Workload) -> Identity:
+        return workload.identity(self.trust_domain)
+
+    def local_identities(self) -> set[Identity]:
+        return {self.identity(w) for w in self.local_workloads() if self.in_mesh(w)}
+
+    def service_target(self, address: IPv4Address, port: int) -> ServiceTarget | None:
+        for service in self.services():
+            if service.vip != address:
+                continue
+            for service_port in service.ports:
+                if service_port.port == port:
+                    endpoints = tuple(w for w in self.workloads() if service.selects(w))
+                    return ServiceTarget(service, service_port, endpoints)
+        return None
+
+    def services_of(self, workload: Workload) -> list[Service]:
+        return [s for s in self.services() if s.selects(workload)]
+
+    def authorization_policies(self, workload: Workload) -> list[AuthorizationPolicy]:
+        """Policies in force for `workload`: the root namespace's, then its own namespace's."""
+        return [
+            p
+            for p in self.of_kind(Kind.AUTHORIZATION_POLICY)
+            if isinstance(p, AuthorizationPolicy)
+            and not p.target_refs
+            and _applies(p.metadata.namespace, p.selector, workload)
+        ]
+
+    def mtls_mode(self, workload: Workload, port: int) -> MutualTLSMode:
+        """PeerAuthentication: workload-selected beats namespace-wide beats mesh-wide; the
+        default is PERMISSIVE, as in Istio."""
+        candidates = [
+            p
+            for p in self.of_kind(Kind.PEER_AUTHENTICATION)
+            if isinstance(p, PeerAuthentication)
+            and _applies(p.metadata.namespace, p.selector, workload)
+        ]
+
+        def rank(p: PeerAuthentication) -> int:
+            if p.selector is not None:
+                return 0
+            return 1 if p.metadata.namespace == workload.metadata.namespace else 2
+
+        for policy in sorted(candidates, key=rank):
+            mode = policy.port_level.get(port) or policy.mode
+            if mode is not None:
+                return mode
+        return MutualTLSMode.PERMISSIVE
+
+
+def _applies(namespace: str, selector: WorkloadSelector | None, workload: Workload) -> bool:
+    if namespace not in (ROOT_NAMESPACE, workload.metadata.namespace):
+        return False
+    if selector is None:
+        return True
+    return selector.matches(workload.selector_labels)
+
+
+def workload_name(workload: Workload) -> str:
+    return f"{workload.metadata.namespace}/{workload.metadata.name}"
+
+
+def endpoints_in_order(endpoints: Iterable[Workload]) -> tuple[Workload, ...]:
+    return tuple(sorted(endpoints, key=lambda w: int(w.address)))

@@ -1,0 +1,240 @@
+"""Put a running lab in the mesh: the controller on `control`, an agent on every worker node.
+
+Steps, each one what an operator would type: `weft controller init` and `run` on the control
+node, `weft apply` of the lab's namespaces, workloads and services (generated from the lab
+state), a join token per worker, then `weft agent run` in each worker's netns; it returns once
+every agent answers /healthz/ready. Processes go through the lab (node_spawn), so
+`weft lab down` stops them and `weft lab logs controller|agent-<node>` shows their logs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vm.lab import processes
+from vm.lab.lab import Lab
+from vm.lab.state import WorkloadInfo
+from vm.lab.topology import Topology
+from weft.errors import UnavailableError
+
+WEFT = [sys.executable, "-m", "weft.cli"]
+CONTROLLER_GRPC_PORT = 15012
+AGENT_METRICS_PORT = 15020
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class MeshInfo:
+    state_dir: Path
+    controller: str
+    controller_pid: int
+    agent_pids: dict[str, int]
+
+
+def mesh_dir(lab: Lab) -> Path:
+    return lab.store.directory / "mesh"
+
+
+def lab_resources(topology: Topology, workloads: Sequence[WorkloadInfo]) -> list[dict[str, Any]]:
+    """The lab's namespaces, workloads and services as `weft apply` documents."""
+    documents: list[dict[str, Any]] = []
+    for ns in topology.demo.namespaces:
+        documents.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ns.name, "labels": dict(ns.labels)},
+            }
+        )
+    for w in workloads:
+        spec: dict[str, Any] = {
+            "address": w.ip,
+            "node": w.node,
+            "serviceAccount": w.service_account,
+        }
+        if w.ports:
+            spec["ports"] = {f"tcp-{p}": p for p in w.ports}
+        documents.append(
+            {
+                "apiVersion": "weft.io/v1",
+                "kind": "Workload",
+                "metadata": {"name": w.name, "namespace": w.namespace, "labels": dict(w.labels)},
+                "spec": spec,
+            }
+        )
+    for s in topology.demo.services:
+        documents.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": s.name, "namespace": s.namespace},
+                "spec": {
+                    "clusterIP": str(s.vip),
+                    "selector": dict(s.selector),
+                    "ports": [
+                        {"name": p.name, "port": p.port, "targetPort": p.target_port}
+                        for p in s.ports
+                    ],
+                },
+            }
+        )
+    return documents
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
+    """Start the controller and the agents in the running lab `lab` and wait until ready."""
+    directory = mesh_dir(lab)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    control = next(n for n in lab.topology.nodes if n.role == "control")
+    state_dir = directory / "controller"
+    controller = f"{control.ip}:{CONTROLLER_GRPC_PORT}"
+    progress("initializing the controller (CA, store)")
+    if not (state_dir / "trust-bundle.pem").exists():
+        lab.node_exec(control.name, [*WEFT, "controller", "init", "--state-dir", str(state_dir)])
+    progress(f"starting the controller on {control.name} ({controller})")
+    controller_pid = lab.node_spawn(
+        control.name,
+        [*WEFT, "controller", "run", "--state-dir", str(state_dir), "--listen", str(control.ip)],
+        "controller",
+    )
+    _wait(
+        lambda: CONTROLLER_GRPC_PORT in processes.listening_ports(controller_pid),
+        f"the controller to listen on {controller}",
+        30,
+        controller_pid,
+    )
+    progress("registering namespaces, workloads and services ('weft apply')")
+    resources = directory / "lab-resources.yaml"
+    resources.write_text(yaml.safe_dump_all(lab_resources(lab.topology, lab.workloads())))
+    lab.node_exec(
+        control.name,
+        [*WEFT, "apply", "-f", str(resources), "--controller", controller,
+         "--admin-credential", str(state_dir / "admin.pem")],
+    )  # fmt: skip
+    agent_pids: dict[str, int] = {}
+    for node in lab.topology.workers:
+        token = lab.node_exec(
+            control.name,
+            [*WEFT, "controller", "token", "create", "--node", node.name,
+             "--state-dir", str(state_dir), "-o", "json"],
+        ).stdout  # fmt: skip
+        token_file = directory / f"{node.name}.token"
+        token_file.write_text(json.loads(token)["token"] + "\n")
+        token_file.chmod(0o600)
+        progress(f"starting the agent on {node.name}")
+        agent_pids[node.name] = lab.node_spawn(
+            node.name,
+            [
+                *WEFT, "agent", "run", "--node", node.name, "--controller", controller,
+                "--join-token", str(token_file),
+                "--trust-bundle", str(state_dir / "trust-bundle.pem"),
+                "--state-dir", str(directory / "agents" / node.name),
+                "--workloads-cgroup", lab.cgroup_path(node.name) + "/workloads",
+            ],
+            f"agent-{node.name}",
+        )  # fmt: skip
+    for node_name, pid in agent_pids.items():
+        progress(f"waiting for the agent on {node_name} to be ready")
+        wait_agent_ready(lab, node_name, pid)
+    progress("closing connections opened before the mesh (they re-open through it)")
+    reset_preexisting_connections(lab)
+    info = MeshInfo(directory, controller, controller_pid, agent_pids)
+    (directory / "mesh.json").write_text(
+        json.dumps(
+            {"controller": controller, "controller_pid": controller_pid, "agents": agent_pids},
+            indent=2,
+        )
+    )
+    return info
+
+
+def client_connections_filter(listening_ports: Sequence[int]) -> list[str]:
+    """An `ss` filter for the established TCP connections a workload opened as a client."""
+    if not listening_ports:
+        return ["state", "established"]
+    served = " and ".join(f"sport != :{port}" for port in sorted(listening_ports))
+    return ["state", "established", f"( {served} )"]
+
+
+def reset_preexisting_connections(lab: Lab) -> None:
+    """Reset the client connections of meshed workloads (`ss -K`).
+
+    Capture acts on connect(): a keep-alive connection opened before the mesh would carry
+    traffic around it for as long as it lives. Restarting pods does this in Kubernetes; the
+    lab kills those sockets instead, and the clients reconnect, through the mesh.
+    """
+    meshed = {ns.name for ns in lab.topology.demo.namespaces if ns.in_mesh}
+    for w in lab.workloads():
+        if w.namespace in meshed:
+            lab.exec(w.name, ["ss", "-K", "-tn", *client_connections_filter(w.ports)], check=False)
+
+
+def agent_http(lab: Lab, node: str, path: str, port: int = AGENT_METRICS_PORT) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:<port><path> inside node `node`'s netns."""
+    result = lab.node_exec(
+        node,
+        ["curl", "-sS", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+        check=False,
+        timeout=10,
+    )
+    body, _, code = result.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
+def wait_agent_ready(lab: Lab, node: str, pid: int, timeout: float = READY_TIMEOUT) -> None:
+    _wait(
+        lambda: agent_http(lab, node, "/healthz/ready")[0] == 200,
+        f"the agent on {node} to be ready (GET :{AGENT_METRICS_PORT}/healthz/ready)",
+        timeout,
+        pid,
+        lambda: agent_http(lab, node, "/healthz/ready")[1],
+    )
+
+
+def _wait(
+    done: Callable[[], bool],
+    what: str,
+    timeout: float,
+    pid: int,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return
+        if not Path(f"/proc/{pid}").exists():
+            raise UnavailableError(
+                f"gave up waiting for {what}: process {pid} exited",
+                hint="see 'weft lab logs controller' or 'weft lab logs agent-<node>'",
+            )
+        time.sleep(0.2)
+    extra = f" ({detail()})" if detail is not None else ""
+    raise UnavailableError(
+        f"timed out after {timeout:g} s waiting for {what}{extra}",
+        hint="see 'weft lab logs controller' or 'weft lab logs agent-<node>'",
+    )
+
+
+def down_mesh(lab: Lab, info: MeshInfo) -> None:
+    """Stop the agents and the controller and detach capture, leaving the lab as it was.
+
+    Stopping an agent alone leaves capture attached and failing closed (by design); a lab
+    without the mesh must reach its services directly again, so capture is detached too.
+    """
+    for node, pid in info.agent_pids.items():
+        lab.stop(pid)
+        lab.node_exec(node, [*WEFT, "agent", "detach", "--scope", node, "--purge"], check=False)
+        lab.node_exec(node, ["ip", "rule", "del", "priority", "1500"], check=False)
+    lab.stop(info.controller_pid)
