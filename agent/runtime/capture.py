@@ -11,6 +11,7 @@ from agent.bpf.maps import Enrollment, Inbound, Mode, NodeMaps
 from agent.capture.enrollment import reconcile_enrollment
 from agent.capture.verify import verify_capture
 from agent.state import NodeState
+from weft.errors import UnavailableError
 from weft.model import MutualTLSMode
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,19 @@ class Capture:
         self.maps: NodeMaps | None = None
         self.enrolled: dict[Path, Enrollment] = {}
 
+    def open_pinned(self) -> bool:
+        """Use the maps a previous agent pinned, without compiling anything (a restart then
+        serves within a second; attach() refreshes the programs afterwards)."""
+        maps_dir = self.pin_root / self.scope / "maps"
+        if not (self.pin_root / self.scope / "links").is_dir():
+            return False
+        try:
+            self.maps = NodeMaps(maps_dir)
+        except UnavailableError as err:
+            log.info("no usable pinned maps (%s); loading the programs", err.message)
+            return False
+        return True
+
     def attach(self) -> None:
         """Load and attach (reusing pinned links after a restart), then open the maps."""
         from agent.bpf.loader import Loader
@@ -65,7 +79,8 @@ class Capture:
         loader = Loader(self.scope, pin_root=self.pin_root, outbound_port=self.outbound_port)
         for a in loader.attach(NODE, self.workloads_cgroup):
             log.info("%s %s (link %d)", "reused" if a.reused else "attached", a.function, a.link_id)
-        self.maps = NodeMaps(loader.maps_dir)
+        if self.maps is None:
+            self.maps = NodeMaps(loader.maps_dir)
 
     def enroll(self, state: NodeState) -> None:
         assert self.maps is not None, "attach() first"

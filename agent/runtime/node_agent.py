@@ -163,9 +163,15 @@ class NodeAgent:
             lambda: self.state, original, self.pool, self.inbound, self.telemetry
         )
         await self.outbound.start(str(config.agent_address), config.outbound_port)
-        if self.capture is not None:
-            await asyncio.to_thread(self.capture.attach)
-        self.readiness.capture = True
+        if self.capture is None:
+            self.readiness.capture = True
+        elif self.capture.open_pinned():
+            # A restart: capture is still attached and the maps are pinned; serve at once and
+            # reload the programs in the background.
+            self.readiness.capture = True
+            self._tasks.append(asyncio.create_task(self._attach()))
+        else:
+            await self._attach()
         self.admin = HttpEndpoint(
             {
                 "/config_dump": lambda q: Response.json(self.config_dump()),
@@ -187,7 +193,7 @@ class NodeAgent:
             config.node, config.agent_address, config.outbound_port, config.hbone_port,
             *config.admin_address, *config.metrics_address,
         )  # fmt: skip
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(
                 follow_discovery(
                     config.controller,
@@ -218,6 +224,12 @@ class NodeAgent:
         await client.close()
         if self.capture is not None:
             self.capture.close()  # links and maps stay pinned: capture keeps failing closed
+
+    async def _attach(self) -> None:
+        assert self.capture is not None
+        await asyncio.to_thread(self.capture.attach)
+        self.readiness.capture = True
+        self._dirty.set()
 
     def _disconnected(self, reason: str) -> None:
         self.last_disconnect = reason

@@ -31,7 +31,7 @@ AGENT_METRICS_PORT = 15020
 READY_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class MeshInfo:
     state_dir: Path
     controller: str
@@ -134,17 +134,7 @@ def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
         token_file.write_text(json.loads(token)["token"] + "\n")
         token_file.chmod(0o600)
         progress(f"starting the agent on {node.name}")
-        agent_pids[node.name] = lab.node_spawn(
-            node.name,
-            [
-                *WEFT, "agent", "run", "--node", node.name, "--controller", controller,
-                "--join-token", str(token_file),
-                "--trust-bundle", str(state_dir / "trust-bundle.pem"),
-                "--state-dir", str(directory / "agents" / node.name),
-                "--workloads-cgroup", lab.cgroup_path(node.name) + "/workloads",
-            ],
-            f"agent-{node.name}",
-        )  # fmt: skip
+        agent_pids[node.name] = start_agent(lab, node.name, controller)
     for node_name, pid in agent_pids.items():
         progress(f"waiting for the agent on {node_name} to be ready")
         wait_agent_ready(lab, node_name, pid)
@@ -158,6 +148,35 @@ def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
         )
     )
     return info
+
+
+def agent_argv(lab: Lab, node: str, controller: str) -> list[str]:
+    directory = mesh_dir(lab)
+    return [
+        *WEFT, "agent", "run", "--node", node, "--controller", controller,
+        "--join-token", str(directory / f"{node}.token"),
+        "--trust-bundle", str(directory / "controller" / "trust-bundle.pem"),
+        "--state-dir", str(directory / "agents" / node),
+        "--workloads-cgroup", lab.cgroup_path(node) + "/workloads",
+    ]  # fmt: skip
+
+
+def start_agent(lab: Lab, node: str, controller: str) -> int:
+    """Start (or restart: the saved node certificate is reused) the agent of `node`."""
+    return lab.node_spawn(node, agent_argv(lab, node, controller), f"agent-{node}")
+
+
+def weft_on_control(lab: Lab, *args: str, check: bool = True) -> str:
+    """Run `weft ARGS...` on the control node against the lab's controller, as its admin."""
+    control = next(n for n in lab.topology.nodes if n.role == "control")
+    state_dir = mesh_dir(lab) / "controller"
+    result = lab.node_exec(
+        control.name,
+        [*WEFT, *args, "--controller", f"{control.ip}:{CONTROLLER_GRPC_PORT}",
+         "--admin-credential", str(state_dir / "admin.pem")],
+        check=check,
+    )  # fmt: skip
+    return result.stdout + result.stderr
 
 
 def client_connections_filter(listening_ports: Sequence[int]) -> list[str]:
