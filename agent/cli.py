@@ -182,6 +182,11 @@ def _add_scope(parser: argparse.ArgumentParser) -> None:
 
 
 def register(parser: argparse.ArgumentParser, name: str) -> None:
+    if name in ("certs", "config-dump"):
+        from agent.admin_cli import register_admin_family  # reads the agent's admin port
+
+        register_admin_family(parser, name)
+        return
     if name != "agent":
         parser.set_defaults(func=_not_in_this_build, family=name)
         return

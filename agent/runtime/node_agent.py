@@ -297,6 +297,9 @@ class NodeAgent:
         for identity in sorted(self.state.local_identities()):
             if not self.certs.has(identity):
                 problems.append(f"no certificate for {identity}")
+        for w in self.state.local_workloads():
+            if self.state.in_mesh(w) and w.address not in self.inbound.servers:
+                problems.append(f"no HBONE listener for {workload_name(w)} on {w.address}")
         return problems + self.readiness.problems
 
     def _ready(self, query: object) -> Response:
