@@ -45,9 +45,13 @@ class CertState(StrEnum):
     EXPIRED = "expired"
 
 
-def renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
-    """Renew at half life, as Istio does: half the lifetime is left to retry in."""
-    return not_before + (not_after - not_before) / 2
+def renewal_time(issued_at: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """Renew at half life, as Istio does: half the lifetime is left to retry in.
+
+    Counted from when the agent received the certificate, not from notBefore, which CAs
+    backdate for clock skew (a short-lived SVID would otherwise look due at once).
+    """
+    return issued_at + (not_after - issued_at) / 2
 
 
 @dataclass
@@ -58,6 +62,7 @@ class HeldCertificate:
     key: PrivateKey
     chain_pem: bytes | None = None
     leaf: x509.Certificate | None = None
+    issued_at: dt.datetime | None = None
     failures: int = 0
     last_error: str = ""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -174,10 +179,8 @@ class CertificateManager:
                     "serial": f"{leaf.serial_number:x}" if leaf is not None else "",
                     "not_before": leaf.not_valid_before_utc.isoformat() if leaf else "",
                     "not_after": leaf.not_valid_after_utc.isoformat() if leaf else "",
-                    "renew_at": renewal_time(
-                        leaf.not_valid_before_utc, leaf.not_valid_after_utc
-                    ).isoformat()
-                    if leaf
+                    "renew_at": renewal_time(held.issued_at, leaf.not_valid_after_utc).isoformat()
+                    if leaf and held.issued_at
                     else "",
                     "state": held.state(now).value,
                     "last_error": held.last_error,
@@ -207,7 +210,8 @@ class CertificateManager:
                 continue
             delays = self._backoff.delays()
             assert held.leaf is not None
-            due = renewal_time(held.leaf.not_valid_before_utc, held.leaf.not_valid_after_utc)
+            assert held.issued_at is not None
+            due = renewal_time(held.issued_at, held.leaf.not_valid_after_utc)
             await asyncio.sleep(max(0.0, (due - self._clock()).total_seconds()))
 
     async def renew_once(self, held: HeldCertificate) -> None:
@@ -219,6 +223,7 @@ class CertificateManager:
             raise ValueError("the controller returned an empty certificate chain")
         held.chain_pem = issued.chain_pem
         held.leaf = certs[0]
+        held.issued_at = self._clock()
         held.failures = 0
         held.last_error = ""
         if issued.bundle_pem and issued.bundle_pem != self.bundle_pem:

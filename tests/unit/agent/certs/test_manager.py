@@ -1,0 +1,151 @@
+"""CertificateManager against the controller's real CA code, signing in-process (no gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from agent.certs.manager import CertificateManager, CertState, renewal_time
+from controller.ca import CertificateAuthority, create_root
+from weft.controller_client import Backoff, IssuedCertificate
+from weft.identity import Identity
+from weft.pki import certs_to_pem, parse_csr
+
+CATALOG = Identity.parse("spiffe://cluster.local/ns/shop/sa/catalog")
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class InProcessIssuer:
+    """Stands in for IdentityService.CreateCertificate: signs each CSR with a real CA."""
+
+    def __init__(self, lifetime: dt.timedelta) -> None:
+        root, key = create_root("cluster.local", now())
+        self.ca = CertificateAuthority("cluster.local", root, key)
+        self.lifetime = lifetime
+        self.calls = 0
+        self.fail_next = 0
+
+    @property
+    def bundle(self) -> bytes:
+        return certs_to_pem([self.ca.cert])
+
+    async def __call__(self, csr: bytes) -> IssuedCertificate:
+        self.calls += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("controller unreachable (scripted)")
+        request = parse_csr(csr)
+        chain = self.ca.issue(request.public_key, request.uri, self.lifetime, now())
+        return IssuedCertificate(certs_to_pem(chain), self.bundle)
+
+    def rotate(self) -> None:
+        root, key = create_root("cluster.local", now())
+        self.ca = CertificateAuthority("cluster.local", root, key)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_renewal_is_due_at_half_the_remaining_lifetime() -> None:
+    issued = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert renewal_time(issued, issued + dt.timedelta(hours=24)) == issued + dt.timedelta(hours=12)
+
+
+def test_issues_an_svid_per_identity_and_builds_working_tls_contexts() -> None:
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(hours=1))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG])
+        assert await manager.wait_issued(CATALOG, 5)
+        assert isinstance(manager.server_context(CATALOG), ssl.SSLContext)
+        (row,) = manager.report()
+        assert (row["identity"], row["state"]) == (CATALOG.uri, "valid")
+        manager.ensure([])
+        assert not manager.has(CATALOG)
+        with pytest.raises(LookupError):
+            manager.svid(CATALOG)
+        await manager.close()
+
+    run(scenario)
+
+
+def test_renews_at_half_life_with_the_same_key_and_reloads_the_context_in_place() -> None:
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(seconds=2))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG])
+        await manager.wait_issued(CATALOG, 5)
+        context = manager.client_context(CATALOG)
+        first = manager.report()[0]["serial"]
+        await asyncio.sleep(1.5)  # half of 2 s has passed
+        assert issuer.calls >= 2
+        assert manager.report()[0]["serial"] != first
+        assert manager.client_context(CATALOG) is context  # listeners keep their context
+        await manager.close()
+
+    run(scenario)
+
+
+def test_failed_renewal_keeps_the_valid_cert_and_retries_with_backoff() -> None:
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(seconds=3))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG])
+        await manager.wait_issued(CATALOG, 5)
+        first = manager.report()[0]["serial"]
+        issuer.fail_next = 4
+        await asyncio.sleep(1.6)  # due at 1.5 s; the first retries fail
+        row = manager.report()[0]
+        if row["serial"] == first:  # still failing: the old cert serves on
+            assert row["state"] == CertState.RENEWING.value
+            assert "scripted" in str(row["last_error"])
+            assert manager.has(CATALOG)
+        await asyncio.sleep(1.0)  # 4 failures at <= 0.2 s apart are over
+        row = manager.report()[0]
+        assert row["state"] == CertState.VALID.value
+        assert row["serial"] != first
+        await manager.close()
+
+    run(scenario)
+
+
+def test_an_expired_cert_is_never_used() -> None:
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(seconds=1))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG])
+        await manager.wait_issued(CATALOG, 5)
+        issuer.fail_next = 1000
+        await asyncio.sleep(1.3)
+        assert manager.report()[0]["state"] == CertState.EXPIRED.value
+        assert not manager.has(CATALOG)
+        with pytest.raises(LookupError):
+            manager.client_context(CATALOG)
+        await manager.close()
+
+    run(scenario)
+
+
+def test_a_new_root_from_the_controller_reaches_the_bundle() -> None:
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(seconds=2))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG])
+        await manager.wait_issued(CATALOG, 5)
+        old_bundle = manager.bundle_pem
+        issuer.rotate()
+        await asyncio.sleep(1.3)
+        assert manager.bundle_pem == issuer.bundle != old_bundle
+        assert manager.has(CATALOG)
+        await manager.close()
+
+    run(scenario)
