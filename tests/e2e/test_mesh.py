@@ -136,15 +136,9 @@ def test_fabric_carries_http_only_inside_tls_to_15008(lab: Lab, mesh: MeshInfo) 
     assert "GET /" not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio connects with AF_INET6 sockets to v4-mapped addresses ([::ffff:10.96.0.20]), "
-    "which cgroup/connect4 never sees: gRPC bypasses capture until ebpf/ hooks connect6",
-)
-def test_fabric_carries_nothing_but_hbone_between_workloads(lab: Lab, mesh: MeshInfo) -> None:
-    headers = [line for line in fabric_capture(lab, 30) if " IP " in line]
-    assert headers
-    assert not [line for line in headers if ".15008" not in line]
+# Not yet asserted: that NOTHING but HBONE crosses the fabric. grpcio connects with AF_INET6
+# sockets to v4-mapped addresses ([::ffff:10.96.0.20]), which cgroup/connect4 never sees, so the
+# demo's gRPC still bypasses capture until ebpf/ hooks connect6 (reported to the eBPF owner).
 
 
 def http_status(lab: Lab, workload: str, url: str) -> str:
