@@ -18,8 +18,10 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import Protocol
 
+from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
 from agent.telemetry import ConnectionRecord, Telemetry
+from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, relay
 from weft.hbone.relay import abort_tcp
@@ -117,7 +119,10 @@ def plan_route(
     )  # fmt: skip
 
 
-OriginalDestination = Callable[[tuple[str, int], tuple[str, int]], tuple[IPv4Address, int] | None]
+# (peer, local) of an accepted connection -> (address, port, source cgroup id) it was meant for
+OriginalDestination = Callable[
+    [tuple[str, int], tuple[str, int]], tuple[IPv4Address, int, int] | None
+]
 
 
 class OutboundProxy:
@@ -130,7 +135,10 @@ class OutboundProxy:
         pool: HbonePool,
         local_inbound: LocalInbound,
         telemetry: Telemetry,
+        *,
+        splice_maps: Callable[[], NodeMaps | None] = lambda: None,
     ) -> None:
+        self._splice_maps = splice_maps
         self._state = state
         self._original_destination = original_destination
         self._pool = pool
@@ -175,7 +183,7 @@ class OutboundProxy:
             record.outcome, record.reason = "error", "original destination not recorded"
             abort_tcp(writer)
             return
-        address, port = original
+        address, port, cgroup_id = original
         record.dst = f"{address}:{port}"
         state = self._state()
         source = state.workload_at(IPv4Address(peer[0]))
@@ -212,7 +220,12 @@ class OutboundProxy:
                 abort_tcp(writer)
                 return
             self._telemetry.connection_opened(record)
-            result = await pipe((reader, writer), upstream)
+            maps = self._splice_maps()
+            if maps is not None:
+                record.route = "same-node-splice"
+                result = await splice_connections(maps, (reader, writer), upstream, cgroup_id)
+            else:
+                result = await pipe((reader, writer), upstream)
             record.sent_bytes, record.received_bytes = result.a_to_b, result.b_to_a
             record.outcome = "reset" if result.reset else "ok"
         else:

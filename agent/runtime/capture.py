@@ -92,11 +92,12 @@ class Capture:
 
     def original_destination(
         self, peer: tuple[str, int], local: tuple[str, int]
-    ) -> tuple[IPv4Address, int] | None:
+    ) -> tuple[IPv4Address, int, int] | None:
+        """(address, port, the source workload's cgroup id) of a captured connection."""
         if self.maps is None:
             return None
         found = self.maps.original_destination(peer, local)
-        return None if found is None else (found.addr, found.port)
+        return None if found is None else (found.addr, found.port, found.cgroup_id)
 
     def problems(self) -> list[str]:
         """Enrolled workloads that are not actually captured (fail closed is reported)."""

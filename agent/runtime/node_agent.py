@@ -160,7 +160,12 @@ class NodeAgent:
         self.delivery.install()
         original = self.capture.original_destination if self.capture else _no_capture
         self.outbound = OutboundProxy(
-            lambda: self.state, original, self.pool, self.inbound, self.telemetry
+            lambda: self.state,
+            original,
+            self.pool,
+            self.inbound,
+            self.telemetry,
+            splice_maps=lambda: self.capture.maps if self.capture is not None else None,
         )
         await self.outbound.start(str(config.agent_address), config.outbound_port)
         if self.capture is None:
