@@ -23,7 +23,7 @@ from agent.state import NodeState, endpoints_in_order, workload_name
 from agent.telemetry import ConnectionRecord, Telemetry
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
-from weft.hbone import HboneError, HbonePool, relay
+from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
 from weft.hbone.relay import abort_tcp
 from weft.identity import Identity
 from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Workload
@@ -278,7 +278,7 @@ class OutboundProxy:
             )
         except (HboneError, LookupError) as err:
             record.outcome, record.reason = "unavailable", str(err)
-            if "401" in str(err):
+            if isinstance(err, TunnelRefusedError) and err.status == 401:
                 record.outcome = "denied"
             abort_tcp(writer)
             return

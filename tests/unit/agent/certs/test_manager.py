@@ -10,45 +10,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from agent.certs.manager import CertificateManager, CertState, renewal_time
-from controller.ca import CertificateAuthority, create_root
-from weft.controller_client import Backoff, IssuedCertificate
+from tests.unit.agent.issuer import InProcessIssuer
+from weft.controller_client import Backoff
 from weft.identity import Identity
-from weft.pki import certs_to_pem, parse_csr
 
 CATALOG = Identity.parse("spiffe://cluster.local/ns/shop/sa/catalog")
 FAST = Backoff(initial=0.05, maximum=0.2)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class InProcessIssuer:
-    """Stands in for IdentityService.CreateCertificate: signs each CSR with a real CA."""
-
-    def __init__(self, lifetime: dt.timedelta) -> None:
-        root, key = create_root("cluster.local", now())
-        self.ca = CertificateAuthority("cluster.local", root, key)
-        self.lifetime = lifetime
-        self.calls = 0
-        self.fail_next = 0
-
-    @property
-    def bundle(self) -> bytes:
-        return certs_to_pem([self.ca.cert])
-
-    async def __call__(self, csr: bytes) -> IssuedCertificate:
-        self.calls += 1
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ConnectionError("controller unreachable (scripted)")
-        request = parse_csr(csr)
-        chain = self.ca.issue(request.public_key, request.uri, self.lifetime, now())
-        return IssuedCertificate(certs_to_pem(chain), self.bundle)
-
-    def rotate(self) -> None:
-        root, key = create_root("cluster.local", now())
-        self.ca = CertificateAuthority("cluster.local", root, key)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,192 @@
+"""Outbound agent -> HBONE (real mTLS) -> inbound agent -> workload, all on loopback, no root.
+
+Two agents' data paths run in one process: node1's OutboundProxy and node2's Inbound, each with
+its own CertificateManager fed by the real CA. Only the kernel's original-destination map is
+replaced (FakeOriginalDestinations): capture itself is tested in tests/kernel and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address
+
+from agent.certs.manager import CertificateManager
+from agent.inbound import Inbound
+from agent.outbound import OutboundProxy
+from agent.telemetry import Telemetry
+from tests.unit.agent.issuer import InProcessIssuer
+from tests.unit.agent.mesh_config import node_state
+from weft.hbone import HbonePool
+
+# Loopback addresses play the workloads: frontend on node1, catalog (the server) on node2.
+CLUSTER = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {weft.io/dataplane-mode: ambient}}
+---
+apiVersion: weft.io/v1
+kind: Workload
+metadata: {name: frontend, namespace: shop, labels: {app: frontend}}
+spec: {address: 127.0.0.3, node: node1, serviceAccount: frontend}
+---
+apiVersion: weft.io/v1
+kind: Workload
+metadata: {name: catalog, namespace: shop, labels: {app: catalog}}
+spec: {address: 127.0.0.2, node: node2, serviceAccount: catalog}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: catalog}
+  ports: [{name: tcp, port: 7000, targetPort: 7000}]
+"""
+DENY_FRONTEND = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-frontend, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
+"""
+
+
+class FakeOriginalDestinations:
+    """Stands in for the pinned weft_orig_tp map: every connection was meant for `target`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = (IPv4Address(target[0]), target[1], 0)
+
+    def __call__(
+        self, peer: tuple[str, int], local: tuple[str, int]
+    ) -> tuple[IPv4Address, int, int] | None:
+        return self.target
+
+
+async def echo_server(host: str, port: int) -> asyncio.Server:
+    """The workload: echoes, and half-closes after the client does."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(echo, host, port, reuse_address=True)
+
+
+async def through_mesh(
+    extra_policy: str,
+    target: tuple[str, int],
+    client: Callable[[int], Awaitable[object]],
+) -> tuple[object, Telemetry, Telemetry]:
+    issuer = InProcessIssuer(dt.timedelta(hours=1))
+    node1 = node_state("node1", CLUSTER)
+    node2 = node_state("node2", CLUSTER, extra_policy)
+    certs1 = CertificateManager(issuer, issuer.bundle)
+    certs2 = CertificateManager(issuer, issuer.bundle)
+    certs1.ensure(node1.local_identities())
+    certs2.ensure(node2.local_identities())
+    for certs, state in ((certs1, node1), (certs2, node2)):
+        for identity in state.local_identities():
+            assert await certs.wait_issued(identity, 5)
+    tel1, tel2 = Telemetry(), Telemetry()
+    inbound2 = Inbound(lambda: node2, certs2, tel2, IPv4Address("127.0.0.1"))
+    await inbound2.sync()
+    inbound1 = Inbound(lambda: node1, certs1, tel1, IPv4Address("127.0.0.1"))
+    pool = HbonePool(certs1.client_context)
+    outbound = OutboundProxy(lambda: node1, FakeOriginalDestinations(target), pool, inbound1, tel1)
+    await outbound.start("127.0.0.1", 0)
+    assert outbound._server is not None
+    port = outbound._server.sockets[0].getsockname()[1]
+    server = await echo_server("127.0.0.2", 7000)
+    try:
+        result = await client(port)
+    finally:
+        server.close()
+        await outbound.close()
+        await inbound2.close()
+        await pool.close()
+        await certs1.close()
+        await certs2.close()
+    return result, tel1, tel2
+
+
+def as_frontend(payload: bytes) -> Callable[[int], Awaitable[bytes | str]]:
+    """A client connecting from the frontend's address: send, half-close, read to the end."""
+
+    async def client(port: int) -> bytes | str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.3", 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        try:
+            data = await reader.read()
+        except ConnectionResetError:
+            return "reset"
+        finally:
+            writer.close()
+        return data
+
+    return client
+
+
+def run(coroutine: Awaitable[tuple[object, Telemetry, Telemetry]]) -> tuple[object, ...]:
+    async def bounded() -> tuple[object, Telemetry, Telemetry]:
+        return await asyncio.wait_for(coroutine, 20)
+
+    return asyncio.run(bounded())
+
+
+def sample(telemetry: Telemetry, name: str, **labels: str) -> float:
+    total = 0.0
+    for metric in telemetry.registry.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_service_traffic_crosses_hbone_with_half_close_and_is_counted_on_both_sides() -> None:
+    payload = b"weft" * 50_000
+    data, tel1, tel2 = run(through_mesh("", ("10.96.0.11", 7000), as_frontend(payload)))
+    assert data == payload
+    assert isinstance(tel1, Telemetry)
+    assert isinstance(tel2, Telemetry)
+    assert sample(tel1, "istio_tcp_connections_opened_total", reporter="source") == 1
+    assert sample(tel1, "istio_tcp_sent_bytes_total", destination_service="catalog.shop") == len(
+        payload
+    )
+    assert sample(
+        tel2,
+        "istio_tcp_received_bytes_total",
+        reporter="destination",
+        source_principal="spiffe://cluster.local/ns/shop/sa/frontend",
+        destination_workload="catalog",
+    ) == len(payload)
+
+
+def test_denied_at_the_destination_the_client_sees_its_connection_fail() -> None:
+    data, _, tel2 = run(through_mesh(DENY_FRONTEND, ("10.96.0.11", 7000), as_frontend(b"hello")))
+    assert data in (b"", "reset")
+    assert isinstance(tel2, Telemetry)
+    assert sample(tel2, "weft_connections_refused_total", reason="denied") == 1
+    assert sample(tel2, "istio_tcp_connections_opened_total") == 0
+
+
+def test_unreachable_workload_port_resets_the_client() -> None:
+    data, tel1, _ = run(through_mesh("", ("127.0.0.2", 7999), as_frontend(b"hello")))
+    assert data in (b"", "reset")
+    assert isinstance(tel1, Telemetry)
+    assert sample(tel1, "weft_connections_refused_total", reason="unavailable") == 1
