@@ -70,9 +70,12 @@ def split_authority(authority: str) -> tuple[IPv4Address, int]:
     """`ip:port` -> (ip, port); LookupError (answered 503) for anything else."""
     host, _, port = authority.rpartition(":")
     try:
-        return IPv4Address(host), int(port)
+        address, number = IPv4Address(host), int(port)
     except ValueError:
         raise LookupError(f"authority {authority!r} is not ip:port") from None
+    if not 0 < number < 65536:
+        raise LookupError(f"authority {authority!r}: port out of range")
+    return address, number
 
 
 class _CountingProtocol(asyncio.StreamReaderProtocol):

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.admin import parse_request_line
+from agent.inbound import forwarded_for, split_authority
+
+
+def test_forwarded_for_reads_rfc7239_for_with_or_without_quotes_and_port() -> None:
+    assert forwarded_for((("forwarded", "for=10.88.1.2"),)) == IPv4Address("10.88.1.2")
+    assert forwarded_for((("Forwarded", 'proto=tcp; for="10.88.1.2:5555"'),)) == IPv4Address(
+        "10.88.1.2"
+    )
+    assert forwarded_for((("forwarded", "for=unknown"),)) is None
+    assert forwarded_for((("baggage", "for=10.0.0.1"),)) is None
+
+
+def test_authority_must_be_ip_and_port() -> None:
+    assert split_authority("10.88.2.2:8080") == (IPv4Address("10.88.2.2"), 8080)
+    for bad in (
+        "catalog:8080",
+        "10.88.2.2",
+        "10.88.2.2:http",
+        ":80",
+        "10.0.0.1:0",
+        "10.0.0.1:70000",
+    ):
+        with pytest.raises(LookupError):
+            split_authority(bad)
+
+
+@given(st.text(max_size=200))
+def test_any_forwarded_header_value_parses_or_is_ignored(value: str) -> None:
+    result = forwarded_for((("forwarded", value),))
+    assert result is None or isinstance(result, IPv4Address)
+
+
+@given(st.text(max_size=100))
+def test_any_authority_is_split_or_refused_with_lookup_error(authority: str) -> None:
+    try:
+        address, port = split_authority(authority)
+    except LookupError:
+        return
+    assert isinstance(address, IPv4Address)
+    assert 0 < port < 65536
+
+
+@given(st.binary(max_size=300))
+def test_any_request_head_parses_or_raises_value_error(head: bytes) -> None:
+    try:
+        method, path, query = parse_request_line(head)
+    except ValueError:
+        return
+    assert isinstance(method, str)
+    assert isinstance(path, str)
+    assert isinstance(query, dict)
