@@ -26,7 +26,7 @@ from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
 from weft.hbone.relay import abort_tcp
 from weft.identity import Identity
-from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Workload
+from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Workload
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ HBONE_PORT = 15008
 class RouteKind(StrEnum):
     SAME_NODE = "same-node"
     HBONE = "hbone"
+    WAYPOINT = "waypoint"
     PASSTHROUGH = "passthrough"
     REFUSED = "refused"
 
@@ -49,6 +50,7 @@ class Route:
     service: str = ""  # "<name>.<namespace>" when the destination was a service
     peer: tuple[str, int] | None = None  # HBONE: the destination node agent
     reason: str = ""
+    waypoint: Waypoint | None = None  # WAYPOINT: tunnel to it with the VIP as authority
 
 
 class LoadBalancer:
@@ -83,13 +85,21 @@ def plan_route(
     balancer: LoadBalancer,
     address: IPv4Address,
     port: int,
+    source: IPv4Address | None = None,
 ) -> Route:
-    """Where a captured connection to address:port goes."""
+    """Where a captured connection from `source` to address:port goes."""
     service_name = ""
     target = state.service_target(address, port)
     if target is not None:
         service = target.service
         service_name = f"{service.metadata.name}.{service.metadata.namespace}"
+        waypoint = state.waypoint_for(service)
+        # The waypoint's own connections to the service's endpoints must not come back to it.
+        if waypoint is not None and waypoint.address != source:
+            return Route(
+                RouteKind.WAYPOINT, address, port, service=service_name,
+                peer=(str(waypoint.address), waypoint.port), waypoint=waypoint,
+            )  # fmt: skip
         endpoints = endpoints_in_order(target.endpoints)
         if not endpoints:
             return Route(
@@ -195,7 +205,7 @@ class OutboundProxy:
         record.source_workload = source.metadata.name
         record.source_namespace = source.metadata.namespace
         record.source_principal = source_identity.uri
-        route = plan_route(state, self.balancer, address, port)
+        route = plan_route(state, self.balancer, address, port, IPv4Address(peer[0]))
         record.route = route.kind.value
         record.destination_service = route.service
         record.endpoint = f"{route.address}:{route.port}"
@@ -228,6 +238,16 @@ class OutboundProxy:
                 result = await pipe((reader, writer), upstream)
             record.sent_bytes, record.received_bytes = result.a_to_b, result.b_to_a
             record.outcome = "reset" if result.reset else "ok"
+        elif route.kind == RouteKind.WAYPOINT:
+            assert route.waypoint is not None
+            waypoint_identity = Identity.for_workload(
+                route.waypoint.metadata.namespace, route.waypoint.service_account,
+                state.trust_domain,
+            )  # fmt: skip
+            await self._hbone(
+                reader, writer, state=state, source=source_identity, route=route, peer=peer,
+                record=record, destination=waypoint_identity,
+            )  # fmt: skip
         else:
             await self._hbone(
                 reader, writer, state=state, source=source_identity, route=route, peer=peer,
@@ -264,10 +284,12 @@ class OutboundProxy:
         route: Route,
         peer: tuple[str, int],
         record: ConnectionRecord,
+        destination: Identity | None = None,
     ) -> None:
-        assert route.endpoint is not None
         assert route.peer is not None
-        destination = state.identity(route.endpoint)
+        if destination is None:
+            assert route.endpoint is not None
+            destination = state.identity(route.endpoint)
         record.security = "mutual_tls"
         record.destination_principal = destination.uri
         authority = f"{route.address}:{route.port}"

@@ -24,6 +24,8 @@ from weft.model import (
     ResourceKey,
     Service,
     ServicePort,
+    Waypoint,
+    WaypointTrafficType,
     Workload,
     WorkloadSelector,
 )
@@ -121,6 +123,19 @@ class NodeState:
                 if service_port.port == port:
                     endpoints = tuple(w for w in self.workloads() if service.selects(w))
                     return ServiceTarget(service, service_port, endpoints)
+        return None
+
+    def waypoint_for(self, service: Service) -> Waypoint | None:
+        """The waypoint a service uses (its label, else its namespace's), if it exists."""
+        name = service.use_waypoint
+        if name is None:
+            namespace = self.namespace(service.metadata.namespace)
+            name = namespace.use_waypoint if namespace is not None else None
+        if name is None:
+            return None
+        found = self.resources.get(ResourceKey(Kind.WAYPOINT, service.metadata.namespace, name))
+        if isinstance(found, Waypoint) and found.traffic_type != WaypointTrafficType.WORKLOAD:
+            return found
         return None
 
     def services_of(self, workload: Workload) -> list[Service]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from agent.outbound import LoadBalancer, RouteKind, plan_route
-from tests.unit.agent.mesh_config import node_state
+from tests.unit.agent.mesh_config import SHOP, node_state
 
 
 def route(node: str, address: str, port: int, balancer: LoadBalancer | None = None):  # type: ignore[no-untyped-def]
@@ -50,3 +50,30 @@ def test_service_without_endpoints_is_refused_not_bypassed() -> None:
     r = route("node1", "10.96.0.30", 8080)
     assert r.kind == RouteKind.REFUSED
     assert "no endpoints" in r.reason
+
+
+WAYPOINT = """\
+apiVersion: weft.io/v1
+kind: Waypoint
+metadata: {name: shop-waypoint, namespace: shop}
+spec: {address: 10.88.2.50, node: node2}
+"""
+
+
+def test_service_with_a_waypoint_is_tunnelled_to_the_waypoint_with_the_vip_as_authority() -> None:
+    labelled = SHOP.replace(
+        "metadata: {name: catalog, namespace: shop}\nspec:\n  clusterIP",
+        "metadata: {name: catalog, namespace: shop, labels: {weft.io/use-waypoint: shop-waypoint}}"
+        "\nspec:\n  clusterIP",
+    )
+    state = node_state("node1", labelled, WAYPOINT)
+    r = plan_route(state, LoadBalancer(), IPv4Address("10.96.0.11"), 8080, IPv4Address("10.88.1.2"))
+    assert r.kind == RouteKind.WAYPOINT
+    assert (str(r.address), r.port, r.peer) == ("10.96.0.11", 8080, ("10.88.2.50", 15008))
+    # the waypoint's own connection to the service goes to an endpoint, not back to itself
+    r = plan_route(
+        state, LoadBalancer(), IPv4Address("10.96.0.11"), 8080, IPv4Address("10.88.2.50")
+    )
+    assert r.kind == RouteKind.HBONE
+    # a service without the label is not sent to the waypoint
+    assert route("node1", "10.96.0.12", 80).kind != RouteKind.WAYPOINT
