@@ -325,3 +325,30 @@ def test_same_node_connections_are_spliced_in_the_kernel(lab: Lab, mesh: MeshInf
     assert result.returncode == 0, result.stdout + result.stderr
     # frontend -> reviews-v1 and loadgen -> frontend stay on node1: the kernel moves their bytes
     assert spliced_bytes() > before
+
+
+STRICT_SHOP = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def test_strict_peer_authentication_drops_plaintext_from_outside_the_mesh(
+    lab: Lab, mesh: MeshInfo, tmp_path: Path
+) -> None:
+    catalog_direct = f"http://{lab.workload_ip('catalog')}:8080/products"
+    assert http_status(lab, "legacy-client", catalog_direct) == "200"  # PERMISSIVE by default
+    policy = tmp_path / "strict.yaml"
+    policy.write_text(STRICT_SHOP)
+    weft_on_control(lab, "apply", "-f", str(policy))
+    try:
+        # a client outside the mesh can no longer reach the pod around the agent...
+        wait_for(lambda: http_status(lab, "legacy-client", catalog_direct) == "000")
+        # ...while meshed callers, delivered by the agent, still can
+        assert http_status(lab, "frontend", CATALOG) == "200"
+        assert http_status(lab, "loadgen", catalog_direct) == "200"
+    finally:
+        weft_on_control(lab, "delete", "-f", str(policy))
+    wait_for(lambda: http_status(lab, "legacy-client", catalog_direct) == "200")
