@@ -78,7 +78,10 @@ async def splice_connections(
         result.a_to_b = len(down_early) + relayed[0] + in_kernel[0]
         result.b_to_a = len(up_early) + relayed[1] + in_kernel[1]
     finally:
-        splice.stop()
+        # At agent shutdown the maps may already be closed; the sockets leave the sockhash
+        # by themselves when they close.
+        with contextlib.suppress(OSError):
+            splice.stop()
         for sock in (down, up):
             if result.reset:
                 with contextlib.suppress(OSError):
