@@ -10,6 +10,7 @@ every agent answers /healthz/ready. Processes go through the lab (node_spawn), s
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -96,13 +97,15 @@ def _quiet(_: str) -> None:
 def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
     """Start the controller and the agents in the running lab `lab` and wait until ready."""
     directory = mesh_dir(lab)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # A new mesh starts from nothing: resources, tokens and node certificates of an earlier
+    # one (another CA, policies a test left behind) must not leak into it.
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
     control = next(n for n in lab.topology.nodes if n.role == "control")
     state_dir = directory / "controller"
     controller = f"{control.ip}:{CONTROLLER_GRPC_PORT}"
     progress("initializing the controller (CA, store)")
-    if not (state_dir / "trust-bundle.pem").exists():
-        lab.node_exec(control.name, [*WEFT, "controller", "init", "--state-dir", str(state_dir)])
+    lab.node_exec(control.name, [*WEFT, "controller", "init", "--state-dir", str(state_dir)])
     progress(f"starting the controller on {control.name} ({controller})")
     controller_pid = lab.node_spawn(
         control.name,
@@ -187,14 +190,14 @@ def client_connections_filter(listening_ports: Sequence[int]) -> list[str]:
     return ["state", "established", f"( {served} )"]
 
 
-def reset_preexisting_connections(lab: Lab) -> None:
+def reset_preexisting_connections(lab: Lab, namespaces: Sequence[str] | None = None) -> None:
     """Reset the client connections of meshed workloads (`ss -K`).
 
     Capture acts on connect(): a keep-alive connection opened before the mesh would carry
     traffic around it for as long as it lives. Restarting pods does this in Kubernetes; the
     lab kills those sockets instead, and the clients reconnect, through the mesh.
     """
-    meshed = {ns.name for ns in lab.topology.demo.namespaces if ns.in_mesh}
+    meshed = set(namespaces or [ns.name for ns in lab.topology.demo.namespaces if ns.in_mesh])
     for w in lab.workloads():
         if w.namespace in meshed:
             lab.exec(w.name, ["ss", "-K", "-tn", *client_connections_filter(w.ports)], check=False)
