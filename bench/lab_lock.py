@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vm.lab.session import SESSION_LOCK
 from weft.errors import ConflictError
 
-LAB_SESSION_LOCK = Path("/run/weft/lab-session.lock")  # the path vm.lab.pytest_plugin locks
+LAB_SESSION_LOCK = SESSION_LOCK  # vm.lab owns the path; its pytest plugin locks the same file
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.listening import wait_listening
 from bench.loads.catalog import SERVICE_PORTS
+from bench.mesh_testbed import BenchMesh, acquire_mesh, release_mesh, verify_through_mesh
 from bench.peer_configs import haproxy_config, stunnel_client_config, stunnel_server_config
 from bench.pki import create_peer_pki
 from bench.priority import prioritized
@@ -171,28 +172,57 @@ class HaproxyPath(BenchPath):
 
 
 class MeshPath(BenchPath):
-    """A path through Weft itself; available once its component exists and is wired in here."""
+    """A path through Weft itself: meshed twins of the bench workloads, captured by the agents."""
 
     component_modules: tuple[str, ...] = ("agent.main", "agent.cli")  # what runs `weft agent`
     component_name = "node agent"
+    same_node = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mesh: BenchMesh | None = None
 
     def availability(self) -> str | None:
         if not any(_module_exists(name) for name in self.component_modules):
             missing = " and ".join(self.component_modules)
             return f"{self.component_name} not built yet ({missing} missing)"
-        return (
-            f"{self.component_name} exists, but bench/paths.py {type(self).__name__}.setup does "
-            "not yet enroll the bench workloads with it"
-        )
+        return None
 
     def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
-        raise NotImplementedError(self.availability())
+        mesh = acquire_mesh(testbed, layout, self.name)
+        self._mesh = mesh
+        meshed = mesh.layout
+        server = meshed.local_server if self.same_node else meshed.remote_server
+        nodes = [meshed.client_node] if self.same_node else [meshed.client_node, meshed.server_node]
+        for node in nodes:
+            self._processes[mesh.agent_pid(node)] = f"weft-agent-{node}"
+        target = PathTarget(meshed.client, _direct_addresses(mesh.lab, server))
+        ip, port = target.addresses["http"]
+
+        def probe() -> None:
+            mesh.lab.exec(
+                meshed.client, ["curl", "-sS", "-o", "/dev/null", "-m", "5", f"http://{ip}:{port}/"]
+            )
+
+        # The source side counts every captured connection; cross-node, the destination agent
+        # must count it too (it arrived over HBONE, not around the mesh).
+        verify_through_mesh(mesh.lab, meshed.client_node, "source", probe, self.name)
+        if not self.same_node:
+            verify_through_mesh(mesh.lab, meshed.server_node, "destination", probe, self.name)
+        return target
+
+    def teardown(self) -> None:
+        self._processes.clear()  # the agents are the mesh's: release_mesh stops them
+        if self._mesh is not None:
+            release_mesh(self._mesh, self.name)
+            self._mesh = None
 
 
 class WeftSameNodePath(MeshPath):
     name = "weft-same-node"
     description = "Weft L4, client and server on one node (eBPF capture, in-kernel splice)"
     baseline = "direct-same-node"
+    same_node = True
 
 
 class WeftCrossNodePath(MeshPath):
@@ -208,6 +238,17 @@ class WeftWaypointPath(MeshPath):
     loads = HTTP_LOADS
     component_modules = ("waypoint.main", "waypoint.cli")
     component_name = "waypoint"
+
+    def availability(self) -> str | None:
+        return (
+            "not wired into the bench yet: it needs a Service VIP with weft.io/use-waypoint, a "
+            "Waypoint resource and `weft waypoint run` with an SVID for it in a meshed workload "
+            "(the agent routes only service VIPs to a waypoint; the bench connects to workload "
+            "addresses)"
+        )
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        raise NotImplementedError(self.availability())
 
 
 PATH_TYPES: tuple[type[BenchPath], ...] = (
