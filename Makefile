@@ -17,8 +17,11 @@ setup:           ## install system packages, kernel headers links, bpffs, the vi
 	bash scripts/setup.sh
 
 demo: setup      ## THE MAIN JOB: bring up a 3-node lab with the demo shop and show meshed traffic
-	$(WEFT) lab up --demo --replace
+	$(WEFT) lab up --demo --mesh --replace
 	$(WEFT) lab traffic --requests 200
+	@echo "--- what the node agents carried (Istio metrics on :15020 in each node) ---"
+	@for n in node1 node2; do $(WEFT) lab exec $$n -- curl -s http://127.0.0.1:15020/metrics \
+	  | grep -E '^istio_tcp_connections_opened_total' | sed "s/^/$$n: /" | head -n 8; done
 	@echo "the lab keeps running: 'sudo $(WEFT) lab status', 'sudo $(WEFT) lab down' to remove it"
 
 test: setup      ## THE WHOLE SUITE: lint, types, import contracts, unit, kernel and lab tests
