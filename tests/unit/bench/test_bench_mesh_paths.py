@@ -74,3 +74,8 @@ def test_bench_resources_opt_the_namespace_in_and_select_each_server_by_its_app_
     assert len({spec["clusterIP"] for spec in services.values()}) == 2
     http = [p for p in services["mesh-server"]["ports"] if p["port"] == 8080]
     assert http == [{"name": "tcp-http", "port": 8080, "targetPort": 8080}]
+
+
+@pytest.mark.parametrize("name", ["weft-same-node", "weft-cross-node"])
+def test_l4_meshed_paths_skip_grpc_which_capture_cannot_see_yet(name: str) -> None:
+    assert make_path(name).loads == {"bulk", "rr", "connrate", "http1", "http16"}
