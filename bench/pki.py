@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from weft.pki import build_self_signed_ca
+
 SERVER_NAME = "bench-server"
 CLIENT_NAME = "bench-client"
 
@@ -71,30 +73,12 @@ def create_peer_pki(directory: Path) -> PeerPki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("weft-bench peer CA")
     now = datetime.datetime.now(datetime.UTC)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca_cert = build_self_signed_ca(
+        ca_name,
+        ca_key,
+        now - datetime.timedelta(minutes=5),
+        now + datetime.timedelta(days=1),
+        path_length=0,
     )
     pki = PeerPki(
         ca_cert=directory / "ca.pem",
