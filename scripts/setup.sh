@@ -16,7 +16,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
   python3-venv python3-dev gcc
-  iproute2 nftables util-linux procps psmisc systemd curl
+  iproute2 nftables util-linux procps psmisc systemd curl openssl
   iperf3 stunnel4 haproxy wrk tcpdump
   vagrant vagrant-libvirt
 )
