@@ -46,7 +46,10 @@ static __always_inline void weft_forget(struct bpf_sock_ops *skops)
 
 int weft_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET)
+	/* AF_INET6 too: an IPv6 socket connected to a v4-mapped address (cgroup/connect6 captured
+	 * it) is IPv4 on the wire, and local_ip4/remote_ip4 hold its IPv4 addresses. Native IPv6
+	 * connections are never in weft_orig_ck, so the lookups below leave them alone. */
+	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return WEFT_SOCKOPS_DONE;
 
 	switch (skops->op) {

@@ -35,6 +35,16 @@ GETPEERNAME4 = ProgramSpec(
     ProgType.CGROUP_SOCK_ADDR,
     AttachType.CGROUP_INET4_GETPEERNAME,
 )
+# grpcio and other dual-stack clients dial IPv4 destinations as ::ffff:a.b.c.d from AF_INET6.
+CONNECT6 = ProgramSpec(
+    "weft_connect6", "weft_connect.c", ProgType.CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_CONNECT
+)
+GETPEERNAME6 = ProgramSpec(
+    "weft_getpeername6",
+    "weft_connect.c",
+    ProgType.CGROUP_SOCK_ADDR,
+    AttachType.CGROUP_INET6_GETPEERNAME,
+)
 
 SOCKOPS = ProgramSpec(
     "weft_sockops", "weft_sockops.c", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS
@@ -52,5 +62,7 @@ SPLICE_VERDICT = ProgramSpec(
 
 # Outbound capture: what a node agent attaches to its workloads' cgroup.
 CAPTURE: tuple[ProgramSpec, ...] = (CONNECT4, GETPEERNAME4, SOCKOPS)
+# Outbound capture of AF_INET6 sockets dialing v4-mapped addresses (needs SOCKOPS of CAPTURE).
+CAPTURE_V4_MAPPED: tuple[ProgramSpec, ...] = (CONNECT6, GETPEERNAME6)
 # Everything a node agent runs: capture, STRICT inbound, same-node splice.
-NODE: tuple[ProgramSpec, ...] = (*CAPTURE, INBOUND, SPLICE_VERDICT)
+NODE: tuple[ProgramSpec, ...] = (*CAPTURE, *CAPTURE_V4_MAPPED, INBOUND, SPLICE_VERDICT)
