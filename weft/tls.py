@@ -82,12 +82,13 @@ def _base_context(protocol: int, svid: Svid, trust_bundle_pem: bytes) -> ssl.SSL
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols([ALPN_HBONE])
-    _load_trust_bundle(context, trust_bundle_pem)
-    _load_svid(context, svid)
+    load_trust_bundle(context, trust_bundle_pem)
+    load_svid(context, svid)
     return context
 
 
-def _load_trust_bundle(context: ssl.SSLContext, trust_bundle_pem: bytes) -> None:
+def load_trust_bundle(context: ssl.SSLContext, trust_bundle_pem: bytes) -> None:
+    """Trust `trust_bundle_pem` in `context`; also used to pick up a root rotation in place."""
     try:
         # A bundle holds every root of the trust domain (more than one during a root rotation).
         context.load_verify_locations(cadata=trust_bundle_pem.decode("ascii"))
@@ -98,7 +99,8 @@ def _load_trust_bundle(context: ssl.SSLContext, trust_bundle_pem: bytes) -> None
         ) from error
 
 
-def _load_svid(context: ssl.SSLContext, svid: Svid) -> None:
+def load_svid(context: ssl.SSLContext, svid: Svid) -> None:
+    """Present `svid` from `context`; also used to swap in a renewed SVID in place."""
     with _memory_file(svid.chain_pem + b"\n" + svid.key_pem) as path:
         try:
             context.load_cert_chain(path)

@@ -21,9 +21,7 @@ from cryptography import x509
 from weft.controller_client import Backoff, IssuedCertificate
 from weft.identity import Identity
 from weft.pki import PrivateKey, build_csr, certs_from_pem, generate_key, key_to_pem
-
-# Private in weft.tls; asked the HBONE owner for a public reload_svid() (see the report).
-from weft.tls import Svid, _load_svid, _load_trust_bundle, client_context, server_context
+from weft.tls import Svid, client_context, load_svid, load_trust_bundle, server_context
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +159,9 @@ class CertificateManager:
             # A listener holds on to its context: renewal and rotation reload it in place, so
             # new handshakes get the new SVID and roots and open connections are left alone.
             if cached[1] != self.bundle_pem:
-                _load_trust_bundle(context, self.bundle_pem)
+                load_trust_bundle(context, self.bundle_pem)
             if cached[0] != svid.chain_pem:
-                _load_svid(context, svid)
+                load_svid(context, svid)
         self._contexts[(identity, server)] = (svid.chain_pem, self.bundle_pem, context)
         return context
 
