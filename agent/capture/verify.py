@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.bpf import libbpf
 from agent.bpf.links import cgroup_id, cgroup_programs, pinned_links
 from agent.bpf.maps import Mode, NodeMaps
-from agent.bpf.programs import CAPTURE
+from agent.bpf.programs import CAPTURE, CAPTURE_V4_MAPPED
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def verify_capture(
     for name, cgroup in workloads.items():
         enrollment = maps.enrollment(cgroup_id(cgroup))
         missing = []
-        for spec in CAPTURE:
+        # A workload is captured only if IPv6 sockets dialing v4-mapped addresses are too.
+        for spec in (*CAPTURE, *CAPTURE_V4_MAPPED):
             link = links.get(spec.function)
             effective = cgroup_programs(cgroup, libbpf.AttachType(spec.attach_type), effective=True)
             if link is None or link.prog_id not in effective:

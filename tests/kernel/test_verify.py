@@ -50,7 +50,13 @@ def test_enrolled_workload_outside_the_attach_point_is_reported_not_captured(nod
     node.maps.enroll(cgroup_id(outside), AMBIENT)
     [state] = verify_capture(node.loader.links_dir, node.maps, {"stray": outside})
     assert not state.captured
-    assert state.missing == ("weft_connect4", "weft_getpeername4", "weft_sockops")
+    assert state.missing == (
+        "weft_connect4",
+        "weft_getpeername4",
+        "weft_sockops",
+        "weft_connect6",
+        "weft_getpeername6",
+    )
     problem = state.problem(Mode.AMBIENT)
     assert problem is not None
     assert "NOT captured" in problem
