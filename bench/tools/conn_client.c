@@ -1,17 +1,20 @@
 /* conn_client: new connections per second, each carrying one SIZE-byte exchange.
  *
- * One connection at a time: connect, send SIZE bytes, read SIZE bytes back (echo_server), close.
- * Stops after SECONDS or MAX_CONNS connections, whichever comes first, or after 100 failures.
- * Records how long connect() itself took, which is what eBPF capture adds to, and the whole
- * connection's lifetime.
+ * Each of CONCURRENCY threads (default 1) loops: connect, send SIZE bytes, read SIZE bytes back
+ * (echo_server), close. One thread measures a connection's latency (the path's round trips);
+ * several measure a connection *rate* under concurrency, which is what a proxy's per-connection
+ * CPU cost limits and what operators see. Stops after SECONDS or MAX_CONNS connections in all,
+ * whichever comes first, or after 100 failures in all. Records how long connect() itself took,
+ * which is what eBPF capture adds to, and the whole connection's lifetime.
  *
- * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS
+ * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY]
  * stdout: "connections N failures F elapsed_ns E" then "CONNECT_NS TOTAL_NS" per connection.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,16 @@
 #include <unistd.h>
 
 #define MAX_FAILURES 100
+#define MAX_CONCURRENCY 256
+
+static struct sockaddr_in target;
+static size_t size;
+static uint64_t start_ns, limit_ns;
+static long max_conns;
+static uint32_t *connect_ns, *total_ns;
+static long next_slot;              /* connections completed, in all threads (atomic) */
+static long failures;               /* atomic */
+static const char *last_error = ""; /* a static string; a racy write of a pointer is harmless */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -43,53 +56,84 @@ static int full_io(int fd, char *buf, size_t len, int writing) {
 
 static uint32_t clamp32(uint64_t v) { return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v; }
 
-int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS\n");
-        return 2;
-    }
-    size_t size = (size_t)atol(argv[3]);
-    uint64_t limit_ns = (uint64_t)(atof(argv[4]) * 1e9);
-    long max_conns = atol(argv[5]);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
-    if (size == 0 || max_conns <= 0 || inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1) {
-        fprintf(stderr, "conn_client: bad arguments\n");
-        return 2;
-    }
+static void fail(const char *why) {
+    last_error = why;
+    __atomic_fetch_add(&failures, 1, __ATOMIC_RELAXED);
+}
+
+static void *loop(void *unused) {
+    (void)unused;
     char *buf = malloc(size);
-    uint32_t *connect_ns = malloc(sizeof(uint32_t) * (size_t)max_conns);
-    uint32_t *total_ns = malloc(sizeof(uint32_t) * (size_t)max_conns);
+    if (buf == NULL)
+        return NULL;
     memset(buf, 'x', size);
-    long done = 0, failures = 0;
-    const char *last_error = "";
-    uint64_t start = now_ns();
-    while (done < max_conns && failures < MAX_FAILURES) {
+    while (__atomic_load_n(&failures, __ATOMIC_RELAXED) < MAX_FAILURES &&
+           __atomic_load_n(&next_slot, __ATOMIC_RELAXED) < max_conns) {
         uint64_t t0 = now_ns();
-        if (t0 - start >= limit_ns)
+        if (t0 - start_ns >= limit_ns)
             break;
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-            last_error = strerror(errno);
-            failures++;
+        if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0) {
+            fail(strerror(errno));
             close(fd);
             continue;
         }
         uint64_t t1 = now_ns();
         if (full_io(fd, buf, size, 1) < 0 || full_io(fd, buf, size, 0) < 0) {
-            last_error = "connection closed before the echo came back";
-            failures++;
+            fail("connection closed before the echo came back");
             close(fd);
             continue;
         }
         close(fd);
         uint64_t t2 = now_ns();
-        connect_ns[done] = clamp32(t1 - t0);
-        total_ns[done] = clamp32(t2 - t0);
-        done++;
+        long slot = __atomic_fetch_add(&next_slot, 1, __ATOMIC_RELAXED);
+        if (slot >= max_conns)
+            break; /* another thread took the last slot: this connection is not counted */
+        connect_ns[slot] = clamp32(t1 - t0);
+        total_ns[slot] = clamp32(t2 - t0);
     }
-    uint64_t elapsed = now_ns() - start;
+    free(buf);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY]\n");
+        return 2;
+    }
+    size = (size_t)atol(argv[3]);
+    limit_ns = (uint64_t)(atof(argv[4]) * 1e9);
+    max_conns = atol(argv[5]);
+    long concurrency = argc == 7 ? atol(argv[6]) : 1;
+    target.sin_family = AF_INET;
+    target.sin_port = htons((unsigned short)atoi(argv[2]));
+    if (size == 0 || max_conns <= 0 || concurrency < 1 || concurrency > MAX_CONCURRENCY ||
+        inet_pton(AF_INET, argv[1], &target.sin_addr) != 1) {
+        fprintf(stderr, "conn_client: bad arguments (CONCURRENCY is 1..%d)\n", MAX_CONCURRENCY);
+        return 2;
+    }
+    connect_ns = malloc(sizeof(uint32_t) * (size_t)max_conns);
+    total_ns = malloc(sizeof(uint32_t) * (size_t)max_conns);
+    if (connect_ns == NULL || total_ns == NULL) {
+        fprintf(stderr, "conn_client: MAX_CONNS %ld is too many to record\n", max_conns);
+        return 2;
+    }
+    pthread_t threads[MAX_CONCURRENCY];
+    start_ns = now_ns();
+    long started = 0;
+    for (; started < concurrency; started++)
+        if (pthread_create(&threads[started], NULL, loop, NULL) != 0)
+            break;
+    for (long i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    uint64_t elapsed = now_ns() - start_ns;
+    if (started == 0) {
+        fprintf(stderr, "conn_client: cannot start a thread\n");
+        return 2;
+    }
+    long done = next_slot < max_conns ? next_slot : max_conns;
     if (failures)
         fprintf(stderr, "conn_client: %ld failures, last: %s\n", failures, last_error);
     printf("connections %ld failures %ld elapsed_ns %llu\n", done, failures,

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from bench.listening import listening_ports
-from bench.loads.connrate import parse_conn_output
+from bench.loads.connrate import CONNRATE, parse_conn_output
 from bench.loads.request_response import parse_rr_output
+from bench.measurement import LoadContext
 from bench.native import NativeTools, build_tools
+from bench.testbed import Testbed
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,80 @@ def test_conn_client_opens_one_connection_per_exchange(tools: NativeTools, echo_
     run = parse_conn_output(out.stdout)
     assert (run.connections, run.failures) == (200, 0)
     assert all(c <= t for c, t in zip(run.connect_ns, run.total_ns, strict=True))
+
+
+def test_conn_client_keeps_its_concurrency_in_flight(tools: NativeTools) -> None:
+    """Four loops: a server that holds each connection 50 ms sees four at once, never five."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    lock = threading.Lock()
+    open_now, most = [0], [0]
+
+    def serve(conn: socket.socket) -> None:
+        with lock:
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+        try:
+            data = b""
+            while len(data) < 1024 and (chunk := conn.recv(1024)):
+                data += chunk
+            time.sleep(0.05)
+            with lock:
+                open_now[0] -= 1
+            conn.sendall(data)
+        finally:
+            conn.close()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        out = subprocess.run(
+            [str(tools.conn_client), "127.0.0.1", str(port), "1024", "10", "40", "4"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    finally:
+        listener.close()
+    run = parse_conn_output(out.stdout)
+    assert (run.connections, run.failures) == (40, 0)
+    assert most[0] == 4
+    # 40 connections of >= 50 ms each, 4 at a time: about 0.5 s, where one at a time takes 2 s.
+    assert run.elapsed_ns < 1.5e9
+
+
+class _LocalTestbed:
+    """Runs a load's client on this machine (the loopback stands in for the lab's workloads)."""
+
+    def exec(
+        self, workload: str, argv: list[str], timeout: float = 30, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def test_connrate_load_reports_the_rate_one_and_eight_at_a_time(
+    tools: NativeTools, echo_port: int
+) -> None:
+    ctx = LoadContext(
+        cast(Testbed, _LocalTestbed()), "client", "127.0.0.1", echo_port, 0.4, 500_000, tools
+    )
+    outcome = CONNRATE.run(ctx)
+    assert set(outcome.values) == {metric.key for metric in CONNRATE.metrics}
+    assert outcome.values["conn_s"] > 0
+    assert outcome.values["conn_s_8"] > 0
+    assert 0 < outcome.values["connect_p50_us"] < 1_000_000
+    assert outcome.samples_us
+
+
+def test_conn_client_refuses_a_bad_concurrency(tools: NativeTools, echo_port: int) -> None:
+    out = subprocess.run(
+        [str(tools.conn_client), "127.0.0.1", str(echo_port), "1024", "1", "10", "0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "CONCURRENCY" in out.stderr
 
 
 def test_conn_client_reports_failures_when_nothing_listens(tools: NativeTools) -> None:
