@@ -61,12 +61,12 @@ def test_target_on_an_unavailable_path_is_not_applicable_and_says_so() -> None:
 
 
 def test_ratio_target_passes_and_fails_on_its_bound() -> None:
-    target = _target("cross-node new conn/s >= 5x stunnel")
+    target = _target("cross-node new conn/s (8 at a time) >= 5x stunnel")
     paths = [_info("weft-cross-node"), _info("stunnel")]
 
     def measured(mesh: float) -> BenchResult:
-        return _result(paths, [_figure("weft-cross-node", "connrate", "conn_s", [mesh]),
-                               _figure("stunnel", "connrate", "conn_s", [700.0])])  # fmt: skip
+        return _result(paths, [_figure("weft-cross-node", "connrate", "conn_s_8", [mesh]),
+                               _figure("stunnel", "connrate", "conn_s_8", [700.0])])  # fmt: skip
 
     assert check_target(measured(3500.0), target).verdict == "PASS"
     failed = check_target(measured(3000.0), target)
