@@ -177,10 +177,6 @@ class MeshPath(BenchPath):
     component_modules: tuple[str, ...] = ("agent.main", "agent.cli")  # what runs `weft agent`
     component_name = "node agent"
     same_node = False
-    # grpcio connects with AF_INET6 sockets to v4-mapped addresses, which capture (cgroup
-    # connect4 only) does not see: its gRPC would bypass the mesh (measured: 0.00 agent cores
-    # in the 13:38 run). Until capture hooks connect6, the meshed L4 paths do not run it.
-    loads = ALL_LOADS - {"grpc"}
 
     def __init__(self) -> None:
         super().__init__()
