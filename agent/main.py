@@ -30,6 +30,16 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 60)")
+    return value
+
+
 def register_run(parser: argparse.ArgumentParser) -> None:
     parser.epilog = RUN_EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -45,7 +55,10 @@ def register_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     parser.add_argument(
-        "--state-dir", type=Path, help="node certificate (default /var/lib/weft/agent/NODE)"
+        "--state-dir",
+        type=Path,
+        help="node certificate, saved config and workload certificates, all 0600"
+        " (default /var/lib/weft/agent/NODE)",
     )
     parser.add_argument("--workloads-cgroup", type=Path, help="cgroup holding the workloads")
     parser.add_argument("--no-capture", action="store_true", help="run without eBPF capture")
@@ -56,6 +69,10 @@ def register_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin", default="127.0.0.1:15000", help="admin host:port")
     parser.add_argument("--metrics", default="0.0.0.0:15020", help="metrics host:port")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--svid-ttl", type=_seconds, default=0, metavar="SECONDS",
+        help="validity to ask for workload certificates (default: the controller's, 24 h)",
+    )  # fmt: skip
     parser.add_argument("--pin-root", default="/sys/fs/bpf/weft", help=argparse.SUPPRESS)
     parser.set_defaults(func=cmd_run)
 
@@ -75,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         admin_address=_host_port(args.admin, 15000),
         metrics_address=_host_port(args.metrics, 15020),
         pin_root=Path(args.pin_root),
+        svid_ttl=args.svid_ttl,
     )
 
 

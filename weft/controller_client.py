@@ -127,6 +127,20 @@ async def join_node(
     return NodeIdentity(reply.node, key, "".join(reply.cert_chain_pem).encode(), bundle)
 
 
+async def renew_node(
+    address: str, identity: NodeIdentity, *, trust_domain: str, timeout: float = 10
+) -> NodeIdentity:
+    """A new certificate for a new key of node `identity.node`, authenticated by its current one."""
+    key = generate_key()
+    csr = build_csr(key, node_uri(trust_domain, identity.node))
+    async with ControllerClient(address, identity.credentials()) as client:
+        issued = await client.create_certificate(csr, timeout=timeout)
+    if not certs_from_pem(issued.chain_pem):
+        raise ValueError("the controller returned an empty certificate chain")
+    bundle = issued.bundle_pem or identity.bundle_pem
+    return NodeIdentity(identity.node, key, issued.chain_pem, bundle)
+
+
 @dataclass(frozen=True)
 class IssuedCertificate:
     chain_pem: bytes  # leaf first

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from cryptography import x509
 
+from agent.certs.saved import SavedSvid
 from weft.controller_client import Backoff, IssuedCertificate
 from weft.identity import Identity
 from weft.pki import PrivateKey, build_csr, certs_from_pem, generate_key, key_to_pem
@@ -88,8 +89,10 @@ class CertificateManager:
         *,
         clock: Clock = utc_now,
         backoff: Backoff = DEFAULT_BACKOFF,
+        on_issued: Callable[[], None] | None = None,
     ) -> None:
         self._issue = issue
+        self._on_issued = on_issued
         self.bundle_pem = bundle_pem
         self._clock = clock
         self._backoff = backoff
@@ -108,9 +111,30 @@ class CertificateManager:
                 if held.task is not None:
                     held.task.cancel()
         for identity in sorted(wanted - set(self._held)):
-            held = HeldCertificate(identity, generate_key())
-            self._held[identity] = held
-            held.task = asyncio.get_running_loop().create_task(self._keep_renewed(held))
+            self._held[identity] = HeldCertificate(identity, generate_key())
+        for held in self._held.values():
+            if held.task is None:  # new, or restored from a saved file
+                held.task = asyncio.get_running_loop().create_task(self._keep_renewed(held))
+
+    def restore(self, identity: Identity, key: PrivateKey, chain_pem: bytes) -> None:
+        """Hold a certificate saved by an earlier run (agent.certs.saved); call before ensure().
+
+        It serves at once and is renewed at half its remaining lifetime, counted from now: the
+        time of its issuance is not known, and the controller may be away.
+        """
+        certs = certs_from_pem(chain_pem)
+        if not certs or identity in self._held:
+            return
+        self._held[identity] = HeldCertificate(identity, key, chain_pem, certs[0], self._clock())
+
+    def export(self) -> list[SavedSvid]:
+        """Every usable certificate with its key, for agent.certs.saved."""
+        now = self._clock()
+        return [
+            SavedSvid(identity, held.key, held.chain_pem)
+            for identity, held in sorted(self._held.items())
+            if held.chain_pem is not None and held.usable(now)
+        ]
 
     async def wait_issued(self, identity: Identity, timeout: float) -> bool:
         """Wait (bounded) until `identity` has a usable SVID."""
@@ -190,6 +214,9 @@ class CertificateManager:
 
     async def _keep_renewed(self, held: HeldCertificate) -> None:
         delays = self._backoff.delays()
+        if held.leaf is not None and held.issued_at is not None:  # restored: not due yet
+            due = renewal_time(held.issued_at, held.leaf.not_valid_after_utc)
+            await asyncio.sleep(max(0.0, (due - self._clock()).total_seconds()))
         while True:
             try:
                 await self.renew_once(held)
@@ -237,3 +264,5 @@ class CertificateManager:
             held.leaf.not_valid_after_utc.isoformat(),
         )
         self.changed.set()
+        if self._on_issued is not None:
+            self._on_issued()

@@ -2,7 +2,8 @@
 
 Startup order matters for failing closed: the outbound listener is up before any workload is
 enrolled, and the HBONE listeners of a workload exist only once it has an SVID. While the
-controller is away the agent keeps its last good state and certificates (static stability).
+controller is away the agent keeps its last good state and certificates (static stability); both
+are saved in the state directory on every change, so a restart while it is away serves them too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -19,20 +19,24 @@ from typing import Any
 
 from agent.admin import HttpEndpoint, Response, set_log_level
 from agent.certs.manager import CertificateManager, CertState
+from agent.certs.node_cert import NodeCertificate
+from agent.certs.saved import load_svids, save_svids
 from agent.inbound import Inbound
 from agent.outbound import OutboundProxy
+from agent.private_file import write_private
 from agent.runtime.capture import Capture
+from agent.runtime.last_good import LastGoodConfig, SavedConfigError
 from agent.state import NodeState, StateRejectedError, workload_name
 from agent.telemetry import Telemetry
 from agent.tunnel.delivery import Delivery
 from weft.api.convert import ConfigUpdate
 from weft.controller_client import (
     ControllerClient,
-    Credentials,
     IssuedCertificate,
     NodeIdentity,
     follow_discovery,
     join_node,
+    renew_node,
 )
 from weft.errors import UsageError
 from weft.hbone import HbonePool
@@ -64,6 +68,7 @@ class AgentConfig:
     admin_address: tuple[str, int] = ("127.0.0.1", 15000)
     metrics_address: tuple[str, int] = ("0.0.0.0", 15020)
     pin_root: Path = Path("/sys/fs/bpf/weft")
+    svid_ttl: int = 0  # seconds of validity asked for workload certificates; 0: the controller's
 
 
 @dataclass
@@ -83,6 +88,9 @@ class NodeAgent:
         self.last_disconnect = ""
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._clients: list[ControllerClient] = []
+        self._client_identity: NodeIdentity | None = None
+        self.last_good = LastGoodConfig(config.state_dir / "config.json", config.node)
         self.capture: Capture | None = None
         if config.workloads_cgroup is not None:
             self.capture = Capture(
@@ -119,12 +127,62 @@ class NodeAgent:
             trust_domain=self.config.trust_domain,
             bundle_pem=bundle,
         )
-        self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(self.node_pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(identity.chain_pem + key_to_pem(identity.key))
+        self._save_identity(identity)
         log.info("joined as node %s; certificate saved in %s", identity.node, self.node_pem)
         return identity
+
+    def _save_identity(self, identity: NodeIdentity) -> None:
+        write_private(self.node_pem, identity.chain_pem + key_to_pem(identity.key))
+
+    async def _renew_node(self, identity: NodeIdentity) -> NodeIdentity:
+        return await renew_node(
+            self.config.controller, identity, trust_domain=self.config.trust_domain
+        )
+
+    def _controller(self) -> ControllerClient:
+        """A client authenticated with the node's current certificate (renewal makes a new one;
+        the old ones close with the agent, so no call in flight is cut)."""
+        identity = self.node_cert.identity
+        if not self._clients or self._client_identity is not identity:
+            self._clients.append(ControllerClient(self.config.controller, identity.credentials()))
+            self._client_identity = identity
+        return self._clients[-1]
+
+    # --- saved state (static stability) -----------------------------------------------------
+
+    @property
+    def svids_file(self) -> Path:
+        return self.config.state_dir / "svids.json"
+
+    def _save_svids(self) -> None:
+        try:
+            save_svids(self.svids_file, self.certs.bundle_pem, self.certs.export())
+        except OSError as err:
+            log.warning("cannot save the certificates in %s: %s", self.svids_file, err.strerror)
+
+    def _restore(self) -> None:
+        """Serve the saved config and certificates until the controller sends a snapshot."""
+        saved = load_svids(self.svids_file, dt.datetime.now(dt.UTC))
+        if saved is not None:
+            bundle, svids = saved
+            self.certs.bundle_pem = bundle
+            for svid in svids:
+                self.certs.restore(svid.identity, svid.key, svid.chain_pem)
+        try:
+            update = self.last_good.load()
+        except SavedConfigError as err:
+            log.warning("%s; waiting for the controller", err)
+            return
+        if update is None:
+            return
+        self.state = self.state.apply(update)
+        self.telemetry.config_version.set(self.state.version)
+        self.readiness.config = True
+        log.info(
+            "serving the saved config version %d (%d resources) and %d saved certificates"
+            " until the controller answers",
+            update.version, len(self.state.resources), len(saved[1]) if saved else 0,
+        )  # fmt: skip
 
     def _saved_identity(self, bundle: bytes) -> NodeIdentity | None:
         try:
@@ -145,13 +203,13 @@ class NodeAgent:
     async def run(self) -> None:
         config = self.config
         identity = await self.node_identity()
-        credentials: Credentials = identity.credentials()
-        client = ControllerClient(config.controller, credentials)
+        self.node_cert = NodeCertificate(identity, self._renew_node, self._save_identity)
 
         async def issue(csr: bytes) -> IssuedCertificate:
-            return await client.create_certificate(csr)
+            return await self._controller().create_certificate(csr, config.svid_ttl)
 
-        self.certs = CertificateManager(issue, identity.bundle_pem)
+        self.certs = CertificateManager(issue, identity.bundle_pem, on_issued=self._save_svids)
+        self._restore()
         self.pool = HbonePool(self.certs.client_context)
         self.inbound = Inbound(
             lambda: self.state, self.certs, self.telemetry, config.agent_address, config.hbone_port
@@ -202,7 +260,7 @@ class NodeAgent:
             asyncio.create_task(
                 follow_discovery(
                     config.controller,
-                    lambda: credentials,
+                    self.node_cert.credentials,
                     config.node,
                     self.apply,
                     self.stop,
@@ -210,13 +268,16 @@ class NodeAgent:
                 )
             ),
             asyncio.create_task(self._reconcile_forever()),
+            asyncio.create_task(self.node_cert.keep_renewed()),
         ]
+        if self.readiness.config:
+            self._dirty.set()  # the saved config: listeners and enrollment now, not at the 1 s tick
         try:
             await self.stop.wait()
         finally:
-            await self.close(client)
+            await self.close()
 
-    async def close(self, client: ControllerClient) -> None:
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -226,7 +287,8 @@ class NodeAgent:
         await self.certs.close()
         await self.admin.close()
         await self.metrics.close()
-        await client.close()
+        for client in self._clients:
+            await client.close()
         if self.capture is not None:
             self.capture.close()  # links and maps stay pinned: capture keeps failing closed
 
@@ -252,6 +314,10 @@ class NodeAgent:
             return str(err)
         self.telemetry.config_version.set(self.state.version)
         self.readiness.config = True
+        try:
+            self.last_good.record(update)
+        except OSError as err:  # serving goes on; only a restart without the controller suffers
+            log.warning("cannot save config version %d: %s", update.version, err.strerror)
         log.info(
             "config version %d applied (%s): %d resources, %d local workloads",
             update.version, "snapshot" if update.snapshot else "delta",
@@ -323,6 +389,7 @@ class NodeAgent:
             "version": state.version,
             "controller": self.config.controller,
             "last_disconnect": self.last_disconnect,
+            "node_certificate": self.node_cert.report(),
             "resources": len(state.resources),
             "local_workloads": [
                 {
