@@ -34,10 +34,16 @@ def caller_of(context: grpc.ServicerContext, trust_domain: str) -> Caller | None
     return Caller(uri, node=node_of(uri, trust_domain))
 
 
-def require_node(context: grpc.ServicerContext, trust_domain: str) -> Caller:
+def require_certificate(context: grpc.ServicerContext, trust_domain: str) -> Caller:
+    """Any verified client certificate: a node, the admin, or a workload SVID (a waypoint's)."""
     caller = caller_of(context, trust_domain)
     if caller is None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "a node certificate is required (mTLS)")
+    return caller
+
+
+def require_node(context: grpc.ServicerContext, trust_domain: str) -> Caller:
+    caller = require_certificate(context, trust_domain)
     if caller.node is None and not caller.admin:
         context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller.uri} is not a node")
     return caller

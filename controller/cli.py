@@ -15,6 +15,7 @@ from controller.ca_files import CAFiles
 from controller.identity_service import IssuancePolicy
 from controller.server import DEFAULT_STATE_DIR, Controller, ControllerConfig
 from controller.store import Store
+from controller.waypoints import parse_reference, token_subject
 from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.pki import certs_to_pem
 from weft.resources.fields import DNS_SUBDOMAIN, FieldError, parse_duration
@@ -25,6 +26,7 @@ examples:
   weft controller init --ca-cert ca.pem --ca-key ca.key   # sign with your own intermediate CA
   weft controller run --listen 10.0.0.1             # gRPC mTLS :15012, join :15013, http :15014
   weft controller token create --node n1 --ttl 30m  # a one-time join token for node n1
+  weft controller token create --waypoint shop/waypoint   # ... for a waypoint's own SVID
   weft controller rotate-root --overlap 48h         # new root; old certificates verify for 48h
 """
 
@@ -85,20 +87,24 @@ def _run(args: argparse.Namespace) -> int:
 def _token_create(args: argparse.Namespace) -> int:
     files = CAFiles(args.state_dir)
     trust_domain = files.trust_domain  # fails with a hint if init was not run
+    if args.waypoint is not None:
+        subject, what = token_subject(*args.waypoint), f"waypoint {'/'.join(args.waypoint)}"
+    else:
+        subject, what = args.node, f"node {args.node}"
     store = Store(args.state_dir / "store.db")
     try:
-        token = store.create_join_token(args.node, args.ttl.total_seconds(), _now().timestamp())
+        token = store.create_join_token(subject, args.ttl.total_seconds(), _now().timestamp())
     finally:
         store.close()
     expires = (_now() + args.ttl).replace(microsecond=0).isoformat()
     if args.output == "json":
-        json.dump({"node": args.node, "token": token, "expires": expires}, sys.stdout)
+        key = "node" if args.waypoint is None else "waypoint"
+        json.dump({key: what.split(" ", 1)[1], "token": token, "expires": expires}, sys.stdout)
         print()
     else:
         print(token)
         print(
-            f"one-time join token for node {args.node} in {trust_domain}, expires {expires}",
-            file=sys.stderr,
+            f"one-time join token for {what} in {trust_domain}, expires {expires}", file=sys.stderr
         )
     return 0
 
@@ -113,6 +119,17 @@ def _rotate_root(args: argparse.Namespace) -> int:
     print(f"trust bundle (old + new roots): {bundle}; admin credential renewed: {files.admin_pem}")
     print("a running controller picks up the new CA on its next certificate request")
     return 0
+
+
+def _waypoint_reference(text: str) -> tuple[str, str]:
+    try:
+        namespace, name = parse_reference(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    for part in (namespace, name):
+        if not DNS_SUBDOMAIN.match(part):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a lowercase DNS name")
+    return namespace, name
 
 
 def _node_name(text: str) -> str:
@@ -160,10 +177,17 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     )
     run.set_defaults(func=_run)
 
-    token = sub.add_parser("token", help="join tokens for nodes")
+    token = sub.add_parser("token", help="join tokens for nodes and waypoints")
     token_sub = token.add_subparsers(dest="token_command", metavar="COMMAND")
     create = token_sub.add_parser("create", parents=[common], help="print a one-time join token")
-    create.add_argument("--node", required=True, type=_node_name)
+    subject = create.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--node", type=_node_name, help="for a node agent")
+    subject.add_argument(
+        "--waypoint",
+        type=_waypoint_reference,
+        metavar="NAMESPACE/NAME",
+        help="for a waypoint: buys that Waypoint's own SVID, once",
+    )
     create.add_argument("--ttl", type=_duration, default=dt.timedelta(hours=1))
     create.add_argument("-o", "--output", choices=["text", "json"], default="text")
     create.set_defaults(func=_token_create)

@@ -20,6 +20,7 @@ from controller.scoping import (
     local_scope,
     shared_scope,
     updated_shared_scope,
+    waypoint_scope,
 )
 from weft.api.convert import update_to_proto
 from weft.model import ResourceKey, Workload
@@ -46,6 +47,7 @@ class Watcher:
     state: AgentState
     updates: queue.Queue[bytes | None] = field(default_factory=queue.Queue)
     local: set[str] = field(default_factory=set)
+    waypoint: tuple[str, str] | None = None  # (namespace, name) when a waypoint is watching
 
 
 def _header(version: int, snapshot: bool) -> bytes:
@@ -61,14 +63,16 @@ class DiscoveryHub:
         self._shared = shared_scope(catalog)
         self._clock = clock
 
-    def subscribe(self, node: str) -> Watcher:
-        """Register a watcher and queue its snapshot; a reconnect starts over from a snapshot."""
+    def subscribe(self, node: str, waypoint: tuple[str, str] | None = None) -> Watcher:
+        """Register a watcher and queue its snapshot; a reconnect starts over from a snapshot.
+
+        A waypoint watches under the name `node` with `waypoint` = its (namespace, name)."""
         with self.lock:
             state = self._agents.setdefault(node, AgentState(node))
             state.connected = True
             state.connected_since = self._clock()
-            watcher = Watcher(node, state)
-            watcher.local = local_scope(self.catalog, self._shared, node)
+            watcher = Watcher(node, state, waypoint=waypoint)
+            watcher.local = self._local_scope(watcher)
             version = self.catalog.revision
             view = self._shared.everyone | watcher.local
             watcher.updates.put(self._encode(version, True, view, ()))
@@ -123,7 +127,7 @@ class DiscoveryHub:
                     or watcher.node in workload_nodes
                     or not changed_ids.isdisjoint(old_local)
                 ):
-                    watcher.local = local_scope(self.catalog, new, watcher.node)
+                    watcher.local = self._local_scope(watcher)
                 local = watcher.local
                 removed = {
                     r
@@ -145,6 +149,11 @@ class DiscoveryHub:
                     continue
                 watcher.updates.put(self._encode(version, False, added, removed))
                 state.sent_version = version
+
+    def _local_scope(self, watcher: Watcher) -> set[str]:
+        if watcher.waypoint is not None:
+            return waypoint_scope(self.catalog, self._shared, watcher.waypoint[0])
+        return local_scope(self.catalog, self._shared, watcher.node)
 
     def acknowledge(self, watcher: Watcher, version: int, error: str) -> None:
         with self.lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.catalog import Catalog
+from controller.catalog import Catalog, key_of_id
 from weft.model import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
@@ -123,6 +123,14 @@ def local_scope(catalog: Catalog, shared: SharedScope, node: str) -> set[str]:
             if selector is None or any(selector.matches(w.selector_labels) for w in workloads):
                 view.add(entry.id)
     return view
+
+
+def waypoint_scope(catalog: Catalog, shared: SharedScope, namespace: str) -> set[str]:
+    """What a waypoint of `namespace` needs besides the shared part: the L7 configuration
+    (HTTPRoutes, FaultInjections, RateLimits, targetRef policies) of its namespace, where
+    the services that can use it live."""
+    del catalog  # the signature of local_scope, so the hub treats both alike
+    return {rid for rid in shared.waypoint_hosts_only if key_of_id(rid).namespace == namespace}
 
 
 def node_scope(catalog: Catalog, shared: SharedScope, node: str) -> set[str]:

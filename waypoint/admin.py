@@ -1,13 +1,16 @@
 """The waypoint's metrics and health endpoint (port 15020 in a deployment, as in Istio).
 
 GET /metrics serves the waypoint's own Prometheus registry; GET /healthz/ready answers 200 once
-the proxy listens and 503 before. Anything else is 404. One request per connection is plenty for
+the proxy listens (and, fed by the controller, has a configuration) and 503 before;
+GET /config_dump shows the configuration in force when the controller feeds it. Anything else
+is 404. One request per connection is plenty for
 a scraper, so connections close after each answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 from waypoint.http1 import Http1Error, Request, RequestParser, serialize_response_head
@@ -17,11 +20,19 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 READ_TIMEOUT_S = 10.0
 
 
-def answer(request: Request, metrics: WaypointMetrics, ready: bool) -> bytes:
+Dump = Callable[[], dict[str, object]]
+
+
+def answer(
+    request: Request, metrics: WaypointMetrics, ready: bool, dump: Dump | None = None
+) -> bytes:
     """The complete response to one admin request."""
     path = request.target.partition("?")[0]
     if request.method not in ("GET", "HEAD"):
         status, content_type, body = 405, "text/plain", b"only GET and HEAD\n"
+    elif path == "/config_dump" and dump is not None:
+        status, content_type = 200, "application/json"
+        body = json.dumps(dump(), indent=2, sort_keys=True).encode() + b"\n"
     elif path == "/metrics":
         status, content_type, body = 200, PROMETHEUS_TEXT, metrics.exposition()
     elif path == "/healthz/ready":
@@ -45,9 +56,12 @@ def answer(request: Request, metrics: WaypointMetrics, ready: bool) -> bytes:
 class AdminServer:
     """Serves `answer()` on a TCP listener."""
 
-    def __init__(self, metrics: WaypointMetrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, metrics: WaypointMetrics, ready: Callable[[], bool], dump: Dump | None = None
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.dump = dump
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 15020) -> tuple[str, int]:
@@ -68,7 +82,7 @@ class AdminServer:
                 events = parser.feed(data) if data else parser.feed_eof()
                 request = next((e for e in events if isinstance(e, Request)), None)
                 if request is not None:
-                    writer.write(answer(request, self.metrics, self.ready()))
+                    writer.write(answer(request, self.metrics, self.ready(), self.dump))
                     await writer.drain()
                     return
                 if not data:

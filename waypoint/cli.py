@@ -7,21 +7,28 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import signal
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, get_args
 
+import grpc
+import grpc.aio
+
 from waypoint.admin import AdminServer
 from waypoint.compiler import CompiledWaypoint, CompileError, compile_resources
-from waypoint.config import RouteFilter
+from waypoint.config import RouteFilter, WaypointConfig
+from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, join
 from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
+from waypoint.svid import WaypointSvid
 from waypoint.telemetry import RequestRecord, access_log_line
-from weft.errors import UsageError, WeftError
+from weft.errors import UnavailableError, UsageError, WeftError
+from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.resources import parse_documents, read_documents
 from weft.tls import Svid, server_context
 
@@ -35,6 +42,10 @@ examples:
   curl http://127.0.0.1:15020/metrics                           # istio_requests_total & co.
   weft waypoint run -f shop.yaml --name waypoint --hbone 0.0.0.0:15008 \
       --cert svid.pem --key svid-key.pem --trust-bundle bundle.pem  # mTLS tunnels in
+  weft controller token create --waypoint shop/waypoint > wp.token   # in the mesh: a token,
+  weft waypoint run --name waypoint --namespace shop --controller 10.77.0.2:15012 \
+      --join-token wp.token --trust-bundle bundle.pem --hbone 0.0.0.0:15008 --listen off
+      # its own SVID from the token, configuration from the controller, renewed at half life
 """
 
 
@@ -42,9 +53,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     parser.epilog = EXAMPLES
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    def common(verb: argparse.ArgumentParser) -> None:
+    def common(verb: argparse.ArgumentParser, required: bool = True) -> None:
         verb.add_argument(
-            "-f", "--filename", action="append", required=True, metavar="PATH",
+            "-f", "--filename", action="append", required=required, metavar="PATH",
             help="resource YAML files or directories (repeat for several); '-' for stdin",
         )  # fmt: skip
         verb.add_argument("--name", default="waypoint", help="the Waypoint resource to run")
@@ -57,7 +68,24 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     run = verbs.add_parser(
         "run", help="serve HTTP/1.1 and HTTP/2 (gRPC) on --listen and/or --hbone"
     )
-    common(run)
+    common(run, required=False)
+    run.add_argument(
+        "--controller", metavar="HOST:PORT",
+        help="take configuration and an SVID from the controller (mTLS gRPC, 15012), not -f",
+    )  # fmt: skip
+    run.add_argument(
+        "--join-token", metavar="FILE",
+        help="with --controller: the one-time token of 'weft controller token create --waypoint'",
+    )  # fmt: skip
+    run.add_argument(
+        "--join-address", metavar="HOST:PORT",
+        help="with --controller: its join listener (default: the controller's host, port 15013)",
+    )  # fmt: skip
+    run.add_argument(
+        "--service-account", default="waypoint",
+        help="with --controller: the Waypoint's serviceAccount (its SPIFFE ID's sa/)",
+    )  # fmt: skip
+    run.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     run.add_argument(
         "--listen", default="127.0.0.1:15080", metavar="IP:PORT",
         help="plain-TCP listener (HTTP/1.1, or HTTP/2 with prior knowledge); 'off' to disable",
@@ -68,7 +96,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     )  # fmt: skip
     run.add_argument("--cert", help="the waypoint's SVID certificate chain (PEM)")
     run.add_argument("--key", help="the SVID's private key (PEM)")
-    run.add_argument("--trust-bundle", help="the mesh's trust bundle (PEM)")
+    run.add_argument(
+        "--trust-bundle", help="the mesh's trust bundle (PEM), also to verify the controller"
+    )
     run.add_argument(
         "--admin", default="127.0.0.1:15020", metavar="IP:PORT",
         help="metrics and readiness endpoint; 'off' to disable",
@@ -191,13 +221,55 @@ def _hbone_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise UsageError(str(error), hint="check --cert, --key and --trust-bundle") from None
 
 
+def _controller_options(args: argparse.Namespace) -> ControllerOptions:
+    if args.filename:
+        raise UsageError(
+            "-f and --controller both say where the configuration comes from",
+            hint="pass one of them: files for a standalone waypoint, --controller in a mesh",
+        )
+    missing = [flag for flag, value in (("--join-token", args.join_token),
+               ("--trust-bundle", args.trust_bundle)) if not value]  # fmt: skip
+    if missing:
+        raise UsageError(
+            f"--controller needs {', '.join(missing)}",
+            hint="create a token with 'weft controller token create --waypoint NS/NAME'",
+        )
+    if args.cert or args.key:
+        raise UsageError(
+            "--cert/--key are for a standalone waypoint: with --controller it gets its own SVID",
+            hint="drop --cert and --key",
+        )
+    host, port = _address(args.controller, "--controller")
+    join_address = args.join_address or f"{host}:15013"
+    _address(join_address, "--join-address")
+    token = _read(args.join_token, "--join-token").decode().strip()
+    if not token:
+        raise UsageError(f"--join-token {args.join_token}: the file is empty")
+    return ControllerOptions(
+        controller=f"{host}:{port}",
+        join_address=join_address,
+        token=token,
+        bundle_pem=_read(args.trust_bundle, "--trust-bundle"),
+        name=args.name,
+        namespace=args.namespace,
+        service_account=args.service_account,
+        trust_domain=args.trust_domain,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    compiled = load(args)
+    controller = _controller_options(args) if args.controller else None
+    if controller is None and not args.filename:
+        raise UsageError(
+            "nothing to serve: no -f files and no --controller",
+            hint="pass -f shop.yaml, or --controller HOST:15012 with --join-token",
+        )
+    compiled = load(args) if controller is None else None
     options = _ServeOptions(
         listen=None if args.listen == "off" else _address(args.listen, "--listen"),
         admin=None if args.admin == "off" else _address(args.admin, "--admin"),
         hbone=None if args.hbone == "off" else _address(args.hbone, "--hbone"),
-        tls=_hbone_tls(args),
+        tls=_hbone_tls(args) if controller is None else None,
         max_seconds=args.max_seconds,
         quiet=args.quiet,
     )
@@ -207,23 +279,57 @@ def _run(args: argparse.Namespace) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if controller is not None:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return int(runner(_serve_from_controller(controller, options)))
+    assert compiled is not None
     return int(runner(_serve(compiled, options)))
 
 
-async def _serve(compiled: CompiledWaypoint, options: _ServeOptions) -> int:
+async def _serve_from_controller(controller: ControllerOptions, options: _ServeOptions) -> int:
+    try:
+        svid = await join(controller)
+    except grpc.aio.AioRpcError as error:
+        raise UnavailableError(
+            f"joining at {controller.join_address} as waypoint "
+            f"{controller.namespace}/{controller.name}: {error.details() or error.code().name}",
+            hint="is the token fresh and unused, and is the Waypoint resource applied?",
+        ) from None
+    print(f"waypoint: joined as {svid.identity}", file=sys.stderr)
+    empty = CompiledWaypoint(WaypointConfig(services=()), {})
+    return await _serve(empty, replace(options, tls=svid.server_context()), controller, svid)
+
+
+async def _serve(
+    compiled: CompiledWaypoint,
+    options: _ServeOptions,
+    controller: ControllerOptions | None = None,
+    svid: WaypointSvid | None = None,
+) -> int:
     def log(record: RequestRecord) -> None:
         if not options.quiet:
             print(access_log_line(record), flush=True)
 
     proxy = WaypointProxy(compiled.config, compiled.endpoints, access_log=log)
+    feed = None
+    if controller is not None and svid is not None:
+        feed = DiscoveryFeed(controller, svid, proxy)
+        proxy.connect = feed.connect
     inbound = HboneInbound(proxy, options.tls) if options.tls is not None else None
     listening = False
-    admin = AdminServer(proxy.metrics, ready=lambda: listening)
+    admin = AdminServer(
+        proxy.metrics,
+        ready=lambda: listening and (feed is None or feed.applied_version > 0),
+        dump=None if feed is None else feed.dump,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     services = ", ".join(f"{s.hostname}:{s.port}" for s in compiled.config.services)
+    following: asyncio.Task[None] | None = None
     try:
         if options.admin is not None:
             host, port = await admin.start(*options.admin)
@@ -243,11 +349,18 @@ async def _serve(compiled: CompiledWaypoint, options: _ServeOptions) -> int:
             await inbound.start(*options.hbone)  # raises HboneError (a WeftError) if taken
             print(f"waypoint: HBONE (mTLS) on {options.hbone[0]}:{inbound.port}", file=sys.stderr)
         listening = True
+        if feed is not None:
+            following = asyncio.get_running_loop().create_task(feed.run(stop))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), options.max_seconds)
     finally:
+        stop.set()
+        if following is not None:
+            await asyncio.gather(following, return_exceptions=True)
         if inbound is not None:
             await inbound.close()
         await proxy.close()
+        if feed is not None:
+            await feed.close()
         await admin.close()
     return 0

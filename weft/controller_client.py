@@ -114,8 +114,18 @@ async def join_node(
     timeout: float = 10,
 ) -> NodeIdentity:
     """Exchange a one-time join token and a CSR for node `node`'s certificate."""
+    return await join_as(
+        join_address, token, node_uri(trust_domain, node), bundle_pem=bundle_pem, timeout=timeout
+    )
+
+
+async def join_as(
+    join_address: str, token: str, uri: str, *, bundle_pem: bytes, timeout: float = 10
+) -> NodeIdentity:
+    """Redeem a one-time join token with a CSR for `uri`: a node's, or a waypoint's own SVID
+    (its token is from `weft controller token create --waypoint NS/NAME`)."""
     key = generate_key()
-    csr = build_csr(key, node_uri(trust_domain, node))
+    csr = build_csr(key, uri)
     async with grpc.aio.secure_channel(
         join_address, grpc.ssl_channel_credentials(bundle_pem), options=CHANNEL_OPTIONS
     ) as channel:
@@ -215,9 +225,9 @@ class ControllerClient:
         )
         return "".join(reply.root_pem).encode()
 
-    def watch(self, node: str) -> DiscoveryStream:
+    def watch(self, node: str, waypoint: str = "") -> DiscoveryStream:
         requests: asyncio.Queue[object] = asyncio.Queue()
-        requests.put_nowait(subscribe_request(node))
+        requests.put_nowait(subscribe_request(node, waypoint))
 
         async def outgoing() -> AsyncIterator[discovery_pb2.WatchRequest]:
             while True:
@@ -256,6 +266,7 @@ async def follow_discovery(
     *,
     backoff: Backoff = Backoff(),
     on_disconnect: Callable[[str], None] | None = None,
+    waypoint: str = "",
 ) -> None:
     """Keep node `node`'s configuration flowing until `stop` is set.
 
@@ -263,14 +274,14 @@ async def follow_discovery(
     after a NACK the agent keeps running its last good configuration. When the stream breaks,
     the agent keeps what it has (static stability) and reconnects with backoff; the controller
     then starts again from a snapshot. `credentials` is called on every connect, so a renewed
-    node certificate is picked up.
+    node certificate is picked up. A waypoint passes `waypoint` ("namespace/name").
     """
     delays = backoff.delays()
     while not stop.is_set():
         reason = "stream ended"
         try:
             async with ControllerClient(address, credentials()) as client:
-                stream = client.watch(node)
+                stream = client.watch(node, waypoint)
                 reader = asyncio.ensure_future(_apply_all(stream, apply))
                 stopper = asyncio.ensure_future(stop.wait())
                 done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)

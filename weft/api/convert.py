@@ -107,8 +107,11 @@ def update_from_proto(message: discovery_pb2.WatchUpdate) -> ConfigUpdate:
     )
 
 
-def subscribe_request(node: str) -> discovery_pb2.WatchRequest:
-    return discovery_pb2.WatchRequest(subscribe=discovery_pb2.Subscribe(node=node))
+def subscribe_request(node: str, waypoint: str = "") -> discovery_pb2.WatchRequest:
+    """An agent subscribes for its node; a waypoint also names itself ("namespace/name")."""
+    return discovery_pb2.WatchRequest(
+        subscribe=discovery_pb2.Subscribe(node=node, waypoint=waypoint)
+    )
 
 
 def ack_request(version: int, error: str = "") -> discovery_pb2.WatchRequest:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from weft.api.v1 import resources_pb2 as weft_dot_api_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bweft/api/v1/discovery.proto\x12\x0bweft.api.v1\x1a\x1bweft/api/v1/resources.proto\"g\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.weft.api.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.weft.api.v1.AckH\x00\x42\t\n\x07request\"\x19\n\tSubscribe\x12\x0c\n\x04node\x18\x01 \x01(\t\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x84\x01\n\x0bWatchUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12&\n\x07upserts\x18\x03 \x03(\x0b\x32\x15.weft.api.v1.Resource\x12*\n\x08removals\x18\x04 \x03(\x0b\x32\x18.weft.api.v1.ResourceKey2T\n\x10\x44iscoveryService\x12@\n\x05Watch\x12\x19.weft.api.v1.WatchRequest\x1a\x18.weft.api.v1.WatchUpdate(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bweft/api/v1/discovery.proto\x12\x0bweft.api.v1\x1a\x1bweft/api/v1/resources.proto\"g\n\x0cWatchRequest\x12+\n\tsubscribe\x18\x01 \x01(\x0b\x32\x16.weft.api.v1.SubscribeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.weft.api.v1.AckH\x00\x42\t\n\x07request\"+\n\tSubscribe\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08waypoint\x18\x02 \x01(\t\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x84\x01\n\x0bWatchUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12&\n\x07upserts\x18\x03 \x03(\x0b\x32\x15.weft.api.v1.Resource\x12*\n\x08removals\x18\x04 \x03(\x0b\x32\x18.weft.api.v1.ResourceKey2T\n\x10\x44iscoveryService\x12@\n\x05Watch\x12\x19.weft.api.v1.WatchRequest\x1a\x18.weft.api.v1.WatchUpdate(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHREQUEST']._serialized_start=73
   _globals['_WATCHREQUEST']._serialized_end=176
   _globals['_SUBSCRIBE']._serialized_start=178
-  _globals['_SUBSCRIBE']._serialized_end=203
-  _globals['_ACK']._serialized_start=205
-  _globals['_ACK']._serialized_end=242
-  _globals['_WATCHUPDATE']._serialized_start=245
-  _globals['_WATCHUPDATE']._serialized_end=377
-  _globals['_DISCOVERYSERVICE']._serialized_start=379
-  _globals['_DISCOVERYSERVICE']._serialized_end=463
+  _globals['_SUBSCRIBE']._serialized_end=221
+  _globals['_ACK']._serialized_start=223
+  _globals['_ACK']._serialized_end=260
+  _globals['_WATCHUPDATE']._serialized_start=263
+  _globals['_WATCHUPDATE']._serialized_end=395
+  _globals['_DISCOVERYSERVICE']._serialized_start=397
+  _globals['_DISCOVERYSERVICE']._serialized_end=481
 # @@protoc_insertion_point(module_scope)

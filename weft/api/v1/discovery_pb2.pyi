@@ -18,6 +18,8 @@ Sequence (one bidirectional stream per agent, over mTLS with the node certificat
   4. On every store change the controller sends WatchUpdate{snapshot: false, version: V1,
      upserts: changed resources N needs, removals: resources N no longer needs}. Updates are not
      held back waiting for ACKs; each carries its version so ACKs and NACKs are unambiguous.
+  A waypoint subscribes the same way with `waypoint` set (see Subscribe), authenticated by the
+  SVID it obtained by redeeming a waypoint join token (identity.proto), and ACKs or NACKs alike.
   5. If the stream breaks, the agent keeps its last good configuration (static stability) and
      reconnects with backoff; the controller starts again from step 2 with a full snapshot.
 """
@@ -69,15 +71,23 @@ class Subscribe(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_FIELD_NUMBER: _builtins.int
+    WAYPOINT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
+    waypoint: _builtins.str
+    """Set by a waypoint instead of an agent: "<namespace>/<name>" of its Waypoint resource. The
+    client certificate must be that waypoint's own SVID (its serviceAccount's SPIFFE ID); the
+    updates then carry what the waypoint serves: Services, their endpoints, DestinationRules,
+    and the HTTPRoutes, FaultInjections, RateLimits and targetRef policies of its namespace.
+    """
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
+        waypoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "waypoint", b"waypoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,8 @@ Sequence (one bidirectional stream per agent, over mTLS with the node certificat
   4. On every store change the controller sends WatchUpdate{snapshot: false, version: V1,
      upserts: changed resources N needs, removals: resources N no longer needs}. Updates are not
      held back waiting for ACKs; each carries its version so ACKs and NACKs are unambiguous.
+  A waypoint subscribes the same way with `waypoint` set (see Subscribe), authenticated by the
+  SVID it obtained by redeeming a waypoint join token (identity.proto), and ACKs or NACKs alike.
   5. If the stream breaks, the agent keeps its last good configuration (static stability) and
      reconnects with backoff; the controller starts again from step 2 with a full snapshot.
 """

@@ -16,6 +16,12 @@ Sequence (agent on node N):
      A CSR for the node's own URI renews the node certificate.
   5. The agent renews at half life; the response always carries the current trust bundle, which
      holds old and new roots while `weft controller rotate-root` overlaps them.
+
+A waypoint (`weft waypoint run --controller`) bootstraps the same way, with a token from
+`weft controller token create --waypoint NS/NAME`: JoinNode(token, CSR for the waypoint's own
+SPIFFE ID, spiffe://<td>/ns/<NS>/sa/<its serviceAccount>) returns that SVID (and `node` is
+"waypoint:NS/NAME"). It then renews with CreateCertificate over mTLS presenting that SVID,
+which may ask for exactly its own identity while the Waypoint resource exists.
 """
 
 from collections import abc as _abc
