@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 from dataclasses import asdict
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -78,6 +79,11 @@ def cmd_detach(args: argparse.Namespace) -> int:
     if args.purge:
         loader.remove()
         print(f"removed {loader.scope_dir}")
+        # The plaintext-inbound redirect of this network namespace (the node's), if any.
+        from agent.runtime.plaintext_redirect import purge_commands
+
+        for argv in purge_commands():
+            subprocess.run(argv, capture_output=True, timeout=10, check=False)
     return 0
 
 

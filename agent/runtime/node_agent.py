@@ -23,9 +23,11 @@ from agent.certs.node_cert import NodeCertificate
 from agent.certs.saved import load_svids, save_svids
 from agent.inbound import Inbound
 from agent.outbound import OutboundProxy
+from agent.plaintext_inbound import PlaintextInbound, permissive_addresses
 from agent.private_file import write_private
 from agent.runtime.capture import Capture
 from agent.runtime.last_good import LastGoodConfig, SavedConfigError
+from agent.runtime.plaintext_redirect import PlaintextRedirect
 from agent.state import NodeState, StateRejectedError, workload_name
 from agent.telemetry import Telemetry
 from agent.tunnel.delivery import Delivery
@@ -65,6 +67,7 @@ class AgentConfig:
     trust_domain: str = "cluster.local"
     outbound_port: int = 15001
     hbone_port: int = 15008
+    plaintext_port: int = 15006
     admin_address: tuple[str, int] = ("127.0.0.1", 15000)
     metrics_address: tuple[str, int] = ("0.0.0.0", 15020)
     pin_root: Path = Path("/sys/fs/bpf/weft")
@@ -226,6 +229,17 @@ class NodeAgent:
             splice_maps=lambda: self.capture.maps if self.capture is not None else None,
         )
         await self.outbound.start(str(config.agent_address), config.outbound_port)
+        self.plaintext: PlaintextInbound | None = None
+        self.redirect: PlaintextRedirect | None = None
+        if self.capture is not None:  # node plumbing: only where the agent owns the node's netns
+            self.plaintext = PlaintextInbound(
+                lambda: self.state, self.telemetry, config.agent_address, config.plaintext_port
+            )
+            await self.plaintext.start(str(config.agent_address))
+            self.redirect = PlaintextRedirect(
+                config.agent_address, config.plaintext_port, config.hbone_port
+            )
+            self.redirect.install()
         if self.capture is None:
             self.readiness.capture = True
         elif self.capture.open_pinned():
@@ -282,6 +296,8 @@ class NodeAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.outbound.close()
+        if self.plaintext is not None:
+            await self.plaintext.close()  # the redirect stays: plaintext fails closed meanwhile
         await self.inbound.close()
         await self.pool.close()
         await self.certs.close()
@@ -346,6 +362,8 @@ class NodeAgent:
         meshed = [w for w in state.local_workloads() if state.in_mesh(w)]
         self.delivery.update(w.address for w in meshed)
         await self.inbound.sync()
+        if self.redirect is not None:
+            self.redirect.update(permissive_addresses(state))
         if self.capture is not None:
             # Workloads without an SVID yet are enrolled too: their connections fail (closed)
             # until it arrives, rather than leaving the mesh.
