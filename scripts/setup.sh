@@ -13,13 +13,23 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (it installs Debian packages and mounts bpffs); re-run with sudo"
 
 # Debian packages: bcc comes only from Debian (the PyPI 'bcc' is an unrelated project).
+# WEFT_SETUP_GUEST=1 (a Vagrant lab VM, provisioned offline by vm/provision/node.sh): only what
+# Weft runs with, all baked into the box (vm/vagrant/box.py), and no dev extra.
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
   python3-venv python3-dev gcc
-  iproute2 nftables util-linux procps psmisc systemd curl openssl
-  iperf3 stunnel4 haproxy wrk tcpdump
-  vagrant vagrant-libvirt
+  iproute2 nftables util-linux procps psmisc systemd curl openssl tcpdump
 )
+if [ "${WEFT_SETUP_GUEST:-0}" != 1 ]; then
+  APT_PACKAGES+=(
+    iperf3 stunnel4 haproxy wrk
+    # The Vagrant lab (vm/vagrant/): vagrant, libvirt and qemu run in a netns, the box is built
+    # locally with debootstrap + extlinux.
+    vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system
+    libvirt-clients qemu-system-x86 qemu-utils debootstrap extlinux syslinux-common dnsmasq-base
+    iptables
+  )
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,9 +69,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  say "installing weft-mesh (editable, with the dev extra)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  say "installing weft-mesh (editable, with the dev extra unless WEFT_SETUP_GUEST=1)"
+  [ "${WEFT_SETUP_GUEST:-0}" = 1 ] || "$VENV/bin/python" -m pip install -q --upgrade pip
+  if [ "${WEFT_SETUP_GUEST:-0}" = 1 ]; then
+    "$VENV/bin/python" -m pip install -q -e .
+  else
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  fi
   touch "$STAMP"
 fi
 "$VENV/bin/python" -c 'import bcc' 2>/dev/null || die "bcc is not importable from $VENV: apt-get install python3-bpfcc"

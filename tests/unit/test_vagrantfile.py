@@ -275,11 +275,21 @@ def _exec_start(unit: str) -> str:
     return next(line.removeprefix("ExecStart=") for line in lines if line.startswith("ExecStart="))
 
 
-def test_agent_unit_runs_the_agent_cli_with_node_controller_and_join_token() -> None:
-    assert _exec_start("weft-agent.service") == (
-        "/opt/weft/venv/bin/weft agent run --node ${WEFT_NODE} --controller ${WEFT_CONTROLLER}"
-        " --join-token /etc/weft/join-token"
-    )
+def test_agent_unit_runs_the_agent_cli_with_node_controller_token_roots_and_cgroup() -> None:
+    argv = _exec_start("weft-agent.service").split()
+    assert argv[:3] == ["/opt/weft/venv/bin/weft", "agent", "run"]
+    flags = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert flags == {
+        "--node": "${WEFT_NODE}",
+        "--controller": "${WEFT_CONTROLLER}",
+        "--join-token": "/etc/weft/join-token",
+        # Written by the Vagrantfile's join trigger, from the controller VM's state.
+        "--trust-bundle": "/etc/weft/trust-bundle.pem",
+        "--state-dir": "/var/lib/weft/agent",
+        # Where vm/provision/workload.sh puts each workload's cgroup.
+        "--workloads-cgroup": "/sys/fs/cgroup/weft/workloads",
+    }
+    assert "CGROUPS=/sys/fs/cgroup/weft/workloads" in (PROVISION / "workload.sh").read_text()
 
 
 def test_controller_unit_runs_the_controller_cli() -> None:

@@ -31,6 +31,8 @@ examples:
   sudo weft lab traffic --requests 200    # the demo's load client; exit 1 on any error
   sudo weft lab logs frontend -n 20       # the end of a lab process's log
   sudo weft lab down                      # idempotent; also cleans up after a crash
+  sudo weft lab up --vagrant              # the same nodes as VMs (libvirt/qemu, vm/README.md)
+  sudo weft lab down --vagrant            # destroys the VMs, their networks and libvirtd
 
 The lab lives in network namespaces weft-<node> and weft-<node>-<workload>, the cgroup
 subtree weft/ of cgroup v2, and /run/weft/lab (state.json, logs/). Topology: vm/topology.yaml.
@@ -58,15 +60,18 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     up.add_argument(
         "--mesh",
         action="store_true",
-        help="also start the controller and node agents (vm/lab/mesh.py)",
+        help="also start the controller and node agents (vm/lab/mesh.py); with --demo, the "
+        "demo's waypoints and L7 resources too (demo/waypoint.yaml)",
     )
     up.add_argument(
         "--replace", action="store_true", help="tear down a running or crashed lab first"
     )
+    _add_vagrant(up, "boot the topology's nodes as Vagrant VMs instead (vm/vagrant/, slow)")
     _add_wait(up)
     up.set_defaults(func=cmd_up)
 
     down = _subparser(sub, "down", "stop every lab process and remove the lab")
+    _add_vagrant(down, "destroy the Vagrant lab's VMs, networks, volumes and libvirtd")
     _add_wait(down)
     down.set_defaults(func=cmd_down)
 
@@ -97,6 +102,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     traffic.set_defaults(func=cmd_traffic)
 
 
+def _add_vagrant(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--vagrant", action="store_true", help=help)
+
+
 def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
@@ -121,6 +130,10 @@ def _subparser(
 
 def cmd_up(args: argparse.Namespace) -> int:
     require_root("weft lab up")
+    if args.vagrant:
+        from vm.vagrant.cli import vagrant_up
+
+        return vagrant_up(args)
     topology = load_topology(args.file)
     if args.nodes is not None:
         topology = with_workers(topology, args.nodes)
@@ -139,8 +152,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             lab.up(demo=args.demo, replace=args.replace, progress=progress)
             if args.mesh:
                 from vm.lab.mesh import up_mesh
+                from vm.lab.waypoints import DEMO_WAYPOINTS
 
-                up_mesh(lab, progress)
+                up_mesh(lab, progress, waypoints=DEMO_WAYPOINTS if args.demo else ())
     finally:
         session.release()
     elapsed = time.monotonic() - started
@@ -159,6 +173,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     require_root("weft lab down")
+    if args.vagrant:
+        from vm.vagrant.cli import vagrant_down
+
+        return vagrant_down(args)
     store = StateStore(args.state_dir)
     state = store.load()
     topology = (

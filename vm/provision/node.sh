@@ -74,9 +74,10 @@ SHIM
 chmod +x "$shim/apt-get"
 
 say "running the project's setup (scripts/setup.sh) offline against $ship/wheelhouse"
-(cd "$SRC" && PATH="$shim:$PATH" WEFT_VENV="$VENV" PIP_NO_INDEX=1 \
+(cd "$SRC" && PATH="$shim:$PATH" WEFT_VENV="$VENV" WEFT_SETUP_GUEST=1 PIP_NO_INDEX=1 \
   PIP_FIND_LINKS="$ship/wheelhouse" PIP_DISABLE_PIP_VERSION_CHECK=1 bash scripts/setup.sh)
 ln -sfn "$VENV/bin/weft" /usr/local/bin/weft
+install -m 0755 "$SRC/vm/provision/workload.sh" /usr/local/sbin/weft-workload
 
 install -d -m 0755 "$ETC"
 if [ "$role" = control ]; then

@@ -43,9 +43,11 @@ if [ -n "${WEFT_WHEELHOUSE:-}" ]; then
 elif [ ! -f "$stamp" ] || [ "$PROJECT/pyproject.toml" -nt "$stamp" ]; then
   say "building the wheelhouse in $wheels with $PYTHON (needs PyPI, once)"
   mkdir -p "$wheels"
-  # setuptools and wheel: the guest builds the project (editable) without an index.
+  # The runtime dependencies only (guests run Weft, not its tests). setuptools and wheel: the
+  # guest builds the project (editable) without an index. The host's Python is Debian 12's 3.11,
+  # like the guests', so the binary wheels (grpcio, cryptography, uvloop) fit them.
   "$PYTHON" -m pip wheel -q --disable-pip-version-check --wheel-dir "$wheels" \
-    "${PROJECT}[dev]" "setuptools>=68" wheel \
+    "${PROJECT}" "setuptools>=68" wheel \
     || die "pip could not build the wheelhouse; check PyPI access or set WEFT_WHEELHOUSE"
   # The project itself is installed from source in the guest, never from a stale wheel.
   rm -f "$wheels"/weft_mesh-*.whl

@@ -1,0 +1,275 @@
+"""Builds the lab's Debian 12 Vagrant box locally (debootstrap, ext4, extlinux) and caches it.
+
+No box can be downloaded on the CI machine and its kernel has neither partition-table support
+nor device-mapper, so the usual loop + grub-install route fails. What works: the root file
+system is made as a file (`mkfs.ext4 -d`), copied into an MBR disk image at 1 MiB, booted by
+syslinux's MBR code and extlinux (installed through a loop device at that offset), and converted
+to qcow2. The .box is cached under CACHE_DIR keyed by a hash of this recipe: a second run, or
+any run after an unchanged recipe, reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import subprocess
+import tarfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from vm.vagrant.steps import StepError, run
+
+CACHE_DIR = Path("/var/cache/weft/vagrant")
+BOX_NAME = "weft/debian12-local"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+DISK_GIB = 4
+PARTITION_OFFSET = 1 << 20  # the root partition starts at 1 MiB
+SECTOR = 512
+# What the guests need, baked in (guests have no network): the runtime subset of
+# scripts/setup.sh (WEFT_SETUP_GUEST=1 checks exactly these are present), plus what a
+# Vagrant base box needs (ssh, sudo, rsync, systemd-networkd for DHCP on eth0).
+PACKAGES = (
+    "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "linux-image-amd64",
+    "linux-headers-amd64", "openssh-server", "sudo", "rsync", "ca-certificates",
+    "python3", "python3-venv", "python3-dev", "gcc", "python3-bpfcc", "bpfcc-tools", "libbpf1",
+    "iproute2", "nftables", "util-linux", "procps", "psmisc", "systemd", "curl", "openssl",
+    "tcpdump", "iputils-ping", "less",
+)  # fmt: skip
+# Timers that would only burn the emulated CPU (or try the network) in a lab guest.
+MASKED_UNITS = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "e2scrub_all.timer",
+    "fstrim.timer", "systemd-timesyncd.service",
+)  # fmt: skip
+INSECURE_KEY_GLOBS = (
+    "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+    "/usr/share/vagrant/keys/vagrant.pub",
+)
+# ext4 features extlinux cannot read are left out.
+MKFS_FEATURES = "^64bit,^metadata_csum_seed,^orphan_file"
+DEBOOTSTRAP_TIMEOUT = 1200.0
+# Bump when a build step changes what ends up in the box (the data above is hashed anyway).
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Box:
+    name: str
+    path: Path
+    recipe: str
+
+
+def recipe_hash() -> str:
+    """The cache key of the built box: changes with anything that goes into it."""
+    recipe = [
+        RECIPE_VERSION, SUITE, MIRROR, DISK_GIB, PACKAGES, MASKED_UNITS, MKFS_FEATURES,
+        extlinux_conf("K", "I", "U"), fstab("U"), NETWORKD_ETH0, SUDOERS, BOX_VAGRANTFILE,
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
+
+
+def box_path(cache_dir: Path = CACHE_DIR) -> Path:
+    return cache_dir / f"weft-debian12-{recipe_hash()}.box"
+
+
+def metadata() -> dict[str, object]:
+    return {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
+
+
+def extlinux_conf(kernel: str, initrd: str, root_uuid: str) -> str:
+    return (
+        "DEFAULT weft\nTIMEOUT 1\nPROMPT 0\n"
+        "LABEL weft\n"
+        f"  KERNEL /boot/{kernel}\n"
+        f"  INITRD /boot/{initrd}\n"
+        f"  APPEND root=UUID={root_uuid} rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet\n"
+    )
+
+
+def fstab(root_uuid: str) -> str:
+    return f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n"
+
+
+NETWORKD_ETH0 = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n"
+SUDOERS = "vagrant ALL=(ALL) NOPASSWD:ALL\nDefaults:vagrant !requiretty\n"
+BOX_VAGRANTFILE = (
+    "# The Weft lab's locally built Debian 12 box (vm/vagrant/box.py).\n"
+    'Vagrant.configure("2") do |config|\n'
+    '  config.vm.provider :libvirt do |libvirt|\n    libvirt.disk_bus = "virtio"\n  end\n'
+    "end\n"
+)
+
+
+def insecure_key() -> str:
+    for pattern in INSECURE_KEY_GLOBS:
+        for candidate in sorted(Path("/").glob(pattern.lstrip("/"))):
+            return candidate.read_text()
+    raise StepError(
+        "find Vagrant's insecure public key",
+        Path("/dev/null"),
+        "vagrant is not installed (run scripts/setup.sh)",
+    )
+
+
+def ensure_box(cache_dir: Path = CACHE_DIR, log: Path | None = None) -> Box:
+    """The cached box for this recipe, built first when absent."""
+    target = box_path(cache_dir)
+    if target.is_file():
+        return Box(BOX_NAME, target, recipe_hash())
+    log = log or cache_dir / f"build-{recipe_hash()}.log"
+    build(target, log)
+    return Box(BOX_NAME, target, recipe_hash())
+
+
+def build(target: Path, log: Path) -> None:
+    """Build the box into `target` atomically; a failure leaves nothing mounted or half-built."""
+    work = target.parent / f"build-{recipe_hash()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log.write_text(f"building {target} (recipe {recipe_hash()})\n")
+    try:
+        _build(work, target, log)
+    finally:
+        _unmount(work / "mnt")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(work: Path, target: Path, log: Path) -> None:
+    rootfs = work / "rootfs"
+    run(
+        "debootstrap Debian 12 with the guest packages",
+        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+         f"--cache-dir={_debs_cache(target.parent)}", SUITE, str(rootfs), MIRROR],
+        log, timeout=DEBOOTSTRAP_TIMEOUT,
+    )  # fmt: skip
+    root_uuid = str(uuid.uuid4())
+    _configure_rootfs(rootfs, root_uuid, log)
+    root_image = work / "root.ext4"
+    size_mib = DISK_GIB * 1024 - 1
+    run(
+        "make the ext4 root file system",
+        ["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-O", MKFS_FEATURES,
+         "-d", str(rootfs), str(root_image), f"{size_mib}M"],
+        log, timeout=600,
+    )  # fmt: skip
+    shutil.rmtree(rootfs)
+    disk = work / "disk.raw"
+    with disk.open("wb") as f:
+        f.truncate(DISK_GIB << 30)
+    with disk.open("r+b") as f:
+        f.seek(0)
+        f.write(mbr_partition_table(DISK_GIB << 30))
+    run(
+        "copy the root file system into the disk image",
+        ["dd", f"if={root_image}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse"],
+        log, timeout=600,
+    )  # fmt: skip
+    root_image.unlink()
+    run(
+        "write syslinux's MBR boot code",
+        ["dd", f"if={_mbr_bin()}", f"of={disk}", "bs=440", "count=1", "conv=notrunc"],
+        log, timeout=60,
+    )  # fmt: skip
+    mnt = work / "mnt"
+    mnt.mkdir()
+    run(
+        "mount the root partition (loop device at 1 MiB)",
+        ["mount", "-o", f"loop,offset={PARTITION_OFFSET}", str(disk), str(mnt)],
+        log, timeout=60,
+    )  # fmt: skip
+    try:
+        run(
+            "install extlinux",
+            ["extlinux", "--install", str(mnt / "boot" / "extlinux")],
+            log, timeout=120,
+        )  # fmt: skip
+    finally:
+        _unmount(mnt)
+    image = work / "box.img"
+    run(
+        "convert the disk to qcow2",
+        ["qemu-img", "convert", "-O", "qcow2", str(disk), str(image)],
+        log, timeout=900,
+    )  # fmt: skip
+    disk.unlink()
+    (work / "metadata.json").write_text(json.dumps(metadata()))
+    (work / "Vagrantfile").write_text(BOX_VAGRANTFILE)
+    partial = target.with_suffix(".box.partial")
+    with tarfile.open(partial, "w") as tar:
+        for name in ("metadata.json", "Vagrantfile", "box.img"):
+            tar.add(work / name, arcname=name)
+    partial.rename(target)
+    # Older recipes' boxes are not used any more.
+    for old in target.parent.glob("weft-debian12-*.box"):
+        if old != target:
+            old.unlink()
+
+
+def _configure_rootfs(rootfs: Path, root_uuid: str, log: Path) -> None:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise StepError(
+            "configure the root file system", log, "no kernel or initrd in /boot after debootstrap"
+        )
+    (rootfs / "boot" / "extlinux").mkdir(exist_ok=True)
+    (rootfs / "boot" / "extlinux" / "extlinux.conf").write_text(
+        extlinux_conf(kernels[-1].name, initrds[-1].name, root_uuid)
+    )
+    (rootfs / "etc" / "fstab").write_text(fstab(root_uuid))
+    (rootfs / "etc" / "hostname").write_text("weft-box\n")
+    (rootfs / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 weft-box\n")
+    # Empty: every VM makes its own at first boot (DHCP client ids derive from it).
+    (rootfs / "etc" / "machine-id").write_text("")
+    network = rootfs / "etc" / "systemd" / "network"
+    network.mkdir(parents=True, exist_ok=True)
+    (network / "10-eth0.network").write_text(NETWORKD_ETH0)
+    sudoers = rootfs / "etc" / "sudoers.d" / "vagrant"
+    sudoers.write_text(SUDOERS)
+    sudoers.chmod(0o440)
+    chroot = ["chroot", str(rootfs)]
+    run("create user vagrant", [*chroot, "useradd", "-m", "-s", "/bin/bash", "vagrant"], log,
+        timeout=60)  # fmt: skip
+    ssh = rootfs / "home" / "vagrant" / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "authorized_keys").write_text(insecure_key())
+    (ssh / "authorized_keys").chmod(0o600)
+    run("give vagrant its home", [*chroot, "chown", "-R", "vagrant:vagrant", "/home/vagrant"],
+        log, timeout=60)  # fmt: skip
+    run("enable systemd-networkd and ssh",
+        [*chroot, "systemctl", "enable", "systemd-networkd.service", "ssh.service"],
+        log, timeout=60)  # fmt: skip
+    run("mask timers", [*chroot, "systemctl", "mask", *MASKED_UNITS], log, timeout=60)
+    run("clean the apt cache", [*chroot, "apt-get", "clean"], log, timeout=60)
+
+
+def mbr_partition_table(disk_bytes: int) -> bytes:
+    """Sector 0 of the disk: no boot code (syslinux's is written over it), one active Linux
+    partition from PARTITION_OFFSET to the end, and the 0x55AA signature."""
+    start = PARTITION_OFFSET // SECTOR
+    sectors = disk_bytes // SECTOR - start
+    # CHS fields say "use LBA" (the 1023/254/63 maximum), as partitioning tools write them.
+    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", start, sectors)
+    return bytes(446) + entry + bytes(16 * 3) + b"\x55\xaa"
+
+
+def _mbr_bin() -> Path:
+    for candidate in (Path("/usr/lib/EXTLINUX/mbr.bin"), Path("/usr/lib/syslinux/mbr/mbr.bin")):
+        if candidate.is_file():
+            return candidate
+    return Path("/usr/lib/syslinux/mbr/mbr.bin")
+
+
+def _debs_cache(cache_dir: Path) -> Path:
+    """Downloaded .debs, kept: a rebuild (a changed recipe) fetches only what changed."""
+    debs = cache_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    return debs
+
+
+def _unmount(mnt: Path) -> None:
+    if mnt.is_dir() and subprocess.run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0:
+        subprocess.run(["umount", str(mnt)], check=False)
