@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,17 @@ from vm.lab import processes
 from vm.lab.lab import Lab
 from vm.lab.state import WorkloadInfo
 from vm.lab.topology import Topology
+from vm.lab.waypoints import (
+    DEMO_WAYPOINT_RESOURCES,
+    WaypointDeployment,
+    ensure_workloads,
+    wait_ready,
+    waypoint_argv,
+    waypoint_documents,
+    write_token,
+)
 from weft.errors import UnavailableError
+from weft.model import USE_WAYPOINT_LABEL
 
 WEFT = [sys.executable, "-m", "weft.cli"]
 CONTROLLER_GRPC_PORT = 15012
@@ -38,15 +48,24 @@ class MeshInfo:
     controller: str
     controller_pid: int
     agent_pids: dict[str, int]
+    waypoint_pids: dict[str, int] = field(default_factory=dict)  # "namespace/name" -> pid
 
 
 def mesh_dir(lab: Lab) -> Path:
     return lab.store.directory / "mesh"
 
 
-def lab_resources(topology: Topology, workloads: Sequence[WorkloadInfo]) -> list[dict[str, Any]]:
-    """The lab's namespaces, workloads and services as `weft apply` documents."""
+def lab_resources(
+    topology: Topology,
+    workloads: Sequence[WorkloadInfo],
+    waypoints: Sequence[WaypointDeployment] = (),
+) -> list[dict[str, Any]]:
+    """The lab's namespaces, workloads and services as `weft apply` documents; with
+    `waypoints`, the workloads running them are left out (their Waypoint resources claim
+    those addresses) and the services they serve carry `weft.io/use-waypoint`."""
     documents: list[dict[str, Any]] = []
+    waypoint_workloads = {wp.workload for wp in waypoints}
+    served = {(s, wp.namespace): wp.name for wp in waypoints for s in wp.services}
     for ns in topology.demo.namespaces:
         documents.append(
             {
@@ -56,6 +75,8 @@ def lab_resources(topology: Topology, workloads: Sequence[WorkloadInfo]) -> list
             }
         )
     for w in workloads:
+        if w.name in waypoint_workloads:
+            continue
         spec: dict[str, Any] = {
             "address": w.ip,
             "node": w.node,
@@ -72,11 +93,13 @@ def lab_resources(topology: Topology, workloads: Sequence[WorkloadInfo]) -> list
             }
         )
     for s in topology.demo.services:
+        waypoint = served.get((s.name, s.namespace))
+        labels = {} if waypoint is None else {USE_WAYPOINT_LABEL: waypoint}
         documents.append(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"name": s.name, "namespace": s.namespace},
+                "metadata": {"name": s.name, "namespace": s.namespace, "labels": labels},
                 "spec": {
                     "clusterIP": str(s.vip),
                     "selector": dict(s.selector),
@@ -94,8 +117,13 @@ def _quiet(_: str) -> None:
     pass
 
 
-def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
-    """Start the controller and the agents in the running lab `lab` and wait until ready."""
+def up_mesh(
+    lab: Lab,
+    progress: Callable[[str], None] = _quiet,
+    waypoints: Sequence[WaypointDeployment] = (),
+) -> MeshInfo:
+    """Start the controller and the agents in the running lab `lab` and wait until ready;
+    with `waypoints` (e.g. DEMO_WAYPOINTS), also deploy those and the demo's L7 resources."""
     directory = mesh_dir(lab)
     # A new mesh starts from nothing: resources, tokens and node certificates of an earlier
     # one (another CA, policies a test left behind) must not leak into it.
@@ -118,12 +146,15 @@ def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
         30,
         controller_pid,
     )
+    placed = ensure_workloads(lab, waypoints)
     progress("registering namespaces, workloads and services ('weft apply')")
     resources = directory / "lab-resources.yaml"
-    resources.write_text(yaml.safe_dump_all(lab_resources(lab.topology, lab.workloads())))
+    documents = lab_resources(lab.topology, lab.workloads(), waypoints)
+    resources.write_text(yaml.safe_dump_all(documents + waypoint_documents(waypoints, placed)))
+    files = [resources] + ([DEMO_WAYPOINT_RESOURCES] if waypoints else [])
     lab.node_exec(
         control.name,
-        [*WEFT, "apply", "-f", str(resources), "--controller", controller,
+        [*WEFT, "apply", *(a for f in files for a in ("-f", str(f))), "--controller", controller,
          "--admin-credential", str(state_dir / "admin.pem")],
     )  # fmt: skip
     agent_pids: dict[str, int] = {}
@@ -141,12 +172,33 @@ def up_mesh(lab: Lab, progress: Callable[[str], None] = _quiet) -> MeshInfo:
     for node_name, pid in agent_pids.items():
         progress(f"waiting for the agent on {node_name} to be ready")
         wait_agent_ready(lab, node_name, pid)
+    waypoint_pids = {}
+    for wp in waypoints:
+        progress(f"starting waypoint {wp.reference} on {wp.node} ({placed[wp.reference].ip})")
+        token = lab.node_exec(
+            control.name,
+            [*WEFT, "controller", "token", "create", "--waypoint", wp.reference,
+             "--state-dir", str(state_dir), "-o", "json"],
+        ).stdout  # fmt: skip
+        write_token(directory, wp, token)
+        waypoint_pids[wp.reference] = lab.spawn(
+            wp.workload, waypoint_argv(WEFT, wp, controller, directory),
+            f"waypoint-{wp.namespace}-{wp.name}",
+        )  # fmt: skip
+    for wp in waypoints:
+        progress(f"waiting for waypoint {wp.reference} to be ready")
+        wait_ready(lab, wp, waypoint_pids[wp.reference])
     progress("closing connections opened before the mesh (they re-open through it)")
     reset_preexisting_connections(lab)
-    info = MeshInfo(directory, controller, controller_pid, agent_pids)
+    info = MeshInfo(directory, controller, controller_pid, agent_pids, waypoint_pids)
     (directory / "mesh.json").write_text(
         json.dumps(
-            {"controller": controller, "controller_pid": controller_pid, "agents": agent_pids},
+            {
+                "controller": controller,
+                "controller_pid": controller_pid,
+                "agents": agent_pids,
+                "waypoints": waypoint_pids,
+            },
             indent=2,
         )
     )
@@ -255,6 +307,8 @@ def down_mesh(lab: Lab, info: MeshInfo) -> None:
     Stopping an agent alone leaves capture attached and failing closed (by design); a lab
     without the mesh must reach its services directly again, so capture is detached too.
     """
+    for pid in info.waypoint_pids.values():
+        lab.stop(pid)
     for node, pid in info.agent_pids.items():
         lab.stop(pid)
         lab.node_exec(node, [*WEFT, "agent", "detach", "--scope", node, "--purge"], check=False)
