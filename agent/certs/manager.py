@@ -9,6 +9,7 @@ the agent. TLS contexts are cached per identity and rebuilt when the SVID or bun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -189,6 +190,15 @@ class CertificateManager:
         self._contexts[(identity, server)] = (svid.chain_pem, self.bundle_pem, context)
         return context
 
+    def _reload_contexts(self, renewed: Identity) -> None:
+        """Load a renewed SVID (and new roots) into the contexts listeners already hold: the
+        HBONE listener of a workload keeps its context for its lifetime, and would otherwise
+        present the old certificate until it expired, then fail every handshake."""
+        for identity, server in list(self._contexts):
+            if identity == renewed or self._contexts[(identity, server)][1] != self.bundle_pem:
+                with contextlib.suppress(LookupError):  # an expired one is not renewed here
+                    self._context(identity, server=server)
+
     def report(self) -> list[dict[str, object]]:
         """What `weft certs` shows: one row per identity."""
         now = self._clock()
@@ -263,6 +273,7 @@ class CertificateManager:
             held.leaf.serial_number,
             held.leaf.not_valid_after_utc.isoformat(),
         )
+        self._reload_contexts(held.identity)
         self.changed.set()
         if self._on_issued is not None:
             self._on_issued()

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
+from cryptography import x509
 
 from agent.certs.manager import CertificateManager, CertState, renewal_time
 from tests.unit.agent.issuer import InProcessIssuer
@@ -113,6 +114,42 @@ def test_a_new_root_from_the_controller_reaches_the_bundle() -> None:
         await asyncio.sleep(1.3)
         assert manager.bundle_pem == issuer.bundle != old_bundle
         assert manager.has(CATALOG)
+        await manager.close()
+
+    run(scenario)
+
+
+def test_a_listener_keeps_serving_renewed_certificates_after_the_first_one_expired() -> None:
+    """The HBONE listener holds its context from the start: renewal must reach it."""
+    frontend = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
+
+    async def scenario() -> None:
+        issuer = InProcessIssuer(dt.timedelta(seconds=2))
+        manager = CertificateManager(issuer, issuer.bundle, backoff=FAST)
+        manager.ensure([CATALOG, frontend])
+        assert await manager.wait_issued(CATALOG, 5)
+        assert await manager.wait_issued(frontend, 5)
+
+        async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"hi")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(
+            hello, "127.0.0.1", 0, ssl=manager.server_context(CATALOG)
+        )
+        port = server.sockets[0].getsockname()[1]
+        first = manager.report()[0]["serial"]
+        await asyncio.sleep(2.6)  # the first SVID expired; it was renewed twice meanwhile
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=manager.client_context(frontend), server_hostname="catalog"
+        )
+        assert await reader.read() == b"hi"
+        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        served = x509.load_der_x509_certificate(peer).serial_number
+        assert f"{served:x}" == manager.report()[0]["serial"] != first
+        writer.close()
+        server.close()
         await manager.close()
 
     run(scenario)
