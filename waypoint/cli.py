@@ -26,7 +26,7 @@ from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, join
 from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid
-from waypoint.telemetry import RequestRecord, access_log_line
+from waypoint.telemetry import BufferedLog, RequestRecord, access_log_line
 from weft.errors import UnavailableError, UsageError, WeftError
 from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.resources import parse_documents, read_documents
@@ -308,9 +308,11 @@ async def _serve(
     controller: ControllerOptions | None = None,
     svid: WaypointSvid | None = None,
 ) -> int:
+    access_log = BufferedLog(sys.stdout)  # a write per half second, not one per request
+
     def log(record: RequestRecord) -> None:
         if not options.quiet:
-            print(access_log_line(record), flush=True)
+            access_log.write(access_log_line(record))
 
     proxy = WaypointProxy(compiled.config, compiled.endpoints, access_log=log)
     feed = None
@@ -363,4 +365,5 @@ async def _serve(
         if feed is not None:
             await feed.close()
         await admin.close()
+        access_log.flush()
     return 0

@@ -8,6 +8,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
+from waypoint.channel import Reader, SocketChannel, Writer
 from waypoint.http1 import Event, Http1Error, Request, RequestParser
 from waypoint.telemetry import RequestRecord
 from weft.identity import Identity
@@ -58,18 +59,40 @@ class Downstream:
 class ClientConnection:
     """The downstream connection: its parser and events not consumed yet."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    reader: Reader
+    writer: Writer
     parser: RequestParser
     downstream: Downstream
     pending: deque[Event] = field(default_factory=deque)
+    failure: Http1Error | None = None  # the parser failed after the events still pending
 
     async def next_event(self, timeout_s: float | None = None) -> Event:
         """The next request event; TimeoutError if no byte arrives for `timeout_s`."""
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout_s)
+        pending = self.pending
+        while not pending:
+            if self.failure is not None:
+                raise self.failure
+            reader = self.reader
+            if timeout_s is None:
+                data = await reader.read(READ_SIZE)
+            elif isinstance(reader, SocketChannel):
+                data = await reader.read(READ_SIZE, timeout_s)
+            else:
+                # asyncio.timeout arms one timer; wait_for would start a task per read.
+                async with asyncio.timeout(timeout_s):
+                    data = await reader.read(READ_SIZE)
+            self.feed(data)
+        return pending.popleft()
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes read from the client (b"": it closed its side) into pending events."""
+        try:
             self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
-        return self.pending.popleft()
+        except Http1Error as error:
+            if not error.events:
+                raise
+            self.pending.extend(error.events)  # serve what came before; fail after them
+            self.failure = error
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)

@@ -55,6 +55,7 @@ class Http1Error(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.events: list[Event] = []  # what the same bytes completed before the error
 
 
 class BodyFraming(Enum):
@@ -177,7 +178,11 @@ class _MessageParser:
         self._keep_alive = True
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add bytes received from the peer; return the events they complete."""
+        """Add bytes received from the peer; return the events they complete.
+
+        On a protocol error the events completed by the same bytes before it are on the
+        error's `events`, so the request they belong to can be answered as the one that failed.
+        """
         if self._state is _State.FAILED:
             raise Http1Error(self._error_status, "the connection already failed; close it")
         if self._state is _State.CLOSED:
@@ -192,8 +197,9 @@ class _MessageParser:
             self._state = _State.FAILED
             if error.status != self._error_status and self._error_status == 502:
                 # Whatever the backend got wrong, the client is owed a 502 Bad Gateway.
-                raise Http1Error(502, error.message) from None
-            raise
+                error = Http1Error(502, error.message)
+            error.events = events
+            raise error from None
         return events
 
     def feed_eof(self) -> list[Event]:

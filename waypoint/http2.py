@@ -20,6 +20,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from waypoint.channel import Reader, Writer
+
 Headers = tuple[tuple[str, str], ...]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 READ_SIZE = 64 * 1024
@@ -130,8 +132,8 @@ class H2Peer:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Reader,
+        writer: Writer,
         *,
         client_side: bool,
         handler: RequestHandler | None = None,

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 
 from waypoint import responses
+from waypoint.channel import Reader, Writer
 from waypoint.downstream import Downstream, Exchange, end_to_end
 from waypoint.http1 import Request
 from waypoint.http2 import H2Peer, H2Stream, H2StreamError
@@ -84,8 +85,8 @@ class Http2Front:
 
     async def serve(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Reader,
+        writer: Writer,
         downstream: Downstream,
         preface: bytes,
     ) -> None:

@@ -15,12 +15,11 @@ import logging
 import os
 import random as random_module
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 
 from waypoint import responses
 from waypoint.authz import AuthzRequest, evaluate
+from waypoint.channel import Reader, SocketChannel, Writer
 from waypoint.config import (
     BackendRef,
     FaultInjection,
@@ -97,6 +96,48 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
 
 
+class RandomPool:
+    """os.urandom read 4 KiB at a time. A request takes 40 random bytes (request id, trace and
+    span ids), and a getrandom() call per id cost more than making the ids."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self, count: int) -> bytes:
+        offset = self._offset
+        if offset + count > len(self._pool):
+            self._pool, offset = os.urandom(max(self._size, count)), 0
+        self._offset = offset + count
+        return self._pool[offset : offset + count]
+
+
+def uuid4_text(random_bytes: RandomBytes) -> str:
+    """A random (version 4, RFC 4122 variant) UUID in its text form, as uuid.uuid4() gives."""
+    value = (int.from_bytes(random_bytes(16)) & ~(0xF000 << 64) & ~(0xC << 60)) | (
+        0x4000 << 64 | 0x8 << 60
+    )
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_second_text: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp(now: float) -> str:
+    """`now` (Unix time) in RFC 3339 with milliseconds, as datetime.isoformat gives it; the
+    formatted second is reused while it lasts."""
+    global _second_text
+    second = int(now)
+    micros = round((now - second) * 1e6)  # rounded to microseconds first, as datetime does
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if _second_text[0] != second:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{micros // 1000:03d}+00:00"
+
+
 class WaypointProxy:
     """Serves HTTP/1.1 on a listener and forwards to the backends of `config`.
 
@@ -111,7 +152,7 @@ class WaypointProxy:
         *,
         clock: Clock = time.monotonic,
         random: RandomSource = random_module.random,
-        random_bytes: RandomBytes = os.urandom,
+        random_bytes: RandomBytes | None = None,
         metrics: WaypointMetrics | None = None,
         access_log: Callable[[RequestRecord], None] | None = None,
         connect_timeout_s: float = 1.0,
@@ -123,7 +164,7 @@ class WaypointProxy:
         self.endpoints = endpoints
         self.clock = clock
         self.random = random
-        self.random_bytes = random_bytes
+        self.random_bytes = random_bytes or RandomPool()
         self.metrics = metrics or WaypointMetrics()
         self.access_log = access_log
         self.connect_timeout_s = connect_timeout_s
@@ -133,12 +174,19 @@ class WaypointProxy:
         self.guards = RouteGuards()
         self._backends: dict[str, UpstreamBackend] = {}
         self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()  # the running loop keeps weak refs only
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen; returns the bound address (port 0 picks a free one)."""
-        self._server = await asyncio.start_server(self._serve_plain_tcp, host, port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: SocketChannel(self._accepted), host, port)
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
+
+    def _accepted(self, channel: SocketChannel) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_plain_tcp(channel))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
 
     def update(self, config: WaypointConfig, endpoints: Mapping[str, Sequence[str]]) -> None:
         """Apply new configuration (from discovery) without dropping connections: requests in
@@ -161,16 +209,14 @@ class WaypointProxy:
 
     # --- the client connection ---------------------------------------------------------------
 
-    async def _serve_plain_tcp(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
-        await self.serve_connection(reader, writer, Downstream(str(peer[0]) if peer else None))
+    async def _serve_plain_tcp(self, channel: SocketChannel) -> None:
+        peer = channel.get_extra_info("peername")
+        await self.serve_connection(channel, channel, Downstream(str(peer[0]) if peer else None))
 
     async def serve_connection(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Reader,
+        writer: Writer,
         downstream: Downstream | None = None,
     ) -> None:
         """Serve one client connection until it closes: HTTP/1.1, or HTTP/2 when it opens with
@@ -185,7 +231,7 @@ class WaypointProxy:
 
                 await Http2Front(self).serve(reader, writer, downstream, first)
                 return
-            client.pending.extend(parser.feed(first) if first else parser.feed_eof())
+            client.feed(first)
             while True:
                 event = await client.next_event(self.idle_timeout_s)
                 if isinstance(event, ConnectionClosed):
@@ -203,11 +249,12 @@ class WaypointProxy:
         finally:
             writer.close()
 
-    async def _first_bytes(self, reader: asyncio.StreamReader) -> bytes:
+    async def _first_bytes(self, reader: Reader) -> bytes:
         """Enough of the first bytes to tell HTTP/2's preface from an HTTP/1.1 request."""
         data = b""
         while len(data) < len(HTTP2_PREFACE) and HTTP2_PREFACE.startswith(data):
-            chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout_s)
+            async with asyncio.timeout(self.idle_timeout_s):
+                chunk = await reader.read(READ_SIZE)
             if not chunk:
                 break
             data += chunk
@@ -241,8 +288,8 @@ class WaypointProxy:
         return Exchange(
             request=request,
             started=self.clock(),
-            start_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            request_id=request.header("x-request-id") or str(uuid.uuid4()),
+            start_time=utc_timestamp(time.time()),
+            request_id=request.header("x-request-id") or uuid4_text(self.random_bytes),
         )
 
     async def admit(

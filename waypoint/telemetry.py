@@ -7,11 +7,12 @@ their own: the waypoint serves it on its metrics endpoint, and tests read it wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -95,23 +96,24 @@ class WaypointMetrics:
         self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
     def record(self, request: RequestRecord) -> None:
-        labels = {
-            "reporter": "waypoint",
-            "source_workload": request.source_workload,
-            "source_workload_namespace": request.source_workload_namespace,
-            "source_principal": request.source_principal,
-            "destination_workload": request.destination_workload,
-            "destination_workload_namespace": request.destination_workload_namespace,
-            "destination_principal": request.destination_principal,
-            "destination_service": request.destination_service,
-            "destination_service_name": request.destination_service_name,
-            "destination_service_namespace": request.destination_service_namespace,
-            "request_protocol": "http",
-            "response_code": str(request.response_code),
-            "response_flags": request.response_flags,
-            "connection_security_policy": request.connection_security_policy,
-        }
-        key = tuple(labels[name] for name in REQUEST_LABELS)
+        # The label values in REQUEST_LABELS order, as a tuple straight away (this runs per
+        # request; a dict keyed by label name first cost as much again).
+        key = (
+            "waypoint",
+            request.source_workload,
+            request.source_workload_namespace,
+            request.source_principal,
+            request.destination_workload,
+            request.destination_workload_namespace,
+            request.destination_principal,
+            request.destination_service,
+            request.destination_service_name,
+            request.destination_service_namespace,
+            "http",
+            str(request.response_code),
+            request.response_flags,
+            request.connection_security_policy,
+        )
         children = self._children.get(key)
         if children is None:
             # labels() validates and hashes 14 values on every call; the registry keeps every
@@ -130,10 +132,46 @@ class WaypointMetrics:
 
 def access_log_line(request: RequestRecord) -> str:
     """One JSON object on one line, keys sorted so lines diff and grep predictably."""
-    fields = asdict(request)
+    # The fields are flat, so a copy of the instance dict is enough: dataclasses.asdict would
+    # deep-copy every value, which was a fifth of the waypoint's CPU per request.
+    fields = dict(request.__dict__)
     fields["audit_policies"] = list(request.audit_policies)
     fields["duration_ms"] = round(request.duration_ms, 3)
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return _ENCODER.encode(fields)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+class BufferedLog:
+    """Access-log lines written through a buffer: one write per `interval_s` (or per 64 KiB)
+    instead of one per request; what is buffered is written on `flush()` and at exit."""
+
+    def __init__(self, stream: TextIO, interval_s: float = 0.5) -> None:
+        self.stream = stream
+        self.interval_s = interval_s
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 64 * 1024:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            self._lines.append("")
+            self.stream.write("\n".join(self._lines))
+            self.stream.flush()
+            self._lines.clear()
+            self._size = 0
 
 
 # --- W3C trace context ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from waypoint.channel import Reader, Writer, open_channel
 from waypoint.config import TrafficPolicy
 from waypoint.http1 import (
     LAST_CHUNK,
@@ -52,22 +53,37 @@ HTTP2_STREAMS = 100  # concurrent streams per upstream HTTP/2 connection before 
 class UpstreamStream:
     """An open TCP connection to an endpoint and the parser of its responses."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    reader: Reader
+    writer: Writer
     parser: ResponseParser
     pending: deque[Event] = field(default_factory=deque)
+    failure: Http1Error | None = None  # the parser failed after the events still pending
 
     @property
     def stale(self) -> bool:
         """An idle connection the backend has closed (or that holds bytes nobody asked for)."""
-        return self.reader.at_eof() or self.writer.is_closing() or bool(self.pending)
+        return (
+            self.reader.at_eof()
+            or self.writer.is_closing()
+            or bool(self.pending)
+            or self.failure is not None
+        )
 
     async def next_event(self) -> Event:
         """The next response event; ConnectionError if the backend closed mid-response."""
-        while not self.pending:
+        pending = self.pending
+        while not pending:
+            if self.failure is not None:
+                raise self.failure
             data = await self.reader.read(READ_SIZE)
-            self.pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
-        return self.pending.popleft()
+            try:
+                pending.extend(self.parser.feed(data) if data else self.parser.feed_eof())
+            except Http1Error as error:
+                if not error.events:
+                    raise
+                pending.extend(error.events)  # what came before the error goes through first
+                self.failure = error
+        return pending.popleft()
 
     def close(self) -> None:
         self.writer.close()
@@ -98,7 +114,7 @@ AttemptResult = Attempt | Failure | NoHealthyEndpoint | CircuitOpen
 
 # connect(endpoint "ip:port") -> an open byte stream to it. OSError, LookupError or TimeoutError
 # mean a connect failure. Plain TCP by default; HBONE (waypoint.outbound) in the mesh.
-ConnectEndpoint = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+ConnectEndpoint = Callable[[str], Awaitable[tuple[Reader, Writer]]]
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -107,9 +123,10 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def connect_tcp(endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect_tcp(endpoint: str) -> tuple[Reader, Writer]:
     host, port = split_endpoint(endpoint)
-    return await asyncio.open_connection(host, port)
+    channel = await open_channel(host, port)
+    return channel, channel
 
 
 class UpstreamBackend:
@@ -264,9 +281,7 @@ class UpstreamBackend:
             raise ConnectionResetError(f"unexpected {type(event).__name__} in a response body")
         return [event]
 
-    async def splice(
-        self, attempt: Attempt, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[int, int]:
+    async def splice(self, attempt: Attempt, reader: Reader, writer: Writer) -> tuple[int, int]:
         """After a 101, copy bytes both ways between the client and this attempt's connection
         until both sides have closed; returns (bytes to the backend, bytes to the client)."""
         stream = attempt.stream
@@ -276,7 +291,7 @@ class UpstreamBackend:
         if early:
             writer.write(early)
 
-        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> int:
+        async def copy(source: Reader, sink: Writer) -> int:
             copied = 0
             try:
                 while data := await source.read(READ_SIZE):
