@@ -8,7 +8,7 @@ WEFT   := $(VENV)/bin/weft
 PYTEST := $(PY) -m pytest
 
 .PHONY: help setup demo test test-unit test-kernel test-e2e lint typecheck imports proto \
-        bench bench-quick lab-up lab-down vm-validate clean
+        bench bench-quick lab-up lab-down vm-validate vm-up vm-down vm-test clean
 
 help:            ## list the tasks
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,6 +74,15 @@ lab-down:
 
 vm-validate: setup ## vagrant validate of vm/Vagrantfile
 	cd vm && vagrant validate
+
+vm-up: setup     ## the Vagrant lab: controller + 2 node VMs (qemu-emulated here; vm/README.md)
+	$(WEFT) lab up --vagrant
+
+vm-down:         ## destroy the Vagrant lab's VMs, networks, volumes and libvirtd
+	$(WEFT) lab down --vagrant
+
+vm-test: setup   ## the Vagrant lab end to end: boot, provision, a meshed call between VMs
+	$(PYTEST) -s tests/e2e/test_vagrant_lab.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -37,9 +37,9 @@ def log_path(name: str) -> Path:
     return RUN_DIR / f"{name}.log"
 
 
-def netns_inode(path: Path = NETNS_PATH) -> int | None:
+def netns_inode() -> int | None:
     try:
-        return path.stat().st_ino
+        return NETNS_PATH.stat().st_ino
     except OSError:
         return None
 
