@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hyperframe.frame as hf
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weft.hbone import frame_repr
@@ -18,6 +18,7 @@ def hyperframe_body_repr(frame: hf.DataFrame) -> str:
     return "<hex:" + (text[:20] + "..." if len(text) > 20 else text) + ">"
 
 
+@settings(deadline=None)  # time does not matter here; a loaded CI host is slow
 @given(st.binary(max_size=64), st.one_of(st.none(), st.integers(0, 255)))
 def test_data_frame_repr_is_unchanged(data: bytes, pad_length: int | None) -> None:
     frame_repr.install()
@@ -29,6 +30,7 @@ def test_data_frame_repr_is_unchanged(data: bytes, pad_length: int | None) -> No
     assert repr(frame).endswith(hyperframe_body_repr(frame))
 
 
+@settings(deadline=None)  # time does not matter here; a loaded CI host is slow
 @given(st.binary(max_size=64))
 def test_raw_data_repr_is_unchanged(data: bytes) -> None:
     text = data.hex()

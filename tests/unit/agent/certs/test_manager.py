@@ -146,8 +146,12 @@ def test_a_listener_keeps_serving_renewed_certificates_after_the_first_one_expir
         )
         assert await reader.read() == b"hi"
         peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        served = x509.load_der_x509_certificate(peer).serial_number
-        assert f"{served:x}" == manager.report()[0]["serial"] != first
+        served = x509.load_der_x509_certificate(peer)
+        # Not compared with report(): SVIDs of 2 s renew every second, so one may have been
+        # renewed between the handshake and the report (seen under load). What matters is
+        # that the listener served a renewed certificate, and a valid one.
+        assert f"{served.serial_number:x}" != first
+        assert served.not_valid_after_utc > dt.datetime.now(dt.UTC)
         writer.close()
         server.close()
         await manager.close()
