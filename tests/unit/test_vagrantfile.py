@@ -364,3 +364,23 @@ def test_staging_packs_the_project_without_virtualenv_or_vagrant_state(tmp_path:
     assert {"pyproject.toml", "scripts/setup.sh", "vm/provision/node.sh"} <= names
     assert not any(n.startswith((".venv/", ".git/", "vm/.vagrant/")) for n in names)
     assert (ship / "wheelhouse" / "placeholder-0-py3-none-any.whl").exists()
+
+
+def test_each_worker_routes_the_other_workers_pod_cidrs_to_them(
+    tmp_path: Path, vagrant_home: Path
+) -> None:
+    machines = {
+        m["name"]: m for m in describe_machines(VM_DIR, _vagrant_env(tmp_path, vagrant_home))
+    }
+    nodes = topology_nodes()
+    workers = [n for n in nodes if n["role"] == "worker"]
+    for node in nodes:
+        (weft,) = [p for p in machines[node["name"]]["provisioners"] if p["name"] == "weft"]
+        args = weft["args"]
+        routes = {args[i + 1] for i, arg in enumerate(args) if arg == "--route"}
+        expected = (
+            {f"{w['podCIDR']}={w['ip']}" for w in workers if w["name"] != node["name"]}
+            if node["role"] == "worker"
+            else set()
+        )
+        assert routes == expected, node["name"]

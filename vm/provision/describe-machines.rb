@@ -24,7 +24,9 @@ machines = env.machine_names.map do |name|
     cpus: libvirt.cpus,
     synced_folders: machine.config.vm.synced_folders
                            .reject { |_, options| options[:disabled] }.keys,
-    provisioners: machine.config.vm.provisioners.map { |p| { name: p.name, type: p.type.to_s } },
+    provisioners: machine.config.vm.provisioners.map do |p|
+      { name: p.name, type: p.type.to_s, args: p.type.to_s == "shell" ? Array(p.config.args) : nil }
+    end,
   }
 end
 puts JSON.pretty_generate(machines)

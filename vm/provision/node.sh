@@ -3,6 +3,7 @@
 # (scripts/setup.sh) against the shipped wheelhouse, and installs the node's systemd unit.
 #
 # usage: node.sh --ship DIR --node NAME --role control|worker --address IP --controller IP:PORT
+#                [--route CIDR=VIA]...      (other workers' podCIDRs, via their fabric IPs)
 #
 # DIR (uploaded by the Vagrantfile's file provisioner, staged by provision/stage-host.sh) holds
 #   weft-src.tar.gz   the project's files
@@ -20,13 +21,14 @@ CONTROLLER_STATE=/var/lib/weft/controller
 
 say() { printf '[weft-provision] %s\n' "$*"; }
 die() { printf '[weft-provision] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { die "usage: $0 --ship DIR --node NAME --role control|worker --address IP --controller IP:PORT"; }
+usage() { die "usage: $0 --ship DIR --node NAME --role control|worker --address IP --controller IP:PORT [--route CIDR=VIA]..."; }
 
-ship="" node="" role="" address="" controller=""
+ship="" node="" role="" address="" controller="" routes=()
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case "$1" in
     --ship) ship=$2 ;;
+    --route) routes+=("$2") ;;
     --node) node=$2 ;;
     --role) role=$2 ;;
     --address) address=$2 ;;
@@ -92,6 +94,20 @@ if [ "$role" = control ]; then
   systemctl enable weft-controller.service
   systemctl restart weft-controller.service
 else
+  # HBONE goes to the destination pod's own address on 15008 (as in Istio ambient): each worker
+  # routes the other workers' podCIDRs to them. The agent unit re-applies these on every start
+  # (systemd-networkd drops routes it did not make when it reconfigures eth1).
+  {
+    echo "#!/bin/sh"
+    echo "# Routes to the other workers' podCIDRs (written by vm/provision/node.sh)."
+    for route in ${routes[@]+"${routes[@]}"}; do
+      cidr=${route%%=*} via=${route#*=}
+      [ -n "$cidr" ] && [ -n "$via" ] && [ "$cidr" != "$route" ] || die "--route $route: expected CIDR=VIA"
+      echo "ip route replace $cidr via $via"
+    done
+  } >"$ETC/pod-routes.sh"
+  chmod 0755 "$ETC/pod-routes.sh"
+  sh "$ETC/pod-routes.sh"
   install -m 0644 "$SRC/vm/provision/systemd/weft-agent.service" "$UNIT_DIR/"
   printf 'WEFT_NODE=%s\nWEFT_CONTROLLER=%s\n' "$node" "$controller" >"$ETC/agent.env"
   systemctl daemon-reload
