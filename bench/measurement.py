@@ -44,6 +44,8 @@ class LoadContext:
     seconds: float
     max_count: int  # the bound on rounds/connections/requests, whatever comes first with seconds
     tools: NativeTools
+    http_host: str | None = None  # the Host header HTTP clients send (a proxy routes by it)
+    pids: tuple[int, ...] = ()  # the processes the path added (the proxy a load may watch)
 
 
 def run_client(ctx: LoadContext, argv: Sequence[str], what: str) -> str:

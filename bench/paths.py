@@ -9,6 +9,7 @@ meshed path in by filling in its `setup`.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bench.pki import create_peer_pki
 from bench.priority import prioritized
 from bench.testbed import BenchLayout, Testbed
 
-ALL_LOADS = frozenset({"bulk", "rr", "connrate", "http1", "http16", "grpc"})
+ALL_LOADS = frozenset({"bulk", "rr", "connrate", "http1", "http16", "grpc"})  # stream1m: proxies
 HTTP_LOADS = frozenset({"http1", "http16", "grpc"})
 
 
@@ -30,6 +31,7 @@ class PathTarget:
 
     client: str
     addresses: dict[str, tuple[str, int]]
+    http_host: str | None = None  # the Host header HTTP loads send, if the path routes by it
 
 
 class BenchPath:
@@ -146,7 +148,7 @@ class HaproxyPath(BenchPath):
     name = "haproxy"
     description = "haproxy HTTP hop on the server's node (HTTP/1.1 keep-alive, h2c for gRPC)"
     peer = None
-    loads = HTTP_LOADS
+    loads = HTTP_LOADS | {"stream1m"}
     HTTP_PORT = 22080
     GRPC_PORT = 22090
 
@@ -231,24 +233,71 @@ class WeftCrossNodePath(MeshPath):
     peer = "stunnel"
 
 
-class WeftWaypointPath(MeshPath):
+# The resources the standalone waypoint runs: one Service on the bench HTTP server's port and an
+# HTTPRoute sending every path of it to that Service (whose endpoint is the bench server, given
+# with --endpoint). Requests name the Service in their Host header, as in the mesh.
+WAYPOINT_RESOURCES = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench, labels: {weft.io/use-waypoint: bench-waypoint}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bench-http, namespace: bench}
+spec:
+  clusterIP: 10.96.250.10
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: weft.io/v1
+kind: Waypoint
+metadata: {name: bench-waypoint, namespace: bench}
+spec: {address: 10.96.250.11, node: node2}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench-http, namespace: bench}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bench-http, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: bench-http, port: 8080}]
+"""
+WAYPOINT_SERVICE = "bench-http.bench:8080"  # the Host clients send; also the backend's name
+
+
+class WeftWaypointPath(BenchPath):
+    """`weft waypoint run` as one L7 hop on the server's node, where haproxy runs its hop: the
+    same backend, the same nodes, HTTP/1.1 keep-alive both sides, routed by Host with a
+    compiled HTTPRoute. Its access log is on (one JSON line per request, as deployed);
+    haproxy's default configuration logs nothing."""
+
     name = "weft-waypoint"
-    description = "Weft L7: through a waypoint proxy (HBONE to the waypoint, HTTP routing)"
+    description = "Weft L7 waypoint hop on the server's node (HTTPRoute by Host, HTTP/1.1)"
     peer = "haproxy"
-    loads = HTTP_LOADS
-    component_modules = ("waypoint.main", "waypoint.cli")
-    component_name = "waypoint"
+    loads = frozenset({"http1", "http16", "stream1m"})
+    HTTP_PORT = 22180
 
     def availability(self) -> str | None:
-        return (
-            "not wired into the bench yet: it needs a Service VIP with weft.io/use-waypoint, a "
-            "Waypoint resource and `weft waypoint run` with an SVID for it in a meshed workload "
-            "(the agent routes only service VIPs to a waypoint; the bench connects to workload "
-            "addresses)"
-        )
+        if not _module_exists("waypoint.cli"):
+            return "waypoint not built yet (waypoint.cli missing)"
+        return None
 
     def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
-        raise NotImplementedError(self.availability())
+        node_ip = testbed.node_ip(layout.server_node)
+        server_ip = testbed.workload_ip(layout.remote_server)
+        resources = workdir / "waypoint.yaml"
+        resources.write_text(WAYPOINT_RESOURCES)
+        argv = [sys.executable, "-m", "weft.cli", "waypoint", "run", "-f", str(resources)]
+        argv += ["--name", "bench-waypoint", "--namespace", "bench", "--admin", "off"]
+        argv += ["--endpoint", f"{WAYPOINT_SERVICE}={server_ip}:{SERVICE_PORTS['http']}"]
+        argv += ["--listen", f"{node_ip}:{self.HTTP_PORT}"]
+        pid = testbed.node_spawn(layout.server_node, prioritized(argv), "bench-waypoint")
+        self.record_process(testbed, pid, "bench-waypoint")
+        # Python and its imports start in seconds on a quiet machine, slower on a busy one.
+        wait_listening(testbed, [self.HTTP_PORT], node=layout.server_node, timeout=60.0)
+        return PathTarget(
+            layout.client, {"http": (node_ip, self.HTTP_PORT)}, http_host=WAYPOINT_SERVICE
+        )
 
 
 PATH_TYPES: tuple[type[BenchPath], ...] = (

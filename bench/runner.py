@@ -110,6 +110,7 @@ def _run_once(
 ) -> None:
     settings, progress, target = plan.settings, plan.progress, plan.targets[path.name]
     host, port = target.addresses[load.service]
+    pids = path.mesh_pids()
     ctx = LoadContext(
         testbed=plan.testbed,
         client=target.client,
@@ -118,9 +119,10 @@ def _run_once(
         seconds=settings.seconds,
         max_count=load.max_count,
         tools=plan.tools,
+        http_host=target.http_host,
+        pids=tuple(pids),
     )
     label = f"round {round_index + 1}/{settings.rounds}  {load.name:<8} {path.name:<17}"
-    pids = path.mesh_pids()
     before = measure(pids)
     try:
         outcome = load.run(ctx)

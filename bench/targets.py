@@ -17,6 +17,7 @@ class Measure(Enum):
     RATIO = "ratio"  # path / reference
     ADDED = "added"  # path - reference (e.g. microseconds a hop adds)
     ADDED_RATIO = "added ratio"  # (path - direct) / (reference - direct): overhead vs overhead
+    WORST = "worst"  # the path's own figure in its worst round (reference: the path itself)
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -60,6 +61,8 @@ TARGETS: tuple[Target, ...] = (
            "haproxy", "http16", "req_s", Measure.RATIO, ">=", 0.5),
     Target("waypoint", "added p50 latency at 1 conn <= 2x haproxy's added latency",
            "weft-waypoint", "haproxy", "http1", "p50_us", Measure.ADDED_RATIO, "<=", 2.0),
+    Target("waypoint", "a 1 MiB response streams with memory growth < 4 MiB", "weft-waypoint",
+           "weft-waypoint", "stream1m", "rss_growth_kib", Measure.WORST, "<", 4096.0),
 )  # fmt: skip
 
 
@@ -120,6 +123,13 @@ def check_target(result: BenchResult, target: Target) -> CheckResult:
         measured = added_mine / added_theirs
         note = f"+{added_mine:,.1f} / +{added_theirs:,.1f} {target.metric} over {target.direct}"
         return CheckResult(target, measured, _OPS[target.op](measured, target.bound), note)
+    if target.measure is Measure.WORST:
+        figure = result.figure(target.path, target.load, target.metric)
+        if figure is None or not figure.rounds:
+            return CheckResult(target, None, None, "n/a (no round succeeded)")
+        worst = max(figure.rounds) if not figure.higher_is_better else min(figure.rounds)
+        note = f"worst of {len(figure.rounds)} rounds ({target.metric})"
+        return CheckResult(target, worst, _OPS[target.op](worst, target.bound), note)
     pairs = result.paired((target.path, target.reference), target.load, target.metric)
     if not pairs:
         return CheckResult(target, None, None, "n/a (no round where both ran)")

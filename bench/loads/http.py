@@ -50,6 +50,8 @@ def _run_wrk(ctx: LoadContext, connections: int) -> LoadOutcome:
     seconds = max(1, round(ctx.seconds))  # wrk -d takes whole seconds
     threads = min(connections, 2)  # the machine has 2 cores; more threads only add contention
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if ctx.http_host is not None:
+        argv += ["-H", f"Host: {ctx.http_host}"]
     argv += ["--timeout", "5s", f"http://{ctx.host}:{ctx.port}/"]
     report = parse_wrk_output(run_client(ctx, argv, "wrk"))
     if report.non_2xx:

@@ -1,8 +1,9 @@
 /* http_server: the far end of the HTTP/1.1 keep-alive load (wrk).
  *
  * One thread, epoll: every request (head ending in CRLF CRLF, no body) gets the same 200 response
- * with a 1 KiB body, on a connection that stays open. nginx is not installed here and a Python
- * server tops out far below what a proxy in front of it can carry, so the server would be the
+ * with a 1 KiB body, on a connection that stays open; `GET /1m` gets a 1 MiB body instead (the
+ * streaming-memory check of a proxy: the proxy must pass it on, not hold it). nginx is not
+ * installed here and a Python server tops out far below what a proxy in front of it can carry, so the server would be the
  * bottleneck and every path would look alike; this one does well over 100k requests/s on a core.
  *
  * usage: http_server BIND_ADDR PORT
@@ -14,6 +15,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@
 #define MAX_FDS 65536
 #define REQ_BUF 16384
 #define BODY_SIZE 1024
+#define BIG_BODY_SIZE (1024 * 1024)
 
 struct conn {
     size_t used;
@@ -35,6 +38,8 @@ struct conn {
 static struct conn *conns[MAX_FDS];
 static char response[BODY_SIZE + 256];
 static size_t response_len;
+static char *big_response;
+static size_t big_response_len;
 
 static void build_response(void) {
     int head = snprintf(response, sizeof response,
@@ -43,6 +48,13 @@ static void build_response(void) {
                         BODY_SIZE);
     memset(response + head, 'x', BODY_SIZE);
     response_len = (size_t)head + BODY_SIZE;
+    big_response = malloc(BIG_BODY_SIZE + 256);
+    int big_head = snprintf(big_response, 256,
+                            "HTTP/1.1 200 OK\r\nServer: weft-bench\r\nContent-Type: text/plain\r\n"
+                            "Content-Length: %d\r\n\r\n",
+                            BIG_BODY_SIZE);
+    memset(big_response + big_head, 'y', BIG_BODY_SIZE);
+    big_response_len = (size_t)big_head + BIG_BODY_SIZE;
 }
 
 static void drop(int fd) {
@@ -55,8 +67,14 @@ static int send_all(int fd, const char *data, size_t len) {
     size_t off = 0;
     while (off < len) {
         ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && (errno == EAGAIN || errno == EINTR))
-            continue; /* responses are small; the peer is reading */
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) { /* a 1 MiB body to a slow reader: wait, do not spin */
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            if (poll(&p, 1, 10000) <= 0)
+                return -1;
+            continue;
+        }
         if (w <= 0)
             return -1;
         off += (size_t)w;
@@ -79,7 +97,9 @@ static void serve_ready(int fd) {
         char *start = c->buf;
         char *end;
         while ((end = memmem(start, c->used - (size_t)(start - c->buf), "\r\n\r\n", 4)) != NULL) {
-            if (send_all(fd, response, response_len) < 0) {
+            int big = end - start >= 4 && memcmp(start, "GET /1m ", 8) == 0; /* in the head */
+            if (send_all(fd, big ? big_response : response, big ? big_response_len : response_len) <
+                0) {
                 drop(fd);
                 return;
             }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.mesh_testbed import acquire_mesh, bench_resources, meshed_layout, opened_in_exposition
-from bench.paths import MeshPath, make_path
+from bench.paths import ALL_LOADS, MeshPath, make_path
 from bench.testbed import BenchLayout
 from vm.lab.topology import MAX_WORKLOAD_NAME
 from weft.errors import UnavailableError
@@ -55,13 +55,6 @@ def test_l4_meshed_paths_run_now_that_the_agent_exists(name: str) -> None:
     assert path.availability() is None
 
 
-def test_waypoint_path_says_what_it_still_needs() -> None:
-    reason = make_path("weft-waypoint").availability()
-    assert reason is not None
-    assert "use-waypoint" in reason
-    assert "weft waypoint run" in reason
-
-
 def test_bench_resources_opt_the_namespace_in_and_select_each_server_by_its_app_label() -> None:
     meshed = meshed_layout(BenchLayout(client_node="node1", server_node="node2"))
     documents = bench_resources(meshed)
@@ -77,5 +70,6 @@ def test_bench_resources_opt_the_namespace_in_and_select_each_server_by_its_app_
 
 
 @pytest.mark.parametrize("name", ["weft-same-node", "weft-cross-node"])
-def test_l4_meshed_paths_skip_grpc_which_capture_cannot_see_yet(name: str) -> None:
-    assert make_path(name).loads == {"bulk", "rr", "connrate", "http1", "http16"}
+def test_l4_meshed_paths_run_every_load_grpc_included(name: str) -> None:
+    # connect6 capture sees grpcio's v4-mapped AF_INET6 sockets, so gRPC goes through the mesh.
+    assert make_path(name).loads == ALL_LOADS

@@ -26,8 +26,8 @@ def test_meshed_paths_compare_with_the_proxy_a_user_would_pick_instead() -> None
     assert make_path("weft-same-node").baseline == "direct-same-node"
 
 
-def test_haproxy_runs_only_the_http_loads() -> None:
-    assert make_path("haproxy").loads == {"http1", "http16", "grpc"}
+def test_haproxy_runs_only_the_http_loads_and_the_streaming_memory_check() -> None:
+    assert make_path("haproxy").loads == {"http1", "http16", "grpc", "stream1m"}
 
 
 def test_unknown_path_name_is_a_key_error() -> None:
