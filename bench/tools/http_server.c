@@ -3,8 +3,9 @@
  * One thread, epoll: every request (head ending in CRLF CRLF, no body) gets the same 200 response
  * with a 1 KiB body, on a connection that stays open; `GET /1m` gets a 1 MiB body instead (the
  * streaming-memory check of a proxy: the proxy must pass it on, not hold it). nginx is not
- * installed here and a Python server tops out far below what a proxy in front of it can carry, so the server would be the
- * bottleneck and every path would look alike; this one does well over 100k requests/s on a core.
+ * installed here and a Python server tops out far below what a proxy in front of it can carry,
+ * so the server would be the bottleneck and every path would look alike; this one does well over
+ * 100k requests/s on a core.
  *
  * usage: http_server BIND_ADDR PORT
  * It runs until killed (the harness kills it by pid at teardown).
