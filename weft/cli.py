@@ -65,7 +65,7 @@ COMMAND_FAMILIES: tuple[CommandFamily, ...] = (
     CommandFamily("certs", "workload certificates held by an agent", "agent.cli"),
     CommandFamily("config-dump", "an agent's or waypoint's effective configuration", "agent.cli"),
     CommandFamily("waypoint", "run an L7 waypoint proxy", "waypoint.cli"),
-    CommandFamily("stat", "per-service request rate, success rate and latency", "waypoint.cli"),
+    CommandFamily("stat", "per-service request rate, success rate and latency", "weft.stat"),
 )
 
 
