@@ -564,12 +564,17 @@ class WaypointProxy:
         exchange.status = response.status
         if response.status == 101:
             return await self._switch_protocols(client, exchange, backend, attempt, headers)
-        await client.send(serialize_response_head(response.status, response.reason, out))
+        head = serialize_response_head(response.status, response.reason, out)
         reusable = response.keep_alive
         remaining = None if deadline is None else max(0.0, deadline - self.clock())
         try:
-            async with asyncio.timeout(remaining):
-                await self._stream_body(client, exchange, backend, attempt, chunked=chunked)
+            if remaining is None:
+                await self._stream_body(client, exchange, backend, attempt, head, chunked=chunked)
+            else:
+                async with asyncio.timeout(remaining):
+                    await self._stream_body(
+                        client, exchange, backend, attempt, head, chunked=chunked
+                    )
         except (ConnectionError, Http1Error, TimeoutError) as error:
             backend.finish(attempt, reusable=False)
             exchange.flags = (
@@ -616,22 +621,34 @@ class WaypointProxy:
         exchange: Exchange,
         backend: UpstreamBackend,
         attempt: Attempt,
+        head: bytes,
         *,
         chunked: bool,
     ) -> None:
+        """Send the response head and stream the body after it. The head goes out with the
+        first piece of the body when that piece is already here (one write, one wakeup of the
+        client, for the small responses most requests get), else on its own first."""
         assert attempt.response is not None
+        stream = attempt.stream
         if attempt.response.framing is BodyFraming.NONE:
+            await client.send(head)
             await backend.body_events(attempt)  # the EndOfMessage of a bodiless response
             return
+        if stream is None or not stream.pending:
+            await client.send(head)
+            head = b""
         while True:
             (event,) = await backend.body_events(attempt)
             if isinstance(event, EndOfMessage):
-                if chunked:
-                    await client.send(LAST_CHUNK)
+                tail = head + LAST_CHUNK if chunked else head
+                if tail:
+                    await client.send(tail)
                 return
             assert isinstance(event, Data)
             exchange.bytes_sent += len(event.data)
-            await client.send(encode_chunk(event.data) if chunked else event.data)
+            piece = encode_chunk(event.data) if chunked else event.data
+            await client.send(head + piece if head else piece)
+            head = b""
 
     # --- local replies and telemetry -----------------------------------------------------------
 

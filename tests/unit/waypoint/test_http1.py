@@ -445,3 +445,14 @@ def test_valid_requests_round_trip_however_they_are_split(
     assert request.headers == tuple((n.lower(), v) for n, v in sent_headers)
     assert body_of(events) == body
     assert events[-1] == EndOfMessage()
+
+
+@pytest.mark.parametrize("value", ["1\r\nx: y", "1\r", "1\rx", "\nx", "1\n", "1\x00"])
+def test_any_cr_lf_or_nul_in_a_value_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="CR/LF/NUL"):
+        serialize_request_head("GET", "/", [("host", "s"), ("x-a", value), ("x-b", "2")])
+
+
+def test_a_header_name_that_is_not_a_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="invalid name"):
+        serialize_request_head("GET", "/", [("x a", "1")])
