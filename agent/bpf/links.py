@@ -63,3 +63,18 @@ def cgroup_programs(cgroup: Path, attach_type: libbpf.AttachType, *, effective: 
         return libbpf.prog_query(fd, attach_type, effective=effective)
     finally:
         os.close(fd)
+
+
+SPLICE_MSG_FUNCTION = "weft_splice_msg"  # agent.bpf.programs.SPLICE_MSG (this module is bcc-free)
+SPLICE_VERDICT_FUNCTION = "weft_splice_verdict"
+
+
+def splice_mode(links_dir: Path) -> str:
+    """How this scope splices same-node connections: "sk_msg" (a workload's sends go straight
+    into the peer workload's socket), "sk_skb" (the agent's sockets forward segments in the
+    kernel; kernels that cannot attach sk_msg by link), or "none" (nothing attached)."""
+    if (links_dir / SPLICE_MSG_FUNCTION).exists():
+        return "sk_msg"
+    if (links_dir / SPLICE_VERDICT_FUNCTION).exists():
+        return "sk_skb"
+    return "none"

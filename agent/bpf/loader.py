@@ -9,12 +9,14 @@ A pinned link keeps its program attached after the agent exits, and unlinking th
 it. A restarted agent finds the pin and swaps the freshly loaded program into the existing link
 (`bpf_link_update`) instead of attaching a second copy. Everything is loaded, and so verified,
 before anything is attached, so a verifier failure leaves the previous attachment as it was.
+An optional program (the sk_msg splice) that the kernel refuses is left out instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -36,6 +38,7 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weft")
 DEFAULT_OUTBOUND_PORT = 15001
 VERIFIER_LOG_BYTES = 4 << 20
 _SCOPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+log = logging.getLogger(__name__)
 
 
 class ProgramLoadError(WeftError):
@@ -102,6 +105,7 @@ class Loader:
         self.links_dir = self.scope_dir / "links"
         self.ebpf_dir = ebpf_dir
         self.outbound_port = outbound_port
+        self.skipped: dict[str, str] = {}  # optional programs the last attach() left out: why
 
     def cflags(self) -> list[str]:
         """Every value the C needs; the C turns a missing one into an #error."""
@@ -190,18 +194,30 @@ class Loader:
         compiled: dict[str, Any] = {}
         created: list[Path] = []
         targets: dict[Target, _AttachTarget] = {}
+        self.skipped = {}
         try:
-            prog_fds = []
+            loaded = []
             for spec in specs:
                 if spec.source not in compiled:
                     compiled[spec.source] = self.compile(spec.source)
-                prog_fds.append(self.load_program(compiled[spec.source], spec))
+                try:
+                    loaded.append((spec, self.load_program(compiled[spec.source], spec)))
+                except ProgramLoadError as err:
+                    if not spec.optional:
+                        raise
+                    self._skip(spec, str(err).splitlines()[0])
             self.links_dir.mkdir(parents=True, exist_ok=True)
             attachments = []
-            for spec, prog_fd in zip(specs, prog_fds, strict=True):
+            for spec, prog_fd in loaded:
                 if spec.target not in targets:
                     targets[spec.target] = self._open_target(spec.target, cgroup)
-                attachment = self._attach_one(spec, prog_fd, targets[spec.target])
+                try:
+                    attachment = self._attach_one(spec, prog_fd, targets[spec.target])
+                except OSError as err:
+                    if not spec.optional:
+                        raise
+                    self._skip(spec, f"attaching failed: {err}")
+                    continue
                 if not attachment.reused:
                     created.append(attachment.link_pin)
                 attachments.append(attachment)
@@ -217,6 +233,15 @@ class Loader:
                 os.close(target.fd)
             for bpf in compiled.values():
                 bpf.cleanup()
+
+    def _skip(self, spec: ProgramSpec, reason: str) -> None:
+        """Leave an optional program out; a link a previous load pinned for it goes too, so that
+        what runs always matches what this loader reports."""
+        self.skipped[spec.function] = reason
+        log.warning("optional eBPF program %s not attached: %s", spec.function, reason)
+        pin = self.links_dir / spec.function
+        if pin.exists():
+            _detach_pin(pin)
 
     def _open_target(self, target: Target, cgroup: Path) -> _AttachTarget:
         if target is Target.WORKLOADS_CGROUP:

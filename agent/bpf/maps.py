@@ -75,6 +75,29 @@ class SplicePeerC(ctypes.Structure):
     )
 
 
+class MsgPairC(ctypes.Structure):
+    """struct weft_msg_pair { struct weft_tuple peer; __u32 reserved; __u64 cgroup_id;
+    __u64 forwarded; };"""
+
+    _fields_ = (
+        ("peer", TupleC),
+        ("reserved", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("forwarded", ctypes.c_uint64),
+    )
+
+
+class MsgStateC(ctypes.Structure):
+    """struct weft_msg_state { __u64 passed; __u64 direct; __u32 switched; __u32 reserved; };"""
+
+    _fields_ = (
+        ("passed", ctypes.c_uint64),
+        ("direct", ctypes.c_uint64),
+        ("switched", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    )
+
+
 # map name -> (key mirror, value mirror), exactly as declared in weft_maps.h
 
 MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
@@ -85,6 +108,11 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "weft_orig_tp": (TupleC, OrigC),
     "weft_splice": (ctypes.c_uint64, ctypes.c_uint32),  # sockhash: cookie -> socket (an fd in)
     "weft_splice_pr": (ctypes.c_uint64, SplicePeerC),
+    # sockhash: 4-tuple -> socket (an fd in, its cookie out)
+    "weft_msg_sk": (TupleC, ctypes.c_uint64),
+    "weft_msg_pr": (TupleC, MsgPairC),
+    "weft_msg_st": (TupleC, MsgStateC),
+    "weft_msg_agent": (ctypes.c_uint32, ctypes.c_uint8),  # network-order address -> 1
 }
 
 
@@ -126,6 +154,43 @@ class WorkloadStats:
     passed: int
     inbound_dropped: int
     spliced_bytes: int
+
+
+@dataclass(frozen=True)
+class SocketTuple:
+    """A TCP socket's own view of its connection: (local address, port), (remote address, port).
+    The key of the sk_msg splice maps; the other end of the connection is `reversed()`."""
+
+    local: tuple[str, int]
+    remote: tuple[str, int]
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> SocketTuple:
+        local, remote = sock.getsockname(), sock.getpeername()
+        return cls((str(local[0]), int(local[1])), (str(remote[0]), int(remote[1])))
+
+    def reversed(self) -> SocketTuple:
+        return SocketTuple(self.remote, self.local)
+
+    def to_c(self) -> TupleC:
+        return TupleC(
+            src_addr=_addr_to_be32(IPv4Address(self.local[0])),
+            dst_addr=_addr_to_be32(IPv4Address(self.remote[0])),
+            src_port=socket.htons(self.local[1]),
+            dst_port=socket.htons(self.remote[1]),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.local[0]}:{self.local[1]}->{self.remote[0]}:{self.remote[1]}"
+
+
+@dataclass(frozen=True)
+class MsgState:
+    """The sk_msg program's counters of one workload socket."""
+
+    passed: int  # bytes sent by TCP through the agent, before the switch
+    direct: int  # bytes sent straight into the peer workload's socket
+    switched: bool
 
 
 def _addr_to_be32(addr: IPv4Address) -> int:
@@ -201,6 +266,8 @@ class NodeMaps:
     """
 
     def __init__(self, maps_dir: Path) -> None:
+        # The sk_msg splice is used only where its program is attached (see links.splice_mode).
+        self.msg_splice = (maps_dir.parent / "links" / "weft_splice_msg").exists()
         self._maps: dict[str, PinnedMap] = {}
         try:
             for name in MAP_LAYOUTS:
@@ -233,6 +300,11 @@ class NodeMaps:
         )
         if self.stats(cgroup_id) is None:
             self._maps["weft_wl_stats"].put(ctypes.c_uint64(cgroup_id), WorkloadStatsC())
+        if self.msg_splice and enrollment.mode is Mode.AMBIENT:
+            # Workload sockets connected to this agent enter the sk_msg splice's sockhash.
+            self._maps["weft_msg_agent"].put(
+                ctypes.c_uint32(_addr_to_be32(enrollment.agent_addr)), ctypes.c_uint8(1)
+            )
         self._maps["weft_enroll"].put(ctypes.c_uint64(cgroup_id), value)
 
     def unenroll(self, cgroup_id: int) -> bool:
@@ -316,3 +388,38 @@ class NodeMaps:
         for cookie in (cookie_a, cookie_b):
             self._maps["weft_splice"].delete(ctypes.c_uint64(cookie))
             self._maps["weft_splice_pr"].delete(ctypes.c_uint64(cookie))
+
+    # The sk_msg splice (weft_maps.h explains the four sockets and the switch).
+
+    def msg_socket_present(self, key: SocketTuple) -> bool:
+        """Is this socket in the sk_msg splice's sockhash (a workload end entered by sockops)?"""
+        return self._maps["weft_msg_sk"].get(key.to_c()) is not None
+
+    def msg_add_agent_socket(self, sock: socket.socket, peer: SocketTuple, cgroup_id: int) -> None:
+        """Enter one of the agent's sockets: from now on what the agent writes on it goes into
+        the receive queue of `peer` (a workload socket) instead of onto the wire."""
+        key = SocketTuple.of(sock).to_c()
+        self._maps["weft_msg_pr"].put(key, MsgPairC(peer=peer.to_c(), cgroup_id=cgroup_id))
+        self._maps["weft_msg_sk"].put(key, ctypes.c_uint64(sock.fileno()))
+
+    def msg_forwarded(
+        self, workload: SocketTuple, peer: SocketTuple, cgroup_id: int, forwarded: int
+    ) -> None:
+        """Register (or update) a workload socket's pair: the agent has written on `forwarded`
+        bytes of what it sent by TCP; once that is all of them, it sends straight to `peer`."""
+        value = MsgPairC(peer=peer.to_c(), cgroup_id=cgroup_id, forwarded=forwarded)
+        self._maps["weft_msg_pr"].put(workload.to_c(), value)
+
+    def msg_state(self, key: SocketTuple) -> MsgState | None:
+        value = self._maps["weft_msg_st"].get(key.to_c())
+        if not isinstance(value, MsgStateC):
+            return None
+        return MsgState(int(value.passed), int(value.direct), bool(value.switched))
+
+    def msg_unregister(self, *keys: SocketTuple) -> None:
+        """Forget the pairs and counters of these sockets. They stay in the sockhash until they
+        close: taking a workload socket out would drop the bytes still queued for its reader."""
+        for key in keys:
+            c_key = key.to_c()
+            self._maps["weft_msg_pr"].delete(c_key)
+            self._maps["weft_msg_st"].delete(c_key)

@@ -13,6 +13,7 @@ class Target(Enum):
 
     WORKLOADS_CGROUP = "the enrolled workloads' cgroup"
     SPLICE_MAP = "weft_splice"  # the sockhash of spliced sockets (a pinned map's name)
+    MSG_MAP = "weft_msg_sk"  # the sockhash of the sk_msg splice
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class ProgramSpec:
     prog_type: ProgType
     attach_type: AttachType
     target: Target = Target.WORKLOADS_CGROUP
+    # Optional: a kernel that cannot load or attach it (older kernels have no sockmap bpf_link)
+    # leaves it out, and the rest is attached without it; Loader.skipped says why.
+    optional: bool = False
 
 
 CONNECT4 = ProgramSpec(
@@ -60,9 +64,25 @@ SPLICE_VERDICT = ProgramSpec(
     Target.SPLICE_MAP,
 )
 
+# The fast same-node splice; without it the agent uses SPLICE_VERDICT (links.splice_mode).
+SPLICE_MSG = ProgramSpec(
+    "weft_splice_msg",
+    "weft_splice.c",
+    ProgType.SK_MSG,
+    AttachType.SK_MSG_VERDICT,
+    Target.MSG_MAP,
+    optional=True,
+)
+
 # Outbound capture: what a node agent attaches to its workloads' cgroup.
 CAPTURE: tuple[ProgramSpec, ...] = (CONNECT4, GETPEERNAME4, SOCKOPS)
 # Outbound capture of AF_INET6 sockets dialing v4-mapped addresses (needs SOCKOPS of CAPTURE).
 CAPTURE_V4_MAPPED: tuple[ProgramSpec, ...] = (CONNECT6, GETPEERNAME6)
-# Everything a node agent runs: capture, STRICT inbound, same-node splice.
-NODE: tuple[ProgramSpec, ...] = (*CAPTURE, *CAPTURE_V4_MAPPED, INBOUND, SPLICE_VERDICT)
+# Everything a node agent runs: capture, STRICT inbound, same-node splice (both kinds).
+NODE: tuple[ProgramSpec, ...] = (
+    *CAPTURE,
+    *CAPTURE_V4_MAPPED,
+    INBOUND,
+    SPLICE_VERDICT,
+    SPLICE_MSG,
+)

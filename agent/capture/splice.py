@@ -1,12 +1,18 @@
-"""Same-node splice: hand an authorized pair of agent sockets to the kernel (sockhash + sk_skb).
+"""Same-node splice: hand an authorized pair of agent sockets to the kernel, in one of two ways.
 
 The agent accepts the workload's captured connection, authorizes it, connects to the local
-destination, and then, instead of copying bytes in Python, registers the two sockets so that
-weft_splice.c moves each segment to the other socket's send side.
+destination, and then, instead of copying bytes in Python, registers the sockets with the kernel.
 
-End of stream (FIN) is not data: the agent still sees it and must pass it on itself. The kernel
-sends redirected bytes from a work queue, so a FIN can overtake them; before half-closing the
-peer, the agent waits until the peer has written everything redirected to it (`drained`).
+MsgSplice (sk_msg, where weft_splice_msg is attached): the workloads' own sends go straight into
+each other's receive queue, skipping both TCP connections (weft_maps.h). The agent forwards only
+what a workload sent by TCP before the switch, and tells the kernel how much it has forwarded.
+
+Splice (sk_skb, the fallback): weft_splice_verdict moves each segment arriving on one agent
+socket to the other socket's send side. End of stream (FIN) is not data: the agent still sees it
+and must pass it on itself. The kernel sends redirected bytes from a work queue, so a FIN can
+overtake them; before half-closing the peer, the agent waits until the peer has written
+everything redirected to it (`drained`). With MsgSplice no wait is needed: a redirected send is
+in the peer's queue when sendmsg() returns.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from agent.bpf.maps import NodeMaps
+from agent.bpf.maps import NodeMaps, SocketTuple
 
 SO_COOKIE = 57  # <asm-generic/socket.h>; Python's socket module does not name it
 SIOCOUTQ = 0x5411  # bytes in the send queue, not yet acknowledged (== TIOCOUTQ)
@@ -129,3 +135,58 @@ class Splice:
         if self._cookies:
             self.maps.unsplice(*self._cookies.values())
             self._cookies.clear()
+
+
+@dataclass
+class MsgSplice:
+    """The sk_msg splice of one relayed connection: the client workload's socket C, the agent's
+    A (accepted from C) and B (connected to S), the server workload's socket S."""
+
+    maps: NodeMaps
+    downstream: socket.socket  # A
+    upstream: socket.socket  # B
+    cgroup_id: int  # the source workload, whose counters the direct bytes go to
+    keys: dict[str, SocketTuple] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        a, b = SocketTuple.of(self.downstream), SocketTuple.of(self.upstream)
+        self.keys = {"A": a, "B": b, "C": a.reversed(), "S": b.reversed()}
+
+    def workloads_present(self) -> bool:
+        """Are both workload ends in the sockhash? (Entered by sockops when their connection
+        was established: C before its connect() returned, S when it handled B's handshake.)"""
+        return self.maps.msg_socket_present(self.keys["C"]) and self.maps.msg_socket_present(
+            self.keys["S"]
+        )
+
+    def start(self) -> None:
+        """Enter A and B: from now on what the agent writes on them lands in C's and S's
+        receive queues. Raises OSError (and leaves nothing registered) if the kernel refuses,
+        e.g. a socket that is no longer established."""
+        try:
+            self.maps.msg_add_agent_socket(self.downstream, self.keys["C"], self.cgroup_id)
+            self.maps.msg_add_agent_socket(self.upstream, self.keys["S"], self.cgroup_id)
+        except OSError:
+            self.stop()
+            raise
+
+    def _workload_of(self, source: socket.socket) -> tuple[SocketTuple, SocketTuple]:
+        """(the workload socket whose bytes come up on `source`, the one they go to)."""
+        if source is self.downstream:
+            return self.keys["C"], self.keys["S"]
+        return self.keys["S"], self.keys["C"]
+
+    def forwarded(self, source: socket.socket, total: int) -> None:
+        """The agent has written on `total` bytes that came up on `source` (A or B). The first
+        call registers the workload's pair: once it has sent nothing more by TCP than that,
+        it sends directly."""
+        workload, peer = self._workload_of(source)
+        self.maps.msg_forwarded(workload, peer, self.cgroup_id, total)
+
+    def direct(self, source: socket.socket) -> int:
+        """Bytes the workload behind `source` sent straight to its peer, so far."""
+        state = self.maps.msg_state(self._workload_of(source)[0])
+        return 0 if state is None else state.direct
+
+    def stop(self) -> None:
+        self.maps.msg_unregister(*self.keys.values())

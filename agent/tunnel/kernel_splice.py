@@ -2,9 +2,11 @@
 
 The two connections arrive as asyncio streams; their sockets are taken out of asyncio (which
 would otherwise keep reading them), bytes asyncio had already read are sent on first, and then
-the kernel moves the rest (sockhash + sk_skb). The agent still watches each side for end of
-stream, which is not data: once the kernel has written everything it redirected, the FIN is
-passed on with shutdown(). A reset on either side resets both.
+the kernel moves the rest: by sk_msg where the node attached it (the workloads' sends go
+straight into each other's socket), else by sk_skb (the agent's sockets forward segments). The
+agent still relays what a workload sent before the kernel took over, and watches each side for
+end of stream, which is not data: it passes a FIN on with shutdown() once every byte before it
+is in the peer's queue. A reset on either side resets both.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import os
 import socket
 import struct
 import time
+from dataclasses import dataclass
 
 from agent.bpf.maps import NodeMaps
-from agent.capture.splice import Splice, socket_cookie
+from agent.capture.splice import MsgSplice, Splice, socket_cookie
 from agent.tunnel.pipe import PipeResult
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 30.0
+# S enters the sk_msg sockhash when it handles the last ACK of B's handshake, which may come a
+# moment after B's connect() returned; this bounds the wait before falling back to sk_skb.
+MSG_WORKLOAD_WAIT_S = 0.2
+READ_SIZE = 1 << 16
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -46,6 +53,16 @@ def detach(
     return sock, buffered
 
 
+@dataclass
+class _Direction:
+    """One direction of a spliced connection: what the agent relayed and what the kernel moved."""
+
+    source: socket.socket
+    peer: socket.socket
+    relayed: int = 0  # bytes that went through the agent's user space (early ones included)
+    in_kernel: int = 0  # bytes the kernel moved (sk_msg: sent directly; sk_skb: redirected)
+
+
 async def splice_connections(
     maps: NodeMaps,
     downstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
@@ -53,63 +70,138 @@ async def splice_connections(
     cgroup_id: int,
 ) -> PipeResult:
     """Splice until both directions have ended; returns the bytes each way."""
-    loop = asyncio.get_running_loop()
     down, down_early = detach(*downstream)
     up, up_early = detach(*upstream)
+    there = _Direction(down, up, relayed=len(down_early))
+    back = _Direction(up, down, relayed=len(up_early))
     result = PipeResult()
-    splice = Splice(maps, down, up, cgroup_id)
+    try:
+        msg = await _msg_splice(maps, down, up, cgroup_id) if maps.msg_splice else None
+        if msg is not None:
+            try:
+                await _run_msg(msg, there, back, down_early, up_early)
+            finally:
+                with contextlib.suppress(OSError):  # maps closed at agent shutdown
+                    msg.stop()
+        else:
+            await _run_skb(maps, there, back, down_early, up_early, cgroup_id)
+    except (OSError, TimeoutError) as err:
+        log.debug("spliced connection reset: %r", err)
+        result.reset = True
+    finally:
+        for sock in (down, up):
+            if result.reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()  # with linger 0: a reset
+    result.a_to_b = there.relayed + there.in_kernel
+    result.b_to_a = back.relayed + back.in_kernel
+    return result
+
+
+async def _msg_splice(
+    maps: NodeMaps, down: socket.socket, up: socket.socket, cgroup_id: int
+) -> MsgSplice | None:
+    """The sk_msg splice of this pair, registered; None where it cannot be used (a workload end
+    is not in the sockhash, or a socket is no longer established): sk_skb is used instead."""
+    try:
+        msg = MsgSplice(maps, down, up, cgroup_id)
+    except OSError:  # a peer already gone: getpeername() fails
+        return None
+    deadline = time.monotonic() + MSG_WORKLOAD_WAIT_S
+    while not msg.workloads_present():
+        if time.monotonic() > deadline:
+            log.debug("sk_msg splice: workload sockets of %s not entered", msg.keys)
+            return None
+        await asyncio.sleep(0.001)
+    try:
+        msg.start()
+    except OSError as err:
+        log.debug("sk_msg splice refused (%s); using sk_skb", err)
+        return None
+    return msg
+
+
+async def _run_msg(
+    msg: MsgSplice, there: _Direction, back: _Direction, down_early: bytes, up_early: bytes
+) -> None:
+    loop = asyncio.get_running_loop()
+    # Bytes user space already holds go first; A and B are registered, so they land in the
+    # workloads' queues, ahead of anything a workload sends directly.
+    if down_early:
+        await loop.sock_sendall(there.peer, down_early)
+    if up_early:
+        await loop.sock_sendall(back.peer, up_early)
+    msg.forwarded(there.source, there.relayed)  # registers C's pair: it may now switch
+    msg.forwarded(back.source, back.relayed)
+    await _both(_relay_msg(msg, there), _relay_msg(msg, back))
+
+
+async def _relay_msg(msg: MsgSplice, direction: _Direction) -> None:
+    """Forward what the workload sent by TCP, telling the kernel after each write; at end of
+    stream every byte is in the peer's queue already (direct sends are synchronous)."""
+    loop = asyncio.get_running_loop()
+    while data := await loop.sock_recv(direction.source, READ_SIZE):
+        await loop.sock_sendall(direction.peer, data)
+        direction.relayed += len(data)
+        msg.forwarded(direction.source, direction.relayed)
+    # Read before the FIN goes on: the workload socket's counters go when its pair ends.
+    direction.in_kernel = msg.direct(direction.source)
+    direction.peer.shutdown(socket.SHUT_WR)
+
+
+async def _run_skb(  # noqa: PLR0917 (one call site, names at hand)
+    maps: NodeMaps,
+    there: _Direction,
+    back: _Direction,
+    down_early: bytes,
+    up_early: bytes,
+    cgroup_id: int,
+) -> None:
+    loop = asyncio.get_running_loop()
+    splice = Splice(maps, there.source, back.source, cgroup_id)
     try:
         # Bytes user space already holds go first, so that the kernel's come after them.
         if down_early:
-            await loop.sock_sendall(up, down_early)
+            await loop.sock_sendall(there.peer, down_early)
         if up_early:
-            await loop.sock_sendall(down, up_early)
+            await loop.sock_sendall(back.peer, up_early)
         try:
             splice.start()
         except OSError as err:
             # The sockhash takes only established sockets: a client that already half-closed
             # (CLOSE_WAIT) is relayed in user space below, as every byte would then be.
             log.debug("splice refused (%s); relaying in user space", err)
-        relayed = await asyncio.gather(
-            _until_end_of_stream(splice, down, up, result),
-            _until_end_of_stream(splice, up, down, result),
-        )
-        in_kernel = [maps.spliced_from(socket_cookie(s)) or 0 for s in (down, up)]
-        result.a_to_b = len(down_early) + relayed[0] + in_kernel[0]
-        result.b_to_a = len(up_early) + relayed[1] + in_kernel[1]
+        await _both(_relay_skb(splice, there), _relay_skb(splice, back))
     finally:
-        # At agent shutdown the maps may already be closed; the sockets leave the sockhash
-        # by themselves when they close.
-        with contextlib.suppress(OSError):
-            splice.stop()
-        for sock in (down, up):
-            if result.reset:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            sock.close()
-    return result
-
-
-async def _until_end_of_stream(
-    splice: Splice, source: socket.socket, peer: socket.socket, result: PipeResult
-) -> int:
-    """Relay what still reaches user space until `source` ends, then pass its FIN on."""
-    loop = asyncio.get_running_loop()
-    relayed = 0
-    try:
-        while data := await loop.sock_recv(source, 1 << 16):
-            await loop.sock_sendall(peer, data)
-            relayed += len(data)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while not splice.drained(source):
-            if time.monotonic() > deadline:
-                raise TimeoutError("spliced bytes did not drain")
-            await asyncio.sleep(0.001)
-        peer.shutdown(socket.SHUT_WR)
-    except (OSError, TimeoutError):
-        result.reset = True
-        for sock in (source, peer):
+        for direction in (there, back):
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                sock.shutdown(socket.SHUT_RDWR)
-    return relayed
+                direction.in_kernel = maps.spliced_from(socket_cookie(direction.source)) or 0
+        with contextlib.suppress(OSError):  # maps closed at agent shutdown
+            splice.stop()
+
+
+async def _relay_skb(splice: Splice, direction: _Direction) -> None:
+    """Relay what still reaches user space until the source ends, then pass its FIN on once
+    the kernel has written everything it redirected."""
+    loop = asyncio.get_running_loop()
+    while data := await loop.sock_recv(direction.source, READ_SIZE):
+        await loop.sock_sendall(direction.peer, data)
+        direction.relayed += len(data)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while not splice.drained(direction.source):
+        if time.monotonic() > deadline:
+            raise TimeoutError("spliced bytes did not drain")
+        await asyncio.sleep(0.001)
+    direction.peer.shutdown(socket.SHUT_WR)
+
+
+async def _both(*relays: object) -> None:
+    """Run both directions; the first error cancels the other and is raised (a reset)."""
+    tasks = [asyncio.ensure_future(relay) for relay in relays]  # type: ignore[call-overload]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

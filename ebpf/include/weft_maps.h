@@ -85,12 +85,13 @@ struct weft_splice_peer {
 };
 
 /* bcc has no pinned form of BPF_SOCKHASH, and its sk_redirect_hash() method exists only on the
- * sockhash table type: this is BPF_SOCKHASH_COMMON of bcc's helpers.h with a pin path added. */
-#define WEFT_SOCKHASH_PINNED(_name, _key_type, _max_entries, _pinned)      \
+ * sockhash table type: this is BPF_SOCKHASH_COMMON of bcc's helpers.h with a pin path and the
+ * value type added (a 64-bit value lets user space look a socket up: it reads its cookie). */
+#define WEFT_SOCKHASH_PINNED(_name, _key_type, _leaf_type, _max_entries, _pinned) \
 	struct _name##_table_t {                                          \
 		_key_type key;                                            \
-		int leaf;                                                 \
-		int (*update)(_key_type *, int *);                        \
+		_leaf_type leaf;                                          \
+		int (*update)(_key_type *, _leaf_type *);                 \
 		int (*delete)(_key_type *);                               \
 		int (*sock_hash_update)(void *, void *, u64);             \
 		int (*msg_redirect_hash)(void *, void *, u64);            \
@@ -100,11 +101,56 @@ struct weft_splice_peer {
 	__attribute__((section("maps/sockhash:" _pinned))) struct _name##_table_t _name = { \
 		.max_entries = (_max_entries)                             \
 	};                                                                \
-	BPF_ANNOTATE_KV_PAIR(_name, _key_type, int)
+	BPF_ANNOTATE_KV_PAIR(_name, _key_type, _leaf_type)
 
-WEFT_SOCKHASH_PINNED(weft_splice, __u64, WEFT_MAX_CONNS, WEFT_PIN(weft_splice));
+WEFT_SOCKHASH_PINNED(weft_splice, __u64, int, WEFT_MAX_CONNS, WEFT_PIN(weft_splice));
 /* LRU: a pair the agent never unregistered (it crashed) ages out. */
 BPF_TABLE_PINNED("lru_hash", __u64, struct weft_splice_peer, weft_splice_pr, WEFT_MAX_CONNS,
 		 WEFT_PIN(weft_splice_pr));
+
+/* Same-node splice by sk_msg (weft_splice_msg in weft_splice.c): a workload's sendmsg() goes
+ * straight into the receive queue of the workload at the other end, skipping both TCP
+ * connections and the agent. Sockets are keyed by their own 4-tuple (struct weft_tuple: local
+ * address and port first), so each end of a TCP connection finds the other by swapping halves.
+ *
+ * Four sockets per relayed connection: the client workload's C and the server workload's S
+ * (weft_sockops.c puts them in weft_msg_sk when their TCP connection is established and the far
+ * end is an agent listed in weft_msg_agent), and the agent's A (accepted from C) and B
+ * (connected to S), which the agent adds itself. The agent's writes on A and B go into the
+ * receive queue of C and S; so every byte C and S receive comes through that one queue.
+ *
+ * Order: C may send before the agent has registered the pair; those bytes go by TCP to A and
+ * the agent forwards them (through B, into S's queue). C switches to direct sends only at a
+ * sendmsg() when every byte it sent by TCP has been forwarded (passed == forwarded); from then
+ * on it stays direct. S -> C likewise. End of stream and resets still travel by TCP through
+ * the agent, which passes them on; data sent before them is already in the peer's queue. */
+WEFT_SOCKHASH_PINNED(weft_msg_sk, struct weft_tuple, __u64, WEFT_MAX_CONNS,
+		     WEFT_PIN(weft_msg_sk));
+
+/* Written by the agent only (whole values): where a socket's sends go, and for a workload
+ * socket how many of the bytes it sent by TCP the agent has forwarded so far. */
+struct weft_msg_pair {
+	struct weft_tuple peer; /* the weft_msg_sk key of the socket whose queue this one feeds */
+	__u32 reserved;
+	__u64 cgroup_id;  /* the workload whose counters direct bytes go to */
+	__u64 forwarded;  /* bytes of this socket's TCP sends the agent has written on */
+};
+
+/* Written by weft_splice_msg only (atomic adds), created by weft_sockops.c for C and S. */
+struct weft_msg_state {
+	__u64 passed; /* bytes sent by TCP (before the switch) */
+	__u64 direct; /* bytes sent straight into the peer workload's queue */
+	__u32 switched; /* 1 once the socket sends directly: it never goes back */
+	__u32 reserved;
+};
+
+/* LRU: entries of connections that never got spliced age out (sockops resets a reused key). */
+BPF_TABLE_PINNED("lru_hash", struct weft_tuple, struct weft_msg_pair, weft_msg_pr, WEFT_MAX_CONNS,
+		 WEFT_PIN(weft_msg_pr));
+BPF_TABLE_PINNED("lru_hash", struct weft_tuple, struct weft_msg_state, weft_msg_st,
+		 WEFT_MAX_CONNS, WEFT_PIN(weft_msg_st));
+/* Addresses (network order) of node agents that splice by sk_msg; the agent lists its own
+ * address only when weft_splice_msg is attached, so without it no socket enters weft_msg_sk. */
+BPF_TABLE_PINNED("hash", __be32, __u8, weft_msg_agent, 64, WEFT_PIN(weft_msg_agent));
 
 #endif /* WEFT_MAPS_H */

@@ -22,18 +22,20 @@ AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
 def test_pinned_links_report_every_program_and_its_target(node: Node) -> None:
     links = {link.function: link for link in pinned_links(node.loader.links_dir)}
     assert sorted(links) == sorted(spec.function for spec in NODE)
-    fd = libbpf.obj_get(str(node.loader.maps_dir / "weft_splice"))
-    try:
-        splice_map_id = libbpf.map_info(fd).id
-    finally:
-        os.close(fd)
+    map_ids = {}
+    for target in (Target.SPLICE_MAP, Target.MSG_MAP):
+        fd = libbpf.obj_get(str(node.loader.maps_dir / target.value))
+        try:
+            map_ids[target] = libbpf.map_info(fd).id
+        finally:
+            os.close(fd)
     for spec in NODE:
         link = links[spec.function]
         assert link.attach_type == spec.attach_type
         expected = (
             cgroup_id(node.cgroups.workloads)
             if spec.target is Target.WORKLOADS_CGROUP
-            else splice_map_id
+            else map_ids[spec.target]
         )
         assert link.target_id == expected
 
