@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vm.lab.lab import Lab
-from vm.lab.mesh import MeshInfo, down_mesh, up_mesh, weft_on_control
+from vm.lab.mesh import WEFT, MeshInfo, down_mesh, up_mesh, weft_on_control
 from vm.lab.waypoints import DEMO_WAYPOINT_RESOURCES, DEMO_WAYPOINTS, waypoint_http
 
 pytestmark = pytest.mark.lab
@@ -499,3 +499,28 @@ def test_malformed_requests_are_refused_while_other_clients_are_served(
     # the well-behaved client on another connection did not notice
     assert len(others) > 20
     assert {r[1] for r in others} == {200}
+
+
+def test_weft_stat_shows_rate_success_and_latency_per_service(lab: Lab, mesh: MeshInfo) -> None:
+    traffic: list[list[object]] = []
+    runner = threading.Thread(
+        target=lambda: traffic.extend(probe(lab, "frontend", 10**6, seconds=4))
+    )
+    runner.start()
+    try:
+        time.sleep(0.5)
+        result = lab.node_exec(
+            "control",
+            [*WEFT, "stat", "-n", "shop", "--interval", "2", "-o", "json",
+             "--controller", mesh.controller,
+             "--admin-credential", str(mesh.state_dir / "controller" / "admin.pem")],
+        )  # fmt: skip
+    finally:
+        runner.join(30)
+    rows = {r["service"]: r for r in json.loads(result.stdout)}
+    reviews = rows["reviews"]
+    assert reviews["namespace"] == "shop"
+    assert reviews["rps"] > 10, reviews
+    assert reviews["success_rate"] == 1.0
+    assert 0 < reviews["p50_ms"] <= reviews["p99_ms"]
+    assert "ratings" not in rows  # -n shop

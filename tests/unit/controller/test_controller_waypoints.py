@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,9 +23,12 @@ from controller_testkit import (
     register,
     workload_doc,
 )
+from cryptography import x509
 
 from controller.admin_client import AdminClient
-from controller.server import Controller
+from controller.ca_files import CAFiles
+from controller.identity_service import IssuancePolicy
+from controller.server import Controller, ControllerConfig
 from controller.waypoints import token_subject
 from waypoint.config import WaypointConfig
 from waypoint.discovery_client import ControllerOptions, DiscoveryFeed
@@ -219,3 +223,53 @@ def test_waypoint_credentials_are_good_for_its_own_identity_and_config_only(
             assert await first_update_status(client, "n2", "shop/waypoint") == DENIED
 
     asyncio.run(main())
+
+
+def test_waypoint_svid_is_renewed_at_half_life_and_new_handshakes_present_it(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    CAFiles(state).init(TRUST_DOMAIN, dt.datetime.now(dt.UTC))
+    short = Controller(
+        ControllerConfig(
+            state_dir=state, listen="127.0.0.1", grpc_port=0, join_port=0, http_port=0,
+            policy=IssuancePolicy(svid_lifetime=dt.timedelta(seconds=2)),
+        )
+    )  # fmt: skip
+    short.start()
+    try:
+        apply(short, *SHOP)
+
+        async def main() -> None:
+            svid = await join_waypoint(options(short, waypoint_token(short)))
+            feed = DiscoveryFeed(
+                options(short, "unused"), svid, WaypointProxy(WaypointConfig(services=()), {})
+            )
+
+            async def presented_serial() -> int:
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=svid.client_context(svid.identity)
+                )
+                der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+                writer.close()
+                return int(x509.load_der_x509_certificate(der).serial_number)
+
+            server = await asyncio.start_server(
+                lambda r, w: w.close(), "127.0.0.1", 0, ssl=svid.server_context()
+            )
+            port = server.sockets[0].getsockname()[1]
+            first = svid.leaf.serial_number
+            assert await presented_serial() == first
+            renewing = asyncio.create_task(svid.keep_renewed(feed.issue))
+            try:
+                await until(lambda: svid.renewals >= 1, timeout=5)  # due after ~1 s
+            finally:
+                renewing.cancel()
+            assert svid.leaf.serial_number != first
+            assert await presented_serial() == svid.leaf.serial_number  # reloaded in place
+            server.close()
+            await feed.close()
+
+        asyncio.run(main())
+    finally:
+        short.stop(grace=0.2)
