@@ -173,12 +173,12 @@ class NodeAgent:
                 self.certs.restore(svid.identity, svid.key, svid.chain_pem)
         try:
             update = self.last_good.load()
-        except SavedConfigError as err:
-            log.warning("%s; waiting for the controller", err)
+            if update is None:
+                return
+            self.state = self.state.apply(update)
+        except (SavedConfigError, StateRejectedError) as err:
+            log.warning("the saved config is not usable (%s); waiting for the controller", err)
             return
-        if update is None:
-            return
-        self.state = self.state.apply(update)
         self.telemetry.config_version.set(self.state.version)
         self.readiness.config = True
         log.info(
