@@ -84,6 +84,18 @@ class ClientConnection:
             self.feed(data)
         return pending.popleft()
 
+    async def next_event_or_none(self, timeout_s: float) -> Event | None:
+        """One read (TimeoutError if nothing comes within `timeout_s`): its first event, or
+        None when those bytes did not complete one (a request head still on its way)."""
+        reader = self.reader
+        if isinstance(reader, SocketChannel):
+            data = await reader.read(READ_SIZE, timeout_s)
+        else:
+            async with asyncio.timeout(timeout_s):
+                data = await reader.read(READ_SIZE)
+        self.feed(data)
+        return self.pending.popleft() if self.pending else None
+
     def feed(self, data: bytes) -> None:
         """Parse bytes read from the client (b"": it closed its side) into pending events."""
         try:

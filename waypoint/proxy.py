@@ -45,6 +45,7 @@ from waypoint.http1 import (
     ConnectionClosed,
     Data,
     EndOfMessage,
+    Event,
     Http1Error,
     Request,
     RequestParser,
@@ -91,6 +92,12 @@ from waypoint.upstream import (
 )
 
 Headers = tuple[tuple[str, str], ...]
+
+
+class _HeadTimeoutError(Exception):
+    """A request's head did not arrive within request_headers_timeout_s."""
+
+
 READ_SIZE = 64 * 1024
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
@@ -159,6 +166,7 @@ class WaypointProxy:
         connect: ConnectEndpoint | None = None,
         idle_timeout_s: float = 300.0,
         max_header_bytes: int = 64 * 1024,
+        request_headers_timeout_s: float = 10.0,
     ) -> None:
         self.config = config
         self.endpoints = endpoints
@@ -171,6 +179,9 @@ class WaypointProxy:
         self.connect = connect  # how to reach an endpoint: plain TCP unless told otherwise
         self.idle_timeout_s = idle_timeout_s  # a keep-alive client silent this long is closed
         self.max_header_bytes = max_header_bytes
+        # Once a request's first bytes are in, its whole head must follow within this (Envoy's
+        # request_headers_timeout): a slowloris client gets 408 and the connection closes.
+        self.request_headers_timeout_s = request_headers_timeout_s
         self.guards = RouteGuards()
         self._backends: dict[str, UpstreamBackend] = {}
         self._server: asyncio.Server | None = None
@@ -232,8 +243,10 @@ class WaypointProxy:
                 await Http2Front(self).serve(reader, writer, downstream, first)
                 return
             client.feed(first)
+            head_started: float | None = self.clock()  # the first bytes are in
             while True:
-                event = await client.next_event(self.idle_timeout_s)
+                event = await self._next_event(client, head_started)
+                head_started = None
                 if isinstance(event, ConnectionClosed):
                     break
                 if not isinstance(event, Request):
@@ -244,10 +257,30 @@ class WaypointProxy:
             # Nothing of a response has been written when the request parser fails.
             reply = responses.protocol_error(error)
             writer.write(reply.encode(keep_alive=False))
+        except _HeadTimeoutError:
+            writer.write(responses.request_headers_timeout().encode(keep_alive=False))
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client left, or stayed idle past idle_timeout_s: just close
         finally:
             writer.close()
+
+    async def _next_event(self, client: ClientConnection, head_started: float | None) -> Event:
+        """The next request event: a keep-alive client may idle up to idle_timeout_s before a
+        request begins; from its first bytes (`head_started`, else the first read here) the
+        head must be complete within request_headers_timeout_s."""
+        if client.pending or client.failure is not None:
+            return await client.next_event(self.idle_timeout_s)
+        if head_started is None:
+            event = await client.next_event_or_none(self.idle_timeout_s)
+            if event is not None:
+                return event
+            head_started = self.clock()
+        remaining = self.request_headers_timeout_s - (self.clock() - head_started)
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await client.next_event()
+        except TimeoutError:
+            raise _HeadTimeoutError from None
 
     async def _first_bytes(self, reader: Reader) -> bytes:
         """Enough of the first bytes to tell HTTP/2's preface from an HTTP/1.1 request."""

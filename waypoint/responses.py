@@ -107,6 +107,11 @@ def redirect(status: int, location: str) -> LocalReply:
     return LocalReply(status, "redirect", headers=(("location", location),))
 
 
+def request_headers_timeout() -> LocalReply:
+    """A client sent part of a request head and not the rest in time (slowloris)."""
+    return LocalReply(408, "request_headers_timeout", b"request timeout")
+
+
 def protocol_error(error: Http1Error) -> LocalReply:
     """The client (4xx/5xx from the request codec) or the backend (502) broke HTTP/1.1."""
     reason = "upstream_protocol_error" if error.status == 502 else "downstream_protocol_error"
