@@ -107,6 +107,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         "--max-seconds", type=float, default=None,
         help="stop by itself after this long (for scripts and tests)",
     )  # fmt: skip
+    run.add_argument(
+        "--request-headers-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="a request head must arrive within this once it started, else 408 (slowloris)",
+    )  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no access log on stdout")
     run.set_defaults(func=_run)
 
@@ -191,6 +195,7 @@ class _ServeOptions:
     tls: ssl.SSLContext | None
     max_seconds: float | None
     quiet: bool
+    request_headers_timeout_s: float = 10.0
 
 
 def _read(path: str, flag: str) -> bytes:
@@ -272,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         tls=_hbone_tls(args) if controller is None else None,
         max_seconds=args.max_seconds,
         quiet=args.quiet,
+        request_headers_timeout_s=args.request_headers_timeout,
     )
     try:
         import uvloop  # the event loop the data path is measured with (design.md §9)
@@ -314,7 +320,12 @@ async def _serve(
         if not options.quiet:
             access_log.write(access_log_line(record))
 
-    proxy = WaypointProxy(compiled.config, compiled.endpoints, access_log=log)
+    proxy = WaypointProxy(
+        compiled.config,
+        compiled.endpoints,
+        access_log=log,
+        request_headers_timeout_s=options.request_headers_timeout_s,
+    )
     feed = None
     if controller is not None and svid is not None:
         feed = DiscoveryFeed(controller, svid, proxy)
