@@ -35,22 +35,25 @@ mv "$SHIP/weft-src.tar.gz.new" "$SHIP/weft-src.tar.gz"
 
 wheels="$SHIP/wheelhouse"
 stamp="$wheels/.weft-stamp"
+# Rebuilt when the dependencies or this recipe change.
+recipe="pip-wheel v2 $(sha256sum "$PROJECT/pyproject.toml" | cut -d' ' -f1)"
 if [ -n "${WEFT_WHEELHOUSE:-}" ]; then
   [ -d "$WEFT_WHEELHOUSE" ] || die "WEFT_WHEELHOUSE=$WEFT_WHEELHOUSE is not a directory"
   say "copying the wheelhouse from $WEFT_WHEELHOUSE"
   mkdir -p "$wheels"
   cp -u "$WEFT_WHEELHOUSE"/*.whl "$wheels/"
-elif [ ! -f "$stamp" ] || [ "$PROJECT/pyproject.toml" -nt "$stamp" ]; then
+elif [ "$(cat "$stamp" 2>/dev/null)" != "$recipe" ]; then
   say "building the wheelhouse in $wheels with $PYTHON (needs PyPI, once)"
   mkdir -p "$wheels"
   # The runtime dependencies only (guests run Weft, not its tests). setuptools and wheel: the
-  # guest builds the project (editable) without an index. The host's Python is Debian 12's 3.11,
+  # guest builds the project (editable) without an index; pip: node.sh installs it from its
+  # wheel, much faster in an emulated guest than ensurepip. The host's Python is Debian 12's 3.11,
   # like the guests', so the binary wheels (grpcio, cryptography, uvloop) fit them.
   "$PYTHON" -m pip wheel -q --disable-pip-version-check --wheel-dir "$wheels" \
-    "${PROJECT}" "setuptools>=68" wheel \
+    "${PROJECT}" "setuptools>=68" wheel pip \
     || die "pip could not build the wheelhouse; check PyPI access or set WEFT_WHEELHOUSE"
   # The project itself is installed from source in the guest, never from a stale wheel.
   rm -f "$wheels"/weft_mesh-*.whl
-  touch "$stamp"
+  echo "$recipe" >"$stamp"
 fi
 say "ready: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$SHIP" | cut -f1) in $SHIP"

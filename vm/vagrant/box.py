@@ -52,7 +52,7 @@ INSECURE_KEY_GLOBS = (
 MKFS_FEATURES = "^64bit,^metadata_csum_seed,^orphan_file"
 DEBOOTSTRAP_TIMEOUT = 1200.0
 # Bump when a build step changes what ends up in the box (the data above is hashed anyway).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def fstab(root_uuid: str) -> str:
     return f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n"
 
 
-NETWORKD_ETH0 = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n"
+# The DHCP client id is the MAC: unique per VM whatever the machine id.
+NETWORKD_ETH0 = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n"
 SUDOERS = "vagrant ALL=(ALL) NOPASSWD:ALL\nDefaults:vagrant !requiretty\n"
 BOX_VAGRANTFILE = (
     "# The Weft lab's locally built Debian 12 box (vm/vagrant/box.py).\n"
@@ -139,12 +140,7 @@ def build(target: Path, log: Path) -> None:
 
 def _build(work: Path, target: Path, log: Path) -> None:
     rootfs = work / "rootfs"
-    run(
-        "debootstrap Debian 12 with the guest packages",
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-         f"--cache-dir={_debs_cache(target.parent)}", SUITE, str(rootfs), MIRROR],
-        log, timeout=DEBOOTSTRAP_TIMEOUT,
-    )  # fmt: skip
+    _bootstrap(rootfs, target.parent, log)
     root_uuid = str(uuid.uuid4())
     _configure_rootfs(rootfs, root_uuid, log)
     root_image = work / "root.ext4"
@@ -208,6 +204,36 @@ def _build(work: Path, target: Path, log: Path) -> None:
             old.unlink()
 
 
+def bootstrap_hash() -> str:
+    """The cache key of the debootstrapped tree: only what debootstrap itself is given."""
+    return hashlib.sha256(json.dumps([SUITE, MIRROR, PACKAGES]).encode()).hexdigest()[:12]
+
+
+def _bootstrap(rootfs: Path, cache_dir: Path, log: Path) -> None:
+    """debootstrap, or unpack its cached result: the box's configuration changes more often."""
+    cached = cache_dir / f"rootfs-{bootstrap_hash()}.tar"
+    if cached.is_file():
+        rootfs.mkdir()
+        run("unpack the cached debootstrap tree",
+            ["tar", "--numeric-owner", "--xattrs", "-xpf", str(cached), "-C", str(rootfs)],
+            log, timeout=600)  # fmt: skip
+        return
+    run(
+        "debootstrap Debian 12 with the guest packages",
+        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+         f"--cache-dir={_debs_cache(cache_dir)}", SUITE, str(rootfs), MIRROR],
+        log, timeout=DEBOOTSTRAP_TIMEOUT,
+    )  # fmt: skip
+    partial = cached.with_suffix(".tar.partial")
+    run("cache the debootstrap tree",
+        ["tar", "--numeric-owner", "--xattrs", "-cf", str(partial), "-C", str(rootfs), "."],
+        log, timeout=600)  # fmt: skip
+    partial.rename(cached)
+    for old in cache_dir.glob("rootfs-*.tar"):
+        if old != cached:
+            old.unlink()
+
+
 def _configure_rootfs(rootfs: Path, root_uuid: str, log: Path) -> None:
     kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
     initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
@@ -222,8 +248,13 @@ def _configure_rootfs(rootfs: Path, root_uuid: str, log: Path) -> None:
     (rootfs / "etc" / "fstab").write_text(fstab(root_uuid))
     (rootfs / "etc" / "hostname").write_text("weft-box\n")
     (rootfs / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 weft-box\n")
-    # Empty: every VM makes its own at first boot (DHCP client ids derive from it).
+    # Empty: every VM makes its own at first boot. systemd would copy D-Bus's id (made when
+    # dbus was installed) instead, and three VMs with one id got one DHCP lease between them.
     (rootfs / "etc" / "machine-id").write_text("")
+    dbus_id = rootfs / "var" / "lib" / "dbus" / "machine-id"
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
     network = rootfs / "etc" / "systemd" / "network"
     network.mkdir(parents=True, exist_ok=True)
     (network / "10-eth0.network").write_text(NETWORKD_ETH0)

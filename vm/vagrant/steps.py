@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from weft.errors import UnavailableError
 
 TAIL_LINES = 15
+_BACKTRACE = re.compile(r"^\s*(from )?/\S+\.rb:\d+:in ")
 
 
 class StepError(UnavailableError):
@@ -26,11 +28,13 @@ class StepError(UnavailableError):
 
 
 def tail(log: Path, lines: int = TAIL_LINES) -> str:
+    """The log's last lines, without Ruby backtraces (vagrant's errors come before them)."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    kept = [line for line in text.splitlines() if not _BACKTRACE.match(line)]
+    return "\n".join(kept[-lines:])
 
 
 def run(
