@@ -478,24 +478,58 @@ print(json.dumps(out))
 """
 
 
+# A slowloris: a request head trickling in, a byte every 0.5 s; prints how long until the
+# waypoint answered or closed, and the status line it got.
+SLOWLORIS = r"""
+import json, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(b"GET /x HTTP/1.1\r\nHost: flaky\r\nX-Slow: ")
+started = time.monotonic()
+s.settimeout(0.5)
+answer = b""
+while time.monotonic() - started < 30:
+    try:
+        answer = s.recv(4096)
+        break
+    except TimeoutError:
+        s.sendall(b"a")
+print(json.dumps([round(time.monotonic() - started, 2), answer.split(b"\r\n", 1)[0].decode()]))
+"""
+
+
 def test_malformed_requests_are_refused_while_other_clients_are_served(
     lab: Lab, flaky: None
 ) -> None:
     others: list[list[object]] = []
-    runner = threading.Thread(
-        target=lambda: others.extend(flaky_probe(lab, "/ok", 10**6, "frontend", seconds=4))
-    )
-    runner.start()
+    slowloris: list[str] = []
+    runners = [
+        threading.Thread(
+            target=lambda: others.extend(flaky_probe(lab, "/ok", 10**6, "frontend", seconds=6))
+        ),
+        threading.Thread(
+            target=lambda: slowloris.append(
+                lab.exec("echo", [sys.executable, "-c", SLOWLORIS, *map(str, FLAKY)]).stdout
+            )
+        ),
+    ]
+    for runner in runners:
+        runner.start()
     try:
         result = lab.exec("loadgen", [sys.executable, "-c", BAD_INPUT, *map(str, FLAKY)])
     finally:
-        runner.join(30)
+        for runner in runners:
+            runner.join(40)
     out = json.loads(result.stdout)
     assert out["cl-te"] == ["HTTP/1.1 400 Bad Request", True], out
     assert out["duplicate-cl"] == ["HTTP/1.1 400 Bad Request", True], out
     assert out["oversized-headers"][0].startswith("HTTP/1.1 431"), out
     assert out["oversized-headers"][1] is True
     assert out["invalid-method"] == ["HTTP/1.1 400 Bad Request", True], out
+    # the slowloris got 408 at the waypoint's request-headers deadline (5 s in the lab)
+    [line] = slowloris
+    elapsed, status = json.loads(line)
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert 4.5 <= elapsed <= 6.5
     # the well-behaved client on another connection did not notice
     assert len(others) > 20
     assert {r[1] for r in others} == {200}

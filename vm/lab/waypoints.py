@@ -25,6 +25,7 @@ from weft.errors import UnavailableError, UsageError
 WAYPOINT_ADMIN_PORT = 15020
 WAYPOINT_HBONE_PORT = 15008
 READY_TIMEOUT = 60.0
+REQUEST_HEADERS_TIMEOUT_S = 5.0  # lab clients are local: a head taking longer is an attack
 DEMO_WAYPOINT_RESOURCES = Path(__file__).resolve().parents[2] / "demo" / "waypoint.yaml"
 
 
@@ -105,6 +106,7 @@ def waypoint_argv(
         "--trust-bundle", str(directory / "controller" / "trust-bundle.pem"),
         "--hbone", f"0.0.0.0:{WAYPOINT_HBONE_PORT}", "--listen", "off",
         "--admin", f"0.0.0.0:{WAYPOINT_ADMIN_PORT}",
+        "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S),
     ]  # fmt: skip
 
 
