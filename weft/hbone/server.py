@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import cast
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
-from weft.hbone.relay import relay
+from weft.hbone.relay import RelayResult, relay
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
@@ -25,6 +26,10 @@ Headers = tuple[tuple[str, str], ...]
 Authorize = Callable[[Identity, str, Headers], Awaitable[bool]]
 # connect(authority) -> an open TCP connection to the target; OSError/LookupError mean 503.
 Connect = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+# relayed(result): a tunnel's relay ended; called in the task that ran authorize() and connect().
+Relayed = Callable[[RelayResult], None]
+
+IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 
 
 @dataclass
@@ -50,10 +55,12 @@ class HboneServer:
         settings: TunnelSettings | None = None,
         handshake_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        relayed: Relayed | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         self.authorize = authorize
         self.connect = connect
+        self.relayed = relayed
         self.settings = settings or TunnelSettings()
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
@@ -73,21 +80,33 @@ class HboneServer:
         """TLS connections currently open (each carries up to 100 tunnels)."""
         return len(self._sessions)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, transparent: bool = False) -> None:
+        """Listen on host:port. `transparent` (IP_TRANSPARENT, needs CAP_NET_ADMIN) lets the
+        listener answer for an address this host does not own, as an agent does for its
+        workloads' addresses: without it the kernel finds no route for the SYN-ACK."""
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                self._new_session,
-                host,
-                port,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.handshake_timeout,
-                reuse_address=True,
-            )
+            if transparent:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    sock=_transparent_listener(host, port),
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                )
+            else:
+                self._server = await loop.create_server(
+                    self._new_session,
+                    host,
+                    port,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                    reuse_address=True,
+                )
         except OSError as error:
             raise HboneError(
                 f"cannot listen for HBONE on {host}:{port}: {error.strerror}",
-                hint=f"is another agent already bound to port {port}?",
+                hint=f"is another agent already bound to port {port}?"
+                + (" (IP_TRANSPARENT needs CAP_NET_ADMIN)" if transparent else ""),
             ) from error
 
     async def close(self) -> None:
@@ -95,11 +114,7 @@ class HboneServer:
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions):
-            session.close()
-            # Abort rather than wait for slow peers; a transport the peer already closed has
-            # nothing left to abort (and uvloop/asyncio SSL transports fail if asked to).
-            if session.transport is not None and not session.lost:
-                session.transport.abort()
+            session.abort()  # rather than wait for slow peers
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -154,12 +169,29 @@ class HboneServer:
             return
         self.stats.tunnels_opened += 1
         try:
-            await relay(stream, reader, writer)
+            result = await relay(stream, reader, writer)
         except Exception:
             # relay() maps every I/O failure to a reset; anything else is a bug in it, and
             # must cost this tunnel only.
             log.exception("HBONE relay to %s failed", request.authority)
             stream.abort()
+            result = RelayResult(stream.bytes_sent, stream.bytes_received, reset=True)
+        if self.relayed is not None:
+            self.relayed(result)
+
+
+def _transparent_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on an IP address, with IP_TRANSPARENT set before bind()."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _ServerSession(TunnelSession):

@@ -52,6 +52,7 @@ class TunnelSession(asyncio.Protocol):
         self._paused = False
         self._flush_scheduled = False
         self._lost = False
+        self._transport_closed = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -91,12 +92,20 @@ class TunnelSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._wake_transport_writers()
+        # Streams relayed by callbacks (HboneStream.attach) wait for this, not for a future.
+        for stream in list(self.streams.values()):
+            stream.on_window_opened()
 
     # Used by HboneStream and the pool.
 
     @property
     def usable(self) -> bool:
         return not self._lost and not self.core.closed
+
+    @property
+    def writable(self) -> bool:
+        """The TLS transport takes more bytes now (it has not paused us)."""
+        return not self._paused and not self._lost
 
     async def open_tunnel(
         self, authority: str, headers: Iterable[tuple[str, str]] = ()
@@ -145,6 +154,27 @@ class TunnelSession(asyncio.Protocol):
         self.core.close()
         self._flush()
         if self.transport is not None:
+            self._close_transport()
+
+    def abort(self) -> None:
+        """GOAWAY (best effort), then drop the connection without waiting for the peer.
+
+        A transport already lost is left alone. See _close_transport() for why the transport
+        is closed at most once.
+        """
+        self.core.close()
+        if self.transport is None or self._lost:
+            return
+        self._flush()
+        self.transport.abort()
+
+    def _close_transport(self) -> None:
+        """Close the transport once. asyncio's SSL transport forgets its protocol when closed a
+        second time, after which abort() raises AttributeError: HboneServer.close() used to hit
+        that when a client hung up while the server was closing (close() by _forget() or a
+        GOAWAY, then close() and abort() by the server; reproduced on asyncio's loop)."""
+        if self.transport is not None and not self._transport_closed:
+            self._transport_closed = True
             self.transport.close()
 
     async def wait_transport_writable(self) -> None:
@@ -189,7 +219,7 @@ class TunnelSession(asyncio.Protocol):
         self.streams.pop(stream.stream_id, None)
         if self.core.closed and not self.streams and self.transport is not None:
             self._flush()
-            self.transport.close()
+            self._close_transport()
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
@@ -258,12 +288,12 @@ class TunnelSession(asyncio.Protocol):
                     if stream_id > event.last_stream_id:
                         stream.on_reset(event.error_code or CANCEL)
             if not self.streams and self.transport is not None:
-                self.transport.close()
+                self._close_transport()
             return
         log.warning("HBONE connection failed: %s (error code %#x)", event.reason, event.error_code)
         self._flush()
         if self.transport is not None:
-            self.transport.close()
+            self._close_transport()
 
     def _schedule_flush(self) -> None:
         # Writes made in one loop iteration (DATA from many streams, WINDOW_UPDATEs) leave in

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from weft.hbone.errors import StreamClosedError, StreamResetError
 from weft.hbone.events import CONNECT_ERROR
@@ -15,11 +15,26 @@ if TYPE_CHECKING:
     from weft.hbone.session import TunnelSession
 
 
+class StreamSink(Protocol):
+    """Takes a stream's events as they happen, instead of read() (see HboneStream.attach)."""
+
+    def on_data(self, data: bytes, flow_controlled_length: int) -> None: ...
+
+    def on_remote_end(self) -> None: ...
+
+    def on_reset(self, error_code: int) -> None: ...
+
+    def on_writable(self) -> None: ...
+
+
 class HboneStream:
     """An HTTP/2 CONNECT stream carrying one TCP connection; made by TunnelSession.
 
-    Received bytes are acknowledged (their flow-control window given back to the peer) only
-    when read() hands them to the application, so a slow reader throttles the sender.
+    Two ways to use it: read()/write() from a task, or attach() a sink that is called as
+    events arrive and send_some() from callbacks (the relay does that: no task wake-up per
+    message). Received bytes are acknowledged (their flow-control window given back to the
+    peer) only when read() hands them over, or when the sink calls acknowledge(), so a slow
+    reader throttles the sender.
     """
 
     def __init__(self, session: TunnelSession, stream_id: int, authority: str) -> None:
@@ -36,6 +51,7 @@ class HboneStream:
         self._writable: asyncio.Future[None] | None = None
         self._finished_callbacks: list[Callable[[HboneStream], None]] = []
         self._finished = False
+        self._sink: StreamSink | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,6 +100,37 @@ class HboneStream:
             finally:
                 self._writable = None
 
+    def attach(self, sink: StreamSink) -> None:
+        """Deliver this stream's data, end, reset and window events to `sink` from now on.
+
+        What arrived before is delivered first. The sink must acknowledge() the
+        flow-controlled length of every on_data() once it has passed the bytes on.
+        """
+        self._sink = sink
+        while self._chunks:
+            sink.on_data(*self._chunks.popleft())
+        if self._reset_code is not None:
+            sink.on_reset(self._reset_code)
+        elif self._remote_ended:
+            sink.on_remote_end()
+
+    def send_some(self, data: memoryview) -> int:
+        """Send as much of `data` as the windows and the TLS buffer take now, without waiting.
+
+        0 means wait for the sink's on_writable(). The caller keeps `data` unchanged until the
+        transport has taken it (the core queues views of it).
+        """
+        self._check_writable()
+        if not self.session.writable:
+            return 0
+        sent = self.session.send_data(self.stream_id, data)
+        self.bytes_sent += sent
+        return sent
+
+    def acknowledge(self, flow_controlled_length: int) -> None:
+        """The sink has passed on bytes: give their window back to the peer."""
+        self.session.acknowledge(self.stream_id, flow_controlled_length)
+
     def close_write(self) -> None:
         """Half-close our direction (END_STREAM), as a TCP FIN would."""
         if self._local_ended or self._reset_code is not None:
@@ -114,11 +161,16 @@ class HboneStream:
             self.session.acknowledge(self.stream_id, flow_controlled_length)
             return
         self.bytes_received += len(data)
+        if self._sink is not None:
+            self._sink.on_data(data, flow_controlled_length)
+            return
         self._chunks.append((data, flow_controlled_length))
         self._wake_reader()
 
     def on_remote_end(self) -> None:
         self._remote_ended = True
+        if self._sink is not None:
+            self._sink.on_remote_end()
         self._wake_reader()
         self._maybe_finish()
 
@@ -130,13 +182,18 @@ class HboneStream:
         for _, flow_controlled_length in self._chunks:
             self.session.acknowledge(self.stream_id, flow_controlled_length)
         self._chunks.clear()
+        if self._sink is not None:
+            self._sink.on_reset(error_code)
         self._wake_reader()
         self.on_window_opened()
         self._finish()
 
     def on_window_opened(self) -> None:
+        """The peer's window or the TLS write buffer has room again (or the stream ended)."""
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if self._sink is not None and self._reset_code is None:
+            self._sink.on_writable()
 
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():

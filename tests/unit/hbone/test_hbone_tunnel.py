@@ -18,14 +18,17 @@ import pytest
 from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, make_ca, run
 
 from weft.hbone import (
+    HboneError,
     HbonePool,
     HboneServer,
     HboneStream,
+    RelayResult,
     StreamResetError,
     TunnelRefusedError,
     TunnelUnavailableError,
 )
 from weft.hbone.request import MalformedRequestError, parse_authority
+from weft.hbone.server import IP_TRANSPARENT
 from weft.identity import Identity
 from weft.tls import Svid, client_context, server_context
 
@@ -639,5 +642,107 @@ def test_server_closes_cleanly_after_its_clients_already_hung_up(
             await mesh.pool.close()  # the client side goes first: the server sees the hang-up
             await asyncio.sleep(0.05)
             await mesh.server.close()  # used to abort a dead SSL transport: AttributeError
+
+    run(main)
+
+
+def test_server_close_while_clients_hang_up_on_asyncios_loop(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    """asyncio's SSL transport raises AttributeError on abort() once closed twice; clients
+    hanging up as the server closes used to make HboneServer.close() do just that."""
+
+    async def round_(delay: float | None) -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            pools = [
+                HbonePool(lambda source: client_context(client_svid, ca.bundle_pem))
+                for _ in range(3)
+            ]
+            for pool in pools:
+                stream = await pool.open_stream(
+                    CLIENT_ID, SERVER_ID, (LOOPBACK, mesh.server.port), mesh.targets["echo"]
+                )
+                await stream.write(b"x" * 100_000)
+            closing = [asyncio.get_running_loop().create_task(pool.close()) for pool in pools]
+            if delay is not None:
+                await asyncio.sleep(delay)
+            await mesh.server.close()
+            await asyncio.gather(*closing)
+
+    async def main() -> None:
+        for delay in [None, 0.0, 0.001, 0.002, 0.005] * 4:
+            await round_(delay)
+
+    with asyncio.Runner() as runner:  # the stdlib loop: uvloop's SSL transport does not raise
+        runner.run(asyncio.wait_for(main(), 60))
+
+
+def test_server_reports_what_each_tunnel_relayed(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    results: list[RelayResult] = []
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            mesh.server.relayed = results.append
+            stream = await mesh.open("count")
+            await stream.write(b"x" * 70_000)
+            stream.close_write()
+            assert await read_all(stream) == b"got 70000"
+            for _ in range(100):
+                if results:
+                    break
+                await asyncio.sleep(0.01)
+
+    run(main)
+    # to_tunnel: from the target back to the client; from_tunnel: from the client to the target
+    assert results == [RelayResult(bytes_to_tunnel=9, bytes_from_tunnel=70_000, reset=False)]
+
+
+def test_a_target_that_does_not_read_stops_the_client_at_its_window(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    """The relay acknowledges tunnel bytes only as TCP takes them: no unbounded buffering."""
+
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+
+        sink = await asyncio.start_server(never_read, LOOPBACK, 0)
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            stream = await mesh.open(f"{LOOPBACK}:{sink.sockets[0].getsockname()[1]}")
+            writing = asyncio.ensure_future(stream.write(b"y" * (64 * 1024 * 1024)))
+            await asyncio.sleep(1.0)
+            assert not writing.done()
+            # The 4 MiB stream window, plus what the kernel's socket buffers and the relay's
+            # transport held before it paused: far below the 64 MiB offered.
+            assert stream.bytes_sent < 24 * 1024 * 1024
+            stream.abort()
+            with contextlib.suppress(StreamResetError):
+                await writing
+        sink.close()
+
+    run(main)
+
+
+def test_transparent_listener_sets_ip_transparent_before_bind(
+    ca: TestCa, server_svid: Svid
+) -> None:
+    async def main() -> None:
+        server = HboneServer(server_context(server_svid, ca.bundle_pem), allow_all, connect_tcp)
+        if os.geteuid() != 0:  # without CAP_NET_ADMIN the option cannot be set: a clear error
+            with pytest.raises(HboneError, match="cannot listen") as raised:
+                await server.start(LOOPBACK, 0, transparent=True)
+            assert "CAP_NET_ADMIN" in str(raised.value.hint)
+            return
+        await server.start(LOOPBACK, 0, transparent=True)
+        try:
+            assert server._server is not None
+            [sock] = server._server.sockets
+            assert sock.getsockopt(socket.SOL_IP, IP_TRANSPARENT) == 1
+        finally:
+            await server.close()
 
     run(main)
