@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
@@ -21,14 +20,13 @@ from agent.certs.manager import CertificateManager
 from agent.policy import ConnectionAttributes, decide
 from agent.state import NodeState
 from agent.telemetry import ConnectionRecord, Telemetry
-from weft.hbone import HboneServer
+from weft.hbone import HboneServer, RelayResult
 from weft.identity import Identity
 from weft.model import Workload
 
 log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
-IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 
 # authorize() and connect() of one tunnel run in the same task: the record passes between them.
 _current: contextvars.ContextVar[ConnectionRecord | None] = contextvars.ContextVar(
@@ -51,19 +49,28 @@ def forwarded_for(headers: Headers) -> IPv4Address | None:
     return None
 
 
-def make_transparent(server: HboneServer) -> None:
-    """Let the listener answer for an address this node does not own (the workload's).
+def baggage_workload(headers: Headers, peer: Identity) -> str:
+    """The source workload's name from the W3C `baggage` the source agent sends (as ztunnel
+    does), or "" when absent. Believed only for the namespace the peer's certificate proves."""
+    for name, value in headers:
+        if name.lower() != "baggage":
+            continue
+        members = {
+            key.strip(): item.split(";")[0].strip()
+            for key, _, item in (member.partition("=") for member in value.split(","))
+        }
+        if members.get("k8s.namespace.name") != peer.namespace:
+            return ""
+        for key in BAGGAGE_WORKLOAD_KEYS:
+            if members.get(key):
+                return members[key]
+    return ""
 
-    Without IP_TRANSPARENT the kernel accepts the SYN but finds no route for a SYN-ACK from a
-    foreign source address. HboneServer has no option for it yet (asked for in the report), so
-    the flag is set on its listening socket after start(); it applies from the next SYN on.
-    """
-    listener = server._server
-    assert listener is not None
-    if all(sock.getsockname()[0].startswith("127.") for sock in listener.sockets):
-        return  # loopback is always local (tests run the tunnel path there, without root)
-    for sock in listener.sockets:
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+
+# The keys ztunnel reads a workload's name from, in its order.
+BAGGAGE_WORKLOAD_KEYS = (
+    "k8s.deployment.name", "k8s.cronjob.name", "k8s.pod.name", "k8s.job.name",
+)  # fmt: skip
 
 
 def split_authority(authority: str) -> tuple[IPv4Address, int]:
@@ -76,40 +83,6 @@ def split_authority(authority: str) -> tuple[IPv4Address, int]:
     if not 0 < number < 65536:
         raise LookupError(f"authority {authority!r}: port out of range")
     return address, number
-
-
-class _CountingProtocol(asyncio.StreamReaderProtocol):
-    """Counts bytes from the workload and closes the access-log record when the socket closes."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        record: ConnectionRecord,
-        on_close: Callable[[ConnectionRecord], None],
-    ) -> None:
-        super().__init__(reader)
-        self.record = record
-        self._on_close = on_close
-
-    def data_received(self, data: bytes) -> None:
-        self.record.received_bytes += len(data)
-        super().data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.record.outcome == "ok":
-            self.record.outcome = "reset"
-        self._on_close(self.record)
-        super().connection_lost(exc)
-
-
-class _CountingWriter(asyncio.StreamWriter):
-    def __init__(self, *args: Any, record: ConnectionRecord) -> None:
-        super().__init__(*args)
-        self.record = record
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.record.sent_bytes += len(data)
-        super().write(data)
 
 
 class Inbound:
@@ -145,9 +118,11 @@ class Inbound:
                 self._certs.server_context(identity),
                 self._authorizer(address),
                 self._connect,
+                relayed=self._relayed,
             )
-            await server.start(str(address), self.port)
-            make_transparent(server)
+            # The listener answers for the workload's address, which this node does not own;
+            # loopback is always local (tests run the tunnel path there, without root).
+            await server.start(str(address), self.port, transparent=not address.is_loopback)
             self.servers[address] = (identity, server)
             log.info("HBONE inbound for %s on %s:%d", identity, address, self.port)
 
@@ -197,8 +172,11 @@ class Inbound:
             record.source_principal = peer.uri
             record.source_namespace = peer.namespace
             source = self._state().workload_at(source_ip) if source_ip is not None else None
-            if source is not None:
-                record.source_workload = source.metadata.name
+            # The controller sends a node only the workloads it may connect to, so a client on
+            # another node is usually unknown here: its agent names it in the baggage header.
+            record.source_workload = (
+                source.metadata.name if source is not None else baggage_workload(headers, peer)
+            )
             try:
                 address, port = split_authority(authority)
             except LookupError as err:
@@ -223,19 +201,27 @@ class Inbound:
         address, port = split_authority(authority)
         record = _current.get() or ConnectionRecord("inbound", "?", authority)
         record.endpoint = authority
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        protocol = _CountingProtocol(reader, record, self._telemetry.connection_closed)
         try:
-            transport, _ = await loop.create_connection(
-                lambda: protocol, str(address), port, local_addr=(str(self.agent_address), 0)
+            connection = await asyncio.open_connection(
+                str(address), port, local_addr=(str(self.agent_address), 0)
             )
         except OSError as err:
             record.outcome, record.reason = "unavailable", repr(err)
             self._telemetry.connection_closed(record)
             raise
         self._telemetry.connection_opened(record)
-        return reader, _CountingWriter(transport, protocol, reader, loop, record=record)
+        return connection
+
+    def _relayed(self, result: RelayResult) -> None:
+        """The tunnel's relay ended (in the task that authorized and connected it)."""
+        record = _current.get()
+        if record is None:
+            return
+        record.sent_bytes = result.bytes_from_tunnel  # towards the destination workload
+        record.received_bytes = result.bytes_to_tunnel
+        if result.reset and record.outcome == "ok":
+            record.outcome = "reset"
+        self._telemetry.connection_closed(record)
 
     # --- same node --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.runtime.node_agent import AgentConfig, NodeAgent
 from weft.errors import NotRootError
+from weft.hbone.eventloop import new_event_loop
 from weft.identity import DEFAULT_TRUST_DOMAIN
 
 RUN_EXAMPLES = """\
@@ -111,5 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, agent.stop.set)
         await agent.run()
 
-    asyncio.run(main())
+    # uvloop (weft.hbone.eventloop): its TCP and TLS transports are C, asyncio's are Python;
+    # measured on loopback, about a quarter less agent CPU per connection and per 1 KiB exchange.
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
     return 0

@@ -293,7 +293,16 @@ class OutboundProxy:
         record.security = "mutual_tls"
         record.destination_principal = destination.uri
         authority = f"{route.address}:{route.port}"
-        headers = (("forwarded", f"for={peer[0]}"),)
+        # baggage names the source workload for the destination's telemetry, as ztunnel's does:
+        # the destination node is not told about workloads that are no service's endpoint.
+        headers = (
+            ("forwarded", f"for={peer[0]}"),
+            (
+                "baggage",
+                f"k8s.namespace.name={record.source_namespace},"
+                f"k8s.pod.name={record.source_workload}",
+            ),
+        )
         try:
             stream = await self._pool.open_stream(
                 source, destination, route.peer, authority, headers

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -57,18 +57,22 @@ class ConnectionRecord:
     duration_ms: float = 0.0
 
     def labels(self) -> dict[str, str]:
-        return {
-            "reporter": "source" if self.direction == "outbound" else "destination",
-            "source_workload": self.source_workload or "unknown",
-            "source_workload_namespace": self.source_namespace or "unknown",
-            "source_principal": self.source_principal or "unknown",
-            "destination_workload": self.destination_workload or "unknown",
-            "destination_workload_namespace": self.destination_namespace or "unknown",
-            "destination_principal": self.destination_principal or "unknown",
-            "destination_service": self.destination_service or "unknown",
-            "response_code": "-",
-            "connection_security_policy": self.security,
-        }
+        return dict(zip(TCP_LABELS, self.label_values(), strict=True))
+
+    def label_values(self) -> tuple[str, ...]:
+        """The TCP_LABELS values, in order."""
+        return (
+            "source" if self.direction == "outbound" else "destination",
+            self.source_workload or "unknown",
+            self.source_namespace or "unknown",
+            self.source_principal or "unknown",
+            self.destination_workload or "unknown",
+            self.destination_namespace or "unknown",
+            self.destination_principal or "unknown",
+            self.destination_service or "unknown",
+            "-",
+            self.security,
+        )
 
 
 class Telemetry:
@@ -109,22 +113,39 @@ class Telemetry:
         self.config_version = Gauge(
             "weft_config_version", "The discovery version in force", registry=self.registry
         )
+        self._children: dict[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = {}
 
     def connection_opened(self, record: ConnectionRecord) -> None:
-        self.opened.labels(**record.labels()).inc()
+        self._series(record.label_values())[0].inc()
 
     def connection_closed(self, record: ConnectionRecord) -> None:
         """Count bytes and the close, and write the connection's access-log line."""
         record.duration_ms = round((time.monotonic() - record.started) * 1000, 3)
-        labels = record.labels()
         if record.outcome in ("denied", "unavailable", "error") and record.sent_bytes == 0:
             self.refused.labels(record.direction, record.outcome).inc()
         else:
-            self.closed.labels(**labels).inc()
-            self.sent.labels(**labels).inc(record.sent_bytes)
-            self.received.labels(**labels).inc(record.received_bytes)
-        line = {k: v for k, v in asdict(record).items() if v not in ("", None) and k != "started"}
-        access_log.info(json.dumps(line, sort_keys=True))
+            _, closed, sent, received = self._series(record.label_values())
+            closed.inc()
+            sent.inc(record.sent_bytes)
+            received.inc(record.received_bytes)
+        if access_log.isEnabledFor(logging.INFO):
+            # vars(), not dataclasses.asdict(): the fields are flat, asdict deep-copies them.
+            line = {k: v for k, v in vars(record).items() if v not in ("", None) and k != "started"}
+            access_log.info(json.dumps(line, sort_keys=True))
+
+    def _series(self, values: tuple[str, ...]) -> tuple[Counter, Counter, Counter, Counter]:
+        """The four istio_tcp_* series of one label set; prometheus_client's labels() lookup
+        (kwargs, validation, a lock) cost more than the rest of opening a connection."""
+        series = self._children.get(values)
+        if series is None:
+            series = (
+                self.opened.labels(*values),
+                self.closed.labels(*values),
+                self.sent.labels(*values),
+                self.received.labels(*values),
+            )
+            self._children[values] = series
+        return series
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,7 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.admin import parse_request_line
-from agent.inbound import forwarded_for, split_authority
+from agent.inbound import baggage_workload, forwarded_for, split_authority
+from weft.identity import Identity
+
+FRONTEND = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
 
 
 def test_forwarded_for_reads_rfc7239_for_with_or_without_quotes_and_port() -> None:
@@ -17,6 +20,18 @@ def test_forwarded_for_reads_rfc7239_for_with_or_without_quotes_and_port() -> No
     )
     assert forwarded_for((("forwarded", "for=unknown"),)) is None
     assert forwarded_for((("baggage", "for=10.0.0.1"),)) is None
+
+
+def test_baggage_names_the_source_workload_only_in_the_peers_own_namespace() -> None:
+    baggage = "k8s.namespace.name=shop,k8s.pod.name=frontend-1;prop=x"
+    assert baggage_workload((("baggage", baggage),), FRONTEND) == "frontend-1"
+    deployment = "k8s.deployment.name=frontend, k8s.namespace.name=shop"
+    assert baggage_workload((("Baggage", deployment),), FRONTEND) == "frontend"
+    # A peer cannot name a workload of a namespace its certificate does not prove.
+    other = "k8s.namespace.name=payments,k8s.pod.name=ledger"
+    assert baggage_workload((("baggage", other),), FRONTEND) == ""
+    assert baggage_workload((("forwarded", "for=10.0.0.1"),), FRONTEND) == ""
+    assert baggage_workload((("baggage", "garbage,,=;"),), FRONTEND) == ""
 
 
 def test_authority_must_be_ip_and_port() -> None:

@@ -86,10 +86,11 @@ async def through_mesh(
     extra_policy: str,
     target: tuple[str, int],
     client: Callable[[int], Awaitable[object]],
+    node2_cluster: str = CLUSTER,
 ) -> tuple[object, Telemetry, Telemetry]:
     issuer = InProcessIssuer(dt.timedelta(hours=1))
     node1 = node_state("node1", CLUSTER)
-    node2 = node_state("node2", CLUSTER, extra_policy)
+    node2 = node_state("node2", node2_cluster, extra_policy)
     certs1 = CertificateManager(issuer, issuer.bundle)
     certs2 = CertificateManager(issuer, issuer.bundle)
     certs1.ensure(node1.local_identities())
@@ -190,3 +191,22 @@ def test_unreachable_workload_port_resets_the_client() -> None:
     assert data in (b"", "reset")
     assert isinstance(tel1, Telemetry)
     assert sample(tel1, "weft_connections_refused_total", reason="unavailable") == 1
+
+
+def test_the_destination_names_a_source_workload_it_was_not_told_about() -> None:
+    """The controller sends node2 only the workloads it may reach (services' endpoints), not
+    the frontend: its name comes from the baggage header the source agent sends."""
+    without_frontend = "---".join(
+        doc for doc in CLUSTER.split("---") if "name: frontend" not in doc
+    )
+    data, _, tel2 = run(
+        through_mesh("", ("10.96.0.11", 7000), as_frontend(b"hello"), without_frontend)
+    )
+    assert data == b"hello"
+    assert isinstance(tel2, Telemetry)
+    labels = {"reporter": "destination", "source_workload_namespace": "shop"}
+    assert sample(tel2, "istio_tcp_connections_opened_total", **labels) == 1
+    assert (
+        sample(tel2, "istio_tcp_connections_opened_total", source_workload="frontend", **labels)
+        == 1
+    )
