@@ -101,6 +101,7 @@ class _HeadTimeoutError(Exception):
 READ_SIZE = 64 * 1024
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
+_NO_BODY = RequestBody(b"", complete=True)
 
 
 class RandomPool:
@@ -184,6 +185,8 @@ class WaypointProxy:
         self.request_headers_timeout_s = request_headers_timeout_s
         self.guards = RouteGuards()
         self._backends: dict[str, UpstreamBackend] = {}
+        self._service_memo: dict[tuple[str | None, str | None], ServiceConfig | None] = {}
+        self._memo_config: WaypointConfig | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()  # the running loop keeps weak refs only
 
@@ -362,6 +365,8 @@ class WaypointProxy:
             return responses.no_backend()
         if isinstance(decision, Redirect):
             return responses.redirect(decision.status, decision.location)
+        if not decision.matched.route.filters:
+            return decision  # no rate limit or fault to apply (most routes): no await
         local = await self._apply_guards(decision.matched.route)
         return decision if local is None else local
 
@@ -372,6 +377,19 @@ class WaypointProxy:
     def _service_for(self, destination: str | None, host: str | None) -> ServiceConfig | None:
         """The logical service: the tunnel's destination (VIP:port or hostname:port) when there
         is one, else the one the Host header names (full hostname, `name.namespace`, `name`)."""
+        # A pure function of the config and the two names, asked on every request with the
+        # same few names: remembered until the config changes (bounded against odd Hosts).
+        memo = self._service_memo
+        if self._memo_config is not self.config or len(memo) > 1024:
+            memo.clear()
+            self._memo_config = self.config
+        key = (destination, host)
+        if key in memo:
+            return memo[key]
+        found = memo[key] = self._find_service(destination, host)
+        return found
+
+    def _find_service(self, destination: str | None, host: str | None) -> ServiceConfig | None:
         authority = destination or host
         if authority is None:
             return None
@@ -422,9 +440,13 @@ class WaypointProxy:
         """Read the body up to the buffer limit: within it, it can be replayed on a retry."""
         request = exchange.request
         if request.framing is BodyFraming.NONE:
-            await client.next_event()  # the EndOfMessage the parser emitted with the head
+            # The EndOfMessage the parser emitted with the head.
+            if client.pending:
+                client.pending.popleft()
+            else:
+                await client.next_event()
             exchange.body_read = True
-            return RequestBody(b"", complete=True)
+            return _NO_BODY
         if request.expects_continue:
             await client.send(CONTINUE)  # as Envoy does by default: answer it here, not proxy it
         parts: list[bytes] = []
@@ -499,9 +521,14 @@ class WaypointProxy:
         while True:
             if isinstance(step, StartAttempt):
                 exchange.attempts = step.attempt
-                result = await self._timed_attempt(
-                    backend, decision, head, wire_body, tail=tail, deadline=step.deadline
-                )
+                if step.deadline is None:
+                    result = await backend.attempt(
+                        decision.method, head, wire_body, decision.headers, tail
+                    )
+                else:
+                    result = await self._timed_attempt(
+                        backend, decision, head, wire_body, tail=tail, deadline=step.deadline
+                    )
                 tail = None  # a streamed body is gone after the first try
                 if isinstance(result, NoHealthyEndpoint):
                     return await self._reply(client, exchange, responses.no_healthy_upstream())

@@ -112,6 +112,9 @@ class _Phase(Enum):
     SETTLED = "settled"
 
 
+_NO_RETRY = RetryPolicy(attempts=0)  # built once: config objects validate on construction
+
+
 class RequestRetries:
     """The life of one request against its backend: tries, per-try timeouts, back-off, the
     overall request timeout. Call `begin()`, then `on_outcome()` for each try's result and
@@ -125,7 +128,7 @@ class RequestRetries:
         jitter: RandomSource,
         body_buffer_limit: int = 64 * 1024,
     ) -> None:
-        self._retry = retry or RetryPolicy(attempts=0)
+        self._retry = retry or _NO_RETRY
         self._clock = clock
         self._jitter = jitter
         self._body_buffer_limit = body_buffer_limit

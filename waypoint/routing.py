@@ -42,6 +42,11 @@ _PERCENT_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
+def _decode_unreserved(escape: re.Match[str]) -> str:
+    char = chr(int(escape.group(1), 16))
+    return char if char in _UNRESERVED else escape.group(0).upper()
+
+
 def normalize_path(path: str) -> str:
     """RFC 3986 §6.2.2 normalization, as Istio's default (BASE) does before routing and authz.
 
@@ -49,17 +54,12 @@ def normalize_path(path: str) -> str:
     upper-cased, and dot segments removed, so `/public/../admin` cannot slip past a rule on
     `/admin`. `%2F` stays encoded: it is data, not a separator.
     """
-
-    def decode_unreserved(escape: re.Match[str]) -> str:
-        char = chr(int(escape.group(1), 16))
-        return char if char in _UNRESERVED else escape.group(0).upper()
-
     if not path:
         return "/"
     if not path.startswith("/"):
         return path  # `*` (OPTIONS) or authority-form: nothing to normalize
     if "%" in path:
-        path = _PERCENT_RE.sub(decode_unreserved, path)
+        path = _PERCENT_RE.sub(_decode_unreserved, path)
     if "." not in path:
         return path
     output: list[str] = []
