@@ -521,6 +521,7 @@ class WaypointProxy:
         while True:
             if isinstance(step, StartAttempt):
                 exchange.attempts = step.attempt
+                result: Attempt | Failure | NoHealthyEndpoint | CircuitOpen | None
                 if step.deadline is None:
                     result = await backend.attempt(
                         decision.method, head, wire_body, decision.headers, tail
