@@ -340,23 +340,25 @@ class WaypointProxy:
         routing_view = RouteRequest.from_target(request.method, request.target, request.headers)
         exchange.destination_service = service.hostname
         identity = exchange.identity = downstream.identity
-        decision_authz = evaluate(
-            (*self.config.authorization_policies, *service.authorization_policies),
-            AuthzRequest(
-                request.method,
-                routing_view.path,
-                service.port,
-                request.headers,
-                source_principal=identity.uri if identity else None,
-                source_namespace=identity.namespace if identity else None,
-                source_ip=downstream.source_ip,
-                host=request.header("host"),
-            ),
-        )
-        exchange.audit_policies = decision_authz.audited
-        exchange.authz_policy = decision_authz.policy or "-"
-        if not decision_authz.allowed:
-            return responses.rbac_denied()
+        policies = (*self.config.authorization_policies, *service.authorization_policies)
+        if policies:  # none: everything is allowed and nothing audited (evaluate's answer)
+            decision_authz = evaluate(
+                policies,
+                AuthzRequest(
+                    request.method,
+                    routing_view.path,
+                    service.port,
+                    request.headers,
+                    source_principal=identity.uri if identity else None,
+                    source_namespace=identity.namespace if identity else None,
+                    source_ip=downstream.source_ip,
+                    host=request.header("host"),
+                ),
+            )
+            exchange.audit_policies = decision_authz.audited
+            exchange.authz_policy = decision_authz.policy or "-"
+            if not decision_authz.allowed:
+                return responses.rbac_denied()
         decision = route_request(service.routes, routing_view, self.random)
         if isinstance(decision, NoRoute):
             return responses.route_not_found()
