@@ -273,3 +273,23 @@ def test_waypoint_svid_is_renewed_at_half_life_and_new_handshakes_present_it(
         asyncio.run(main())
     finally:
         short.stop(grace=0.2)
+
+
+def test_waypoint_run_with_controller_names_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weft.cli import main
+
+    assert main(["waypoint", "run", "--controller", "127.0.0.1:15012"]) == 2
+    assert "--join-token, --trust-bundle" in capsys.readouterr().err
+    shop = tmp_path / "shop.yaml"
+    shop.write_text("")
+    argv = ["waypoint", "run", "--controller", "127.0.0.1:15012", "-f", str(shop)]
+    assert main(argv) == 2
+    assert "-f and --controller" in capsys.readouterr().err
+    token = tmp_path / "token"
+    token.write_text("weft-join.x.y\n")
+    argv = ["waypoint", "run", "--controller", "127.0.0.1:1", "--join-token", str(token),
+            "--trust-bundle", str(tmp_path / "missing.pem")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--trust-bundle" in capsys.readouterr().err
