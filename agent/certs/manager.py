@@ -208,6 +208,7 @@ class CertificateManager:
             rows.append(
                 {
                     "identity": identity.uri,
+                    "kind": "workload",
                     "serial": f"{leaf.serial_number:x}" if leaf is not None else "",
                     "not_before": leaf.not_valid_before_utc.isoformat() if leaf else "",
                     "not_after": leaf.not_valid_after_utc.isoformat() if leaf else "",

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.certs.manager import DEFAULT_BACKOFF, Clock, renewal_time, utc_now
 from weft.controller_client import Backoff, Credentials, NodeIdentity
-from weft.pki import certs_from_pem
+from weft.pki import certs_from_pem, uri_san
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ class NodeCertificate:
     def report(self) -> dict[str, object]:
         now = self._clock()
         state = "expired" if now >= self.not_after else "renewing" if self.failures else "valid"
+        leaf = certs_from_pem(self.identity.chain_pem)[0]
         return {
-            "identity": f"node {self.identity.node}",
+            "identity": uri_san(leaf),
+            "kind": "node",
             "serial": self.serial,
+            "not_before": leaf.not_valid_before_utc.isoformat(),
             "not_after": self.not_after.isoformat(),
             "renew_at": self.renew_at().isoformat(),
             "state": state,

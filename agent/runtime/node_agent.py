@@ -252,7 +252,8 @@ class NodeAgent:
         self.admin = HttpEndpoint(
             {
                 "/config_dump": lambda q: Response.json(self.config_dump()),
-                "/certs": lambda q: Response.json(self.certs.report()),
+                # the workloads' SVIDs, then the node's own certificate (towards the controller)
+                "/certs": lambda q: Response.json([*self.certs.report(), self.node_cert.report()]),
                 "/logging": set_log_level,
             }
         )
