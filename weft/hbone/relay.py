@@ -17,6 +17,10 @@ from weft.hbone.stream import HboneStream
 READ_SIZE = 256 * 1024
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# Received bytes are acknowledged to h2 in batches of up to this much: one call per 1 KiB message
+# was a few percent of a relay's CPU. Bounded below so that idle streams holding unacknowledged
+# bytes can never use up the connection window (see _Splice.__init__).
+ACK_BATCH = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,13 @@ class _Splice(asyncio.Protocol):
         self._fin_sent = False  # ... and it went on as END_STREAM
         self._remote_ended = False  # END_STREAM went on as a FIN
         self._write_paused = bool(getattr(self._previous, "_paused", False))
-        self._unacknowledged = 0  # flow-controlled bytes written to TCP while it was paused
+        self._unacknowledged = 0  # flow-controlled bytes passed on to TCP, not yet acknowledged
+        settings = stream.session.core.settings
+        self._ack_batch = min(
+            ACK_BATCH,
+            settings.stream_window // 4,
+            settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
+        )
         self._lost = False
 
     def start(self, reader: asyncio.StreamReader) -> None:
@@ -172,12 +182,12 @@ class _Splice(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._unacknowledged:
-            acknowledged, self._unacknowledged = self._unacknowledged, 0
-            self.stream.acknowledge(acknowledged)
+        if self._unacknowledged >= self._ack_batch:
+            self._acknowledge()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._acknowledge()
         if not self.reset and not (self._fin_sent and self._remote_ended):
             # The TCP side went away with the tunnel still open: the peer must see a reset.
             self.reset = True
@@ -191,20 +201,22 @@ class _Splice(asyncio.Protocol):
             self.stream.acknowledge(flow_controlled_length)
             return
         self.transport.write(data)
-        if self._write_paused:
-            self._unacknowledged += flow_controlled_length
-        else:
-            self.stream.acknowledge(flow_controlled_length)
+        self._unacknowledged += flow_controlled_length
+        # While TCP is paused nothing is acknowledged: the peer's window then throttles it.
+        if self._unacknowledged >= self._ack_batch and not self._write_paused:
+            self._acknowledge()
 
     def on_remote_end(self) -> None:
         if self.reset or self._lost or self._remote_ended:
             return
         self._remote_ended = True
+        self._acknowledge()  # the stream is done receiving: its bytes' connection window
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._close_if_done()
 
     def on_reset(self, error_code: int) -> None:
+        self._acknowledge()  # h2 returns the connection's share of a closed stream's window
         if self.reset:
             return
         self.reset = True
@@ -243,6 +255,11 @@ class _Splice(asyncio.Protocol):
         elif self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def _acknowledge(self) -> None:
+        if self._unacknowledged:
+            acknowledged, self._unacknowledged = self._unacknowledged, 0
+            self.stream.acknowledge(acknowledged)
 
     def _send_fin(self) -> None:
         if self._fin_sent or self.reset:
