@@ -8,10 +8,10 @@ their own: the waypoint serves it on its metrics endpoint, and tests read it wit
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -135,16 +135,37 @@ class WaypointMetrics:
 
 
 def access_log_line(request: RequestRecord) -> str:
-    """One JSON object on one line, keys sorted so lines diff and grep predictably."""
-    # The fields are flat, so a copy of the instance dict is enough: dataclasses.asdict would
-    # deep-copy every value, which was a fifth of the waypoint's CPU per request.
-    fields = dict(request.__dict__)
-    fields["audit_policies"] = list(request.audit_policies)
-    fields["duration_ms"] = round(request.duration_ms, 3)
-    return _ENCODER.encode(fields)
+    """One JSON object on one line, keys sorted so lines diff and grep predictably.
+
+    The same text as json.dumps(fields, sort_keys=True, separators=(",", ":")) (a test holds
+    them equal), written by a function generated once from RequestRecord's fields: each string
+    goes through json's C escaper, numbers are written as json writes them. It takes a sixth of
+    the encoder's time (3 us against 18 here), and this line is written for every request.
+    """
+    return _format_line(request)
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+def _line_formatter() -> Callable[[RequestRecord], str]:
+    parts = []
+    for field in sorted(fields(RequestRecord), key=lambda f: f.name):
+        name = field.name
+        if name == "audit_policies":
+            value = '[{",".join(map(esc, r.audit_policies))}]'
+        elif name == "duration_ms":
+            value = "{round(r.duration_ms, 3)!r}"
+        elif field.type == "int":
+            value = "{int(r." + name + ")}"
+        else:
+            value = "{esc(r." + name + ")}"
+        parts.append(f'"{name}":{value}')
+    source = "def line(r):\n    return f'{{" + ",".join(parts) + "}}'\n"
+    namespace: dict[str, Any] = {"esc": encode_basestring_ascii}
+    exec(compile(source, "<access_log_line>", "exec"), namespace)
+    formatter: Callable[[RequestRecord], str] = namespace["line"]
+    return formatter
+
+
+_format_line = _line_formatter()
 
 
 class BufferedLog:

@@ -97,6 +97,17 @@ def test_access_log_is_one_json_line_with_the_request_facts() -> None:
     assert parsed["audit_policies"] == ["default/audit-all"]
 
 
+def test_access_log_line_is_exactly_what_json_dumps_writes() -> None:
+    tricky = record(
+        path='/a"b\\c\x01\u00e9\u2603', user_agent="curl \n", audit_policies=('x"y', "z"),
+        duration_ms=0.1 + 0.2, response_code=503, bytes_sent=10**12,
+    )  # fmt: skip
+    fields = dict(tricky.__dict__)
+    fields["audit_policies"] = list(tricky.audit_policies)
+    fields["duration_ms"] = round(tricky.duration_ms, 3)
+    assert access_log_line(tricky) == json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
 # --- trace context -------------------------------------------------------------------------------
 
 
