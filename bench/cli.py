@@ -77,6 +77,11 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         type=Path,
         help="where the JSON result and plots go (default: bench/results/, quick: its tmp/)",
     )
+    parser.add_argument(
+        "--label",
+        help="name the result <UTC time>-LABEL.json instead of <UTC time>-<mode>.json "
+        "(e.g. --label waypoint for a run of the waypoint's paths)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "-o",
@@ -117,6 +122,17 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(mode, rounds, seconds)
 
 
+def result_label(label: str | None, settings: BenchSettings) -> str:
+    """What follows the time in the result's file name: --label, else the mode."""
+    if label is None:
+        return settings.mode
+    if not label.replace("-", "").replace("_", "").isalnum():
+        raise UsageError(
+            f"--label {label!r}: letters, digits, '-' and '_' only", hint="e.g. --label waypoint"
+        )
+    return label
+
+
 def emit_report(result: BenchResult, checks: list[CheckResult] | None, output: str) -> None:
     """The report on stdout in the chosen format; progress and file names go to stderr."""
     if output == "json":
@@ -141,6 +157,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         return ExitCode.OK
     selection = parse_scenarios(args.scenarios, args.check)
     settings = settings_from(args)
+    label = result_label(args.label, settings)
     if os.geteuid() != 0:
         raise NotRootError("weft bench")
     output = run_bench(
@@ -154,7 +171,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     default_dir = QUICK_RESULTS_DIR if settings.mode == "quick" else RESULTS_DIR
     directory = args.results_dir or default_dir
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    stem = f"{stamp}-{settings.mode}"
+    stem = f"{stamp}-{label}"
     json_path = directory / f"{stem}.json"
     result.save(json_path)
     emit_report(result, check_targets(result) if args.check else None, args.output)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import parse_scenarios, register, settings_from
+from bench.cli import parse_scenarios, register, result_label, settings_from
 from bench.paths import make_path
 from bench.result import BenchResult, PathInfo
 from bench.runner import FULL, QUICK, Figure
@@ -159,3 +159,10 @@ def test_json_output_is_the_result_with_its_checks(
     assert document["machine"] == {"cores": 2}
     assert document["figures"][0]["median"] == 20.0
     assert {c["verdict"] for c in document["checks"]} == {"n/a"}
+
+
+def test_a_label_names_the_result_file_and_a_bad_one_is_refused_before_running() -> None:
+    assert result_label(None, FULL) == "full"
+    assert result_label("waypoint", FULL) == "waypoint"
+    with pytest.raises(UsageError, match="--label"):
+        result_label("../x", FULL)
