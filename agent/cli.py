@@ -18,6 +18,7 @@ from agent.bpf.libbpf import AttachType
 from agent.bpf.links import cgroup_id, pinned_links
 from agent.bpf.maps import Enrollment, Inbound, Mode, NodeMaps
 from agent.bpf.programs import NODE
+from agent.capture.splice import splice_report
 from weft.errors import NotRootError, UnavailableError, UsageError
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weft")
@@ -123,7 +124,8 @@ def maps_report(scope_dir: Path, maps: NodeMaps) -> dict[str, Any]:
                 "counters": asdict(stats) if stats is not None else None,
             }
         )
-    return {"scope": scope_dir.name, "links": links, "workloads": workloads}
+    splice = splice_report(scope_dir / "links", maps)
+    return {"scope": scope_dir.name, "links": links, "workloads": workloads, "splice": splice}
 
 
 def cmd_maps(args: argparse.Namespace) -> int:
@@ -165,6 +167,14 @@ def cmd_maps(args: argparse.Namespace) -> int:
             *(str(c.get(k, "-")) for k in counters),
         )
     console.print(workloads)
+    splice = report["splice"]
+    pairs = Table(title=f"same-node splice: {splice['mode']} (sk_msg pairs)")
+    columns = ("socket", "sends_to", "mode", "passed_tcp_bytes", "forwarded_bytes", "direct_bytes")
+    for column in columns:
+        pairs.add_column(column.replace("_", " "))
+    for pair in splice["pairs"]:
+        pairs.add_row(*(str(pair[k]) for k in columns))
+    console.print(pairs)
     return 0
 
 

@@ -193,6 +193,24 @@ class MsgState:
     switched: bool
 
 
+@dataclass(frozen=True)
+class MsgPair:
+    """A registered workload socket of the sk_msg splice: where it sends, and how far it got."""
+
+    socket: SocketTuple
+    peer: SocketTuple  # the agent socket its direct sends go onto
+    cgroup_id: int
+    forwarded: int  # of its TCP bytes, how many the agent has written on
+    state: MsgState
+
+
+def _tuple_from_c(value: TupleC) -> SocketTuple:
+    return SocketTuple(
+        (str(_be32_to_addr(value.src_addr)), socket.ntohs(value.src_port)),
+        (str(_be32_to_addr(value.dst_addr)), socket.ntohs(value.dst_port)),
+    )
+
+
 def _addr_to_be32(addr: IPv4Address) -> int:
     return socket.htonl(int(addr))
 
@@ -365,17 +383,24 @@ class NodeMaps:
         bytes arriving on either leave through the other. Counted for workload `cgroup_id`.
 
         The peers are named before the sockets enter the sockhash, so the verdict program never
-        sees a registered socket without its peer.
+        sees a registered socket without its peer. `b` enters first: a segment arriving on `a`
+        meanwhile finds its peer; one arriving on `b` before `a` is in goes up to the agent,
+        which may then relay it after later ones the kernel moved. So `a` should be the side
+        that speaks first (the client), whose early bytes the verdict then always redirects.
         """
         peers = self._maps["weft_splice_pr"]
         sockets = self._maps["weft_splice"]
         peers.put(ctypes.c_uint64(a[0]), SplicePeerC(peer_cookie=b[0], cgroup_id=cgroup_id))
         peers.put(ctypes.c_uint64(b[0]), SplicePeerC(peer_cookie=a[0], cgroup_id=cgroup_id))
         try:
-            sockets.put(ctypes.c_uint64(a[0]), ctypes.c_uint32(a[1]))
             sockets.put(ctypes.c_uint64(b[0]), ctypes.c_uint32(b[1]))
+            sockets.put(ctypes.c_uint64(a[0]), ctypes.c_uint32(a[1]))
         except OSError:
-            self.unsplice(a[0], b[0])
+            # Only the peer entries go: a socket that entered the sockhash stays until it
+            # closes, because leaving it drops the bytes the verdict passed up and the agent has
+            # not read yet. Without a peer, the verdict passes everything up, in order.
+            for cookie in (a[0], b[0]):
+                peers.delete(ctypes.c_uint64(cookie))
             raise
 
     def spliced_from(self, cookie: int) -> int | None:
@@ -395,18 +420,19 @@ class NodeMaps:
         """Is this socket in the sk_msg splice's sockhash (a workload end entered by sockops)?"""
         return self._maps["weft_msg_sk"].get(key.to_c()) is not None
 
-    def msg_add_agent_socket(self, sock: socket.socket, peer: SocketTuple, cgroup_id: int) -> None:
-        """Enter one of the agent's sockets: from now on what the agent writes on it goes into
-        the receive queue of `peer` (a workload socket) instead of onto the wire."""
-        key = SocketTuple.of(sock).to_c()
-        self._maps["weft_msg_pr"].put(key, MsgPairC(peer=peer.to_c(), cgroup_id=cgroup_id))
-        self._maps["weft_msg_sk"].put(key, ctypes.c_uint64(sock.fileno()))
+    def msg_add_agent_socket(self, sock: socket.socket) -> SocketTuple:
+        """Enter one of the agent's sockets, so a workload's sends can be put onto it. The
+        agent's own writes on it stay ordinary TCP. Returns its key."""
+        key = SocketTuple.of(sock)
+        self._maps["weft_msg_sk"].put(key.to_c(), ctypes.c_uint64(sock.fileno()))
+        return key
 
     def msg_forwarded(
         self, workload: SocketTuple, peer: SocketTuple, cgroup_id: int, forwarded: int
     ) -> None:
-        """Register (or update) a workload socket's pair: the agent has written on `forwarded`
-        bytes of what it sent by TCP; once that is all of them, it sends straight to `peer`."""
+        """Register (or update) a workload socket's pair: the agent has written `forwarded` of
+        the bytes the workload sent by TCP onto `peer` (the agent socket facing the other
+        workload); once that is all of them, the workload's sends go onto `peer` directly."""
         value = MsgPairC(peer=peer.to_c(), cgroup_id=cgroup_id, forwarded=forwarded)
         self._maps["weft_msg_pr"].put(workload.to_c(), value)
 
@@ -415,6 +441,26 @@ class NodeMaps:
         if not isinstance(value, MsgStateC):
             return None
         return MsgState(int(value.passed), int(value.direct), bool(value.switched))
+
+    def msg_pairs(self) -> list[MsgPair]:
+        """The workload sockets the agent has registered, with the sk_msg program's counters."""
+        pairs = []
+        for key in self._maps["weft_msg_pr"]:
+            pair = self._maps["weft_msg_pr"].get(key)
+            state = self._maps["weft_msg_st"].get(key)
+            if not isinstance(pair, MsgPairC) or not isinstance(state, MsgStateC):
+                continue  # an entry just removed
+            assert isinstance(key, TupleC)
+            pairs.append(
+                MsgPair(
+                    _tuple_from_c(key),
+                    _tuple_from_c(pair.peer),
+                    int(pair.cgroup_id),
+                    int(pair.forwarded),
+                    MsgState(int(state.passed), int(state.direct), bool(state.switched)),
+                )
+            )
+        return pairs
 
     def msg_unregister(self, *keys: SocketTuple) -> None:
         """Forget the pairs and counters of these sockets. They stay in the sockhash until they

@@ -3,16 +3,17 @@
 The agent accepts the workload's captured connection, authorizes it, connects to the local
 destination, and then, instead of copying bytes in Python, registers the sockets with the kernel.
 
-MsgSplice (sk_msg, where weft_splice_msg is attached): the workloads' own sends go straight into
-each other's receive queue, skipping both TCP connections (weft_maps.h). The agent forwards only
-what a workload sent by TCP before the switch, and tells the kernel how much it has forwarded.
+MsgSplice (sk_msg, where weft_splice_msg is attached): the workloads' own sends go straight onto
+the agent's socket facing the other workload, skipping their own TCP connection and the agent
+(weft_maps.h). The agent forwards only what a workload sent by TCP before the switch, and tells
+the kernel how much it has forwarded.
 
 Splice (sk_skb, the fallback): weft_splice_verdict moves each segment arriving on one agent
 socket to the other socket's send side. End of stream (FIN) is not data: the agent still sees it
 and must pass it on itself. The kernel sends redirected bytes from a work queue, so a FIN can
 overtake them; before half-closing the peer, the agent waits until the peer has written
 everything redirected to it (`drained`). With MsgSplice no wait is needed: a redirected send is
-in the peer's queue when sendmsg() returns.
+in the agent socket's send queue, ahead of the FIN, when sendmsg() returns.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from agent.bpf.links import splice_mode
 from agent.bpf.maps import NodeMaps, SocketTuple
 
 SO_COOKIE = 57  # <asm-generic/socket.h>; Python's socket module does not name it
 SIOCOUTQ = 0x5411  # bytes in the send queue, not yet acknowledged (== TIOCOUTQ)
 TCPI_BYTES_ACKED_OFFSET = 120  # struct tcp_info: __u64 tcpi_bytes_acked
 TCP_INFO_LEN = 128
+TCP_ESTABLISHED = 1  # enum tcp_state
 DRAIN_POLL_S = 0.001
 
 
@@ -37,6 +42,11 @@ def socket_cookie(sock: socket.socket) -> int:
     """The kernel's 64-bit id of a socket: the key of the splice maps."""
     value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
     return value
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of a socket (tcpi_state, the first byte of struct tcp_info)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)[0]
 
 
 def bytes_written(sock: socket.socket) -> int:
@@ -66,6 +76,11 @@ class Splice:
     _written_before: dict[int, int] = field(default_factory=dict)  # fd -> bytes_written at start
 
     def start(self) -> None:
+        """Raises OSError if the kernel refuses: the sockhash takes only established sockets."""
+        for sock in (self.downstream, self.upstream):
+            if tcp_state(sock) != TCP_ESTABLISHED:
+                # Checked first: a failed insert would leave the other socket half set up.
+                raise OSError(f"socket {sock.fileno()} is no longer established")
         for sock in (self.downstream, self.upstream):
             self._cookies[sock.fileno()] = socket_cookie(sock)
             self._written_before[sock.fileno()] = bytes_written(sock)
@@ -83,8 +98,9 @@ class Splice:
 
     def drained(self, source: socket.socket) -> bool:
         """Has the peer of `source` written every byte the kernel redirected from `source`?"""
-        redirected = self.maps.spliced_from(self._cookies[source.fileno()])
-        if redirected is None:
+        cookie = self._cookies.get(source.fileno())
+        redirected = None if cookie is None else self.maps.spliced_from(cookie)
+        if redirected is None:  # not spliced (start() refused): nothing to wait for
             return True
         peer = self._peer_of(source)
         return bytes_written(peer) - self._written_before[peer.fileno()] >= redirected
@@ -140,7 +156,8 @@ class Splice:
 @dataclass
 class MsgSplice:
     """The sk_msg splice of one relayed connection: the client workload's socket C, the agent's
-    A (accepted from C) and B (connected to S), the server workload's socket S."""
+    A (accepted from C) and B (connected to S), the server workload's socket S. Once switched,
+    C's sends go onto B and S's onto A, in the kernel."""
 
     maps: NodeMaps
     downstream: socket.socket  # A
@@ -160,33 +177,47 @@ class MsgSplice:
         )
 
     def start(self) -> None:
-        """Enter A and B: from now on what the agent writes on them lands in C's and S's
-        receive queues. Raises OSError (and leaves nothing registered) if the kernel refuses,
-        e.g. a socket that is no longer established."""
-        try:
-            self.maps.msg_add_agent_socket(self.downstream, self.keys["C"], self.cgroup_id)
-            self.maps.msg_add_agent_socket(self.upstream, self.keys["S"], self.cgroup_id)
-        except OSError:
-            self.stop()
-            raise
+        """Enter A and B, the sockets the workloads' direct sends will go onto. Raises OSError
+        if the kernel refuses (a socket that is no longer established); nothing is registered
+        then: C and S keep sending by TCP, through the agent."""
+        self.maps.msg_add_agent_socket(self.downstream)
+        self.maps.msg_add_agent_socket(self.upstream)
 
     def _workload_of(self, source: socket.socket) -> tuple[SocketTuple, SocketTuple]:
-        """(the workload socket whose bytes come up on `source`, the one they go to)."""
+        """(the workload socket whose bytes come up on `source`, the agent socket they go on
+        from: B for what comes up on A, A for what comes up on B)."""
         if source is self.downstream:
-            return self.keys["C"], self.keys["S"]
-        return self.keys["S"], self.keys["C"]
+            return self.keys["C"], self.keys["B"]
+        return self.keys["S"], self.keys["A"]
 
     def forwarded(self, source: socket.socket, total: int) -> None:
         """The agent has written on `total` bytes that came up on `source` (A or B). The first
         call registers the workload's pair: once it has sent nothing more by TCP than that,
-        it sends directly."""
-        workload, peer = self._workload_of(source)
-        self.maps.msg_forwarded(workload, peer, self.cgroup_id, total)
+        its sends go directly."""
+        workload, onto = self._workload_of(source)
+        self.maps.msg_forwarded(workload, onto, self.cgroup_id, total)
 
     def direct(self, source: socket.socket) -> int:
-        """Bytes the workload behind `source` sent straight to its peer, so far."""
+        """Bytes the workload behind `source` sent directly, so far."""
         state = self.maps.msg_state(self._workload_of(source)[0])
         return 0 if state is None else state.direct
 
     def stop(self) -> None:
-        self.maps.msg_unregister(*self.keys.values())
+        self.maps.msg_unregister(self.keys["C"], self.keys["S"])
+
+
+def splice_report(links_dir: Path, maps: NodeMaps) -> dict[str, Any]:
+    """The splice mode of a scope and its live sk_msg pairs, as plain data (`weft agent maps`)."""
+    pairs = [
+        {
+            "socket": str(p.socket),
+            "sends_to": str(p.peer),
+            "cgroup_id": p.cgroup_id,
+            "mode": "direct" if p.state.switched else "through the agent",
+            "passed_tcp_bytes": p.state.passed,
+            "forwarded_bytes": p.forwarded,
+            "direct_bytes": p.state.direct,
+        }
+        for p in maps.msg_pairs()
+    ]
+    return {"mode": splice_mode(links_dir), "pairs": pairs}

@@ -2,8 +2,9 @@
 
 The two connections arrive as asyncio streams; their sockets are taken out of asyncio (which
 would otherwise keep reading them), bytes asyncio had already read are sent on first, and then
-the kernel moves the rest: by sk_msg where the node attached it (the workloads' sends go
-straight into each other's socket), else by sk_skb (the agent's sockets forward segments). The
+the kernel moves the rest: by sk_msg where the node attached it (a workload's sends go straight
+onto the agent's socket facing the other workload), else by sk_skb (the agent's sockets forward
+segments). The
 agent still relays what a workload sent before the kernel took over, and watches each side for
 end of stream, which is not data: it passes a FIN on with shutdown() once every byte before it
 is in the peer's queue. A reset on either side resets both.
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from agent.bpf.maps import NodeMaps
-from agent.capture.splice import MsgSplice, Splice, socket_cookie
+from agent.capture.splice import MsgSplice, Splice, bytes_written, socket_cookie
 from agent.tunnel.pipe import PipeResult
 
 log = logging.getLogger(__name__)
@@ -126,27 +127,30 @@ async def _run_msg(
     msg: MsgSplice, there: _Direction, back: _Direction, down_early: bytes, up_early: bytes
 ) -> None:
     loop = asyncio.get_running_loop()
-    # Bytes user space already holds go first; A and B are registered, so they land in the
-    # workloads' queues, ahead of anything a workload sends directly.
+    written = {s.fileno(): bytes_written(s) for s in (there.peer, back.peer)}
+    # Bytes user space already holds go first, ahead of anything a workload sends directly.
     if down_early:
         await loop.sock_sendall(there.peer, down_early)
     if up_early:
         await loop.sock_sendall(back.peer, up_early)
     msg.forwarded(there.source, there.relayed)  # registers C's pair: it may now switch
     msg.forwarded(back.source, back.relayed)
-    await _both(_relay_msg(msg, there), _relay_msg(msg, back))
+    await _both(_relay_msg(msg, there, written), _relay_msg(msg, back, written))
 
 
-async def _relay_msg(msg: MsgSplice, direction: _Direction) -> None:
+async def _relay_msg(msg: MsgSplice, direction: _Direction, written: dict[int, int]) -> None:
     """Forward what the workload sent by TCP, telling the kernel after each write; at end of
-    stream every byte is in the peer's queue already (direct sends are synchronous)."""
+    stream every byte is queued on the peer already (direct sends are synchronous)."""
     loop = asyncio.get_running_loop()
     while data := await loop.sock_recv(direction.source, READ_SIZE):
         await loop.sock_sendall(direction.peer, data)
         direction.relayed += len(data)
         msg.forwarded(direction.source, direction.relayed)
-    # Read before the FIN goes on: the workload socket's counters go when its pair ends.
-    direction.in_kernel = msg.direct(direction.source)
+    # What the peer socket took beyond the agent's own writes came from the workload directly.
+    # Counted here, exactly, before the FIN: the program's own count is for metrics and may
+    # count a send twice when a non-blocking sender retries it (see weft_splice_msg).
+    taken = bytes_written(direction.peer) - written[direction.peer.fileno()]
+    direction.in_kernel = taken - direction.relayed
     direction.peer.shutdown(socket.SHUT_WR)
 
 

@@ -109,28 +109,33 @@ BPF_TABLE_PINNED("lru_hash", __u64, struct weft_splice_peer, weft_splice_pr, WEF
 		 WEFT_PIN(weft_splice_pr));
 
 /* Same-node splice by sk_msg (weft_splice_msg in weft_splice.c): a workload's sendmsg() goes
- * straight into the receive queue of the workload at the other end, skipping both TCP
- * connections and the agent. Sockets are keyed by their own 4-tuple (struct weft_tuple: local
- * address and port first), so each end of a TCP connection finds the other by swapping halves.
+ * straight onto the send side of the agent's socket that faces the other workload, skipping the
+ * workload's own TCP connection and the agent: one TCP hop instead of two, as without the mesh.
+ * Sockets are keyed by their own 4-tuple (struct weft_tuple: local address and port first), so
+ * each end of a TCP connection finds the other by swapping halves.
  *
  * Four sockets per relayed connection: the client workload's C and the server workload's S
  * (weft_sockops.c puts them in weft_msg_sk when their TCP connection is established and the far
  * end is an agent listed in weft_msg_agent), and the agent's A (accepted from C) and B
- * (connected to S), which the agent adds itself. The agent's writes on A and B go into the
- * receive queue of C and S; so every byte C and S receive comes through that one queue.
+ * (connected to S), which the agent adds itself. C's sends go onto B, S's onto A.
  *
  * Order: C may send before the agent has registered the pair; those bytes go by TCP to A and
- * the agent forwards them (through B, into S's queue). C switches to direct sends only at a
- * sendmsg() when every byte it sent by TCP has been forwarded (passed == forwarded); from then
- * on it stays direct. S -> C likewise. End of stream and resets still travel by TCP through
- * the agent, which passes them on; data sent before them is already in the peer's queue. */
+ * the agent writes them on B. C switches to direct sends only at a sendmsg() when every byte it
+ * sent by TCP is in B's send queue (passed == forwarded); from then on it stays direct. S -> C
+ * likewise. End of stream and resets still travel by TCP through the agent, which passes them
+ * on; data sent before them is already queued ahead of them on the agent's socket.
+ *
+ * Why not straight into the peer's receive queue (BPF_F_INGRESS), skipping TCP altogether:
+ * a socket leaves the sockhash when its connection closes, which a half-closed socket's does as
+ * soon as the peer's FIN arrives (FIN_WAIT2 -> TIME_WAIT), and bytes still queued there for its
+ * reader are dropped with it (measured: replies lost). TCP's own receive queue keeps them. */
 WEFT_SOCKHASH_PINNED(weft_msg_sk, struct weft_tuple, __u64, WEFT_MAX_CONNS,
 		     WEFT_PIN(weft_msg_sk));
 
-/* Written by the agent only (whole values): where a socket's sends go, and for a workload
- * socket how many of the bytes it sent by TCP the agent has forwarded so far. */
+/* Written by the agent only (whole values), for C and S: where the workload's sends go, and how
+ * many of the bytes it sent by TCP the agent has forwarded so far. */
 struct weft_msg_pair {
-	struct weft_tuple peer; /* the weft_msg_sk key of the socket whose queue this one feeds */
+	struct weft_tuple peer; /* the weft_msg_sk key of the agent socket its sends go onto */
 	__u32 reserved;
 	__u64 cgroup_id;  /* the workload whose counters direct bytes go to */
 	__u64 forwarded;  /* bytes of this socket's TCP sends the agent has written on */

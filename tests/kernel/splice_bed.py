@@ -194,11 +194,23 @@ class SpliceBed:
         finally:
             server.stop()
 
+    def _client_argv(self, mode: str, *args: int) -> list[str]:
+        argv = [str(self.client_cgroup), mode, SERVER_ADDR, str(self.port), *map(str, args)]
+        return ["nsenter", f"--net={self.node.netns.path}", sys.executable, str(PEER_SCRIPT), *argv]
+
+    def start_client(self, mode: str, *args: int) -> subprocess.Popen[str]:
+        """splice_peer.py in the client workload, left running (stdin and stdout are pipes)."""
+        return subprocess.Popen(
+            self._client_argv(mode, *args),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
     def client(self, mode: str, *args: int, timeout: float = 120.0) -> dict[str, Any]:
         """Run splice_peer.py in the client workload against the server's address."""
-        argv = [str(self.client_cgroup), mode, SERVER_ADDR, str(self.port), *map(str, args)]
         proc = subprocess.run(
-            ["nsenter", f"--net={self.node.netns.path}", sys.executable, str(PEER_SCRIPT), *argv],
+            self._client_argv(mode, *args),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -8,6 +8,7 @@ cgroup and the sandbox netns (the client end, `python splice_peer.py <mode> ...`
     reset <dst> <port>                read the server's greeting, then close with a reset
     expect-reset <dst> <port>         send, then read until the server's reset arrives
     late-send <dst> <port> <bytes>    read to EOF first (the server half-closed), then send
+    hold <dst> <port>                 two pings, a JSON line, then wait for a line on stdin
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+EARLY_PAUSES_S = (0.0, 0.0001, 0.0003, 0.001)
+
+
 def early_request(index: int) -> list[bytes]:
     """What the early-bytes client sends on connection `index`, write by write."""
     return [f"{index}:{part}|".encode() * (1 + part % 5) for part in range(40)]
@@ -120,8 +124,13 @@ def _early(dst: str, port: int, count: int) -> dict[str, Any]:
     for index in range(count):
         with _connect(dst, port) as sock:
             parts = early_request(index)
-            for part in parts:  # one write each, right after connect(): no waiting for anyone
+            # One write each, from right after connect() on: some connections send everything
+            # before the agent registered the pair, others are still sending when it does.
+            pause = EARLY_PAUSES_S[index % len(EARLY_PAUSES_S)]
+            for part in parts:
                 sock.sendall(part)
+                if pause:
+                    time.sleep(pause)
             sock.shutdown(socket.SHUT_WR)
             reply = recv_all(sock)
         if reply != GREETING + b"".join(parts):
@@ -156,6 +165,20 @@ def _late_send(dst: str, port: int, total: int) -> dict[str, Any]:
     return {"greeting": greeting.decode(errors="replace"), "sent_sha": sent_sha, "rest": len(rest)}
 
 
+def _hold(dst: str, port: int) -> dict[str, Any]:
+    """Two pings against an echo server, then hold the connection open until stdin says go."""
+    with _connect(dst, port) as sock:
+        echoes = []
+        for _ in range(2):
+            sock.sendall(b"ping\n")
+            echoes.append(recv_exactly(sock, 5).decode())
+        print(json.dumps({"echoes": echoes}), flush=True)
+        sys.stdin.readline()
+        sock.shutdown(socket.SHUT_WR)
+        rest = recv_all(sock)
+    return {"rest": len(rest)}
+
+
 def main(argv: list[str]) -> None:
     cgroup, mode, dst, port = argv[0], argv[1], argv[2], int(argv[3])
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
@@ -167,6 +190,7 @@ def main(argv: list[str]) -> None:
         "reset": lambda: _reset(dst, port),
         "expect-reset": lambda: _expect_reset(dst, port),
         "late-send": lambda: _late_send(dst, port, args[0]),
+        "hold": lambda: _hold(dst, port),
     }
     try:
         out = runs[mode]()

@@ -42,6 +42,10 @@ def test_attach_enroll_dump_and_purge_through_the_cli(
         }
     ]
 
+    assert report["splice"] == {"mode": "sk_msg", "pairs": []}  # this kernel attaches sk_msg
+    assert main(["agent", "maps", *scope]) == 0
+    assert "same-node splice: sk_msg" in capsys.readouterr().out
+
     assert main(["agent", "detach", *scope, "--purge"]) == 0
     assert not (pin_root / "cli").exists()
     assert main(["agent", "maps", *scope]) == ExitCode.UNAVAILABLE

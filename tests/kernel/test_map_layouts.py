@@ -15,7 +15,8 @@ from agent.bpf.loader import Loader
 from agent.bpf.maps import MAP_LAYOUTS
 from agent.bpf.programs import NODE
 
-SOCKHASH_MAPS = {"weft_splice", "weft_msg_sk"}  # bcc's Table() cannot wrap a sockhash: checked via the kernel
+# bcc's Table() cannot wrap a sockhash: checked via the kernel
+SOCKHASH_MAPS = {"weft_splice", "weft_msg_sk"}
 
 
 def layout(ctype: Any) -> tuple[int, list[tuple[str, int, int]]]:

@@ -1,23 +1,56 @@
 """Same-node splice end to end (issue 5): a captured client process, the agent's real
 splice_connections and a server workload. 1 GiB each way with checksums at both ends, half-close
-and reset in each direction, and bytes sent before the agent registered the pair."""
+and reset in each direction, and bytes sent before the agent registered the pair.
+
+Every test runs with the sk_msg splice (what this kernel attaches); half-close, reset and the
+maps report also with the sk_skb fallback. The fallback is not held to the 1 GiB and early-bytes
+tests: measured here, it occasionally stalls (the kernel's psock backlog stops transmitting
+redirected bytes; the agent resets the connection after DRAIN_TIMEOUT_S) and can reorder bytes
+that arrive while the agent enters the two sockets (one goes up to the agent, later ones are
+moved by the kernel). Both are reasons the sk_msg splice replaced it where the kernel allows.
+"""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from typing import Any
 
-from kernel_sandbox import AGENT_ADDR, Node
+import pytest
+from kernel_sandbox import AGENT_ADDR, Node, made_cgroups, made_netns, made_pin_root
 from splice_bed import splice_bed
-from splice_peer import GREETING, read_to_eof, recv_all, reset, send_stream
+from splice_peer import GREETING, early_request, read_to_eof, recv_all, reset, send_stream
 
-from agent.bpf.maps import Enrollment, Inbound, Mode
+from agent.bpf.links import splice_mode
+from agent.bpf.loader import Loader
+from agent.bpf.maps import Enrollment, Inbound, Mode, NodeMaps
+from agent.bpf.programs import NODE, SPLICE_MSG
+from agent.cli import maps_report
 
 AMBIENT = Enrollment(Mode.AMBIENT, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
 GIB = 1 << 30
 EARLY_CONNECTIONS = 200
+
+
+@pytest.fixture(scope="module", params=["sk_msg", "sk_skb"])
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    """A node splicing by sk_msg (this kernel's mode), or by sk_skb as where sk_msg cannot be
+    attached (its program left out, as the loader leaves it out there)."""
+    mode = request.param
+    specs = NODE if mode == "sk_msg" else tuple(s for s in NODE if s is not SPLICE_MSG)
+    with made_netns() as ns, made_cgroups() as tree, made_pin_root() as root:
+        loader = Loader("node", pin_root=root)
+        loader.attach(specs, tree.workloads)
+        try:
+            assert splice_mode(loader.links_dir) == mode, loader.skipped
+            with NodeMaps(loader.maps_dir) as maps:
+                assert maps.msg_splice == (mode == "sk_msg")
+                yield Node(ns, tree, loader, maps)
+        finally:
+            loader.remove()
 
 
 def stream_both_ways(total: int, outcome: dict[str, Any]) -> Any:
@@ -36,6 +69,10 @@ def stream_both_ways(total: int, outcome: dict[str, Any]) -> Any:
     return serve
 
 
+SK_MSG_ONLY = pytest.mark.parametrize("node", ["sk_msg"], indirect=True)
+
+
+@SK_MSG_ONLY
 def test_one_gib_each_way_arrives_intact_at_both_ends(node: Node) -> None:
     at_server: dict[str, Any] = {}
     with (
@@ -46,7 +83,6 @@ def test_one_gib_each_way_arrives_intact_at_both_ends(node: Node) -> None:
         server.join(30)
         (result,) = bed.wait_for_results(1, 30)
 
-    print("RESULT", result, at_client, at_server)
     assert "error" not in at_client, at_client
     assert server.outcomes == []
     assert (at_client["received"], at_server["received"]) == (GIB, GIB)
@@ -124,13 +160,15 @@ def test_server_reset_resets_the_client_side(node: Node) -> None:
     assert result.reset
 
 
+@SK_MSG_ONLY
 def test_bytes_sent_at_once_by_both_ends_arrive_in_order_on_many_connections(node: Node) -> None:
     """Each client writes 40 times right after connect() and each server greets right after
     accept(): bytes that travel before the agent registered the pair and bytes that travel
     after must reach the other end in the order they were sent."""
 
     def serve(conn: socket.socket) -> None:
-        conn.sendall(GREETING)
+        for i in range(0, len(GREETING), 4):  # several writes, the first right after accept()
+            conn.sendall(GREETING[i : i + 4])
         while data := conn.recv(1 << 16):
             conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
@@ -139,7 +177,58 @@ def test_bytes_sent_at_once_by_both_ends_arrive_in_order_on_many_connections(nod
         out = bed.client("early", EARLY_CONNECTIONS)
         server.join(10)
         results = bed.wait_for_results(EARLY_CONNECTIONS, 30)
+    if out["wrong"]:
+        print("WRONG", out["wrong"])
+        print("RESULTS", sorted({(r.a_to_b, r.b_to_a, r.reset) for r in results}))
+        print("SERVER", server.outcomes)
     assert out == {"connections": EARLY_CONNECTIONS, "wrong": []}
     assert server.outcomes == []
     assert len(results) == EARLY_CONNECTIONS
     assert not any(r.reset for r in results)
+    request = sum(len(b"".join(early_request(i))) for i in range(EARLY_CONNECTIONS))
+    total = 2 * request + EARLY_CONNECTIONS * len(GREETING)
+    stats = node.maps.stats(bed.client_workload)
+    assert stats is not None
+    # Both paths were taken: the agent forwarded early bytes, and the kernel moved later ones.
+    assert 0 < stats.spliced_bytes < total
+
+
+def test_agent_maps_reports_the_splice_mode_and_each_live_pair(node: Node) -> None:
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+    with splice_bed(node, AMBIENT, 7207) as bed, bed.server(echo):
+        client = bed.start_client("hold")
+        try:
+            assert client.stdout is not None
+            assert client.stdin is not None
+            assert json.loads(client.stdout.readline()) == {"echoes": ["ping\n", "ping\n"]}
+            report = maps_report(node.loader.scope_dir, node.maps)["splice"]
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            assert client.wait(10) == 0
+        finally:
+            client.kill()
+        bed.wait_for_results(1, 10)
+
+    mode = "sk_msg" if node.maps.msg_splice else "sk_skb"
+    assert report["mode"] == mode
+    if mode == "sk_skb":
+        assert report["pairs"] == []  # the sk_skb splice keeps no per-pair switch state
+        return
+    # The client's socket and the server's, each sending to the other's queue by now.
+    assert len(report["pairs"]) == 2
+    for pair in report["pairs"]:
+        assert pair["mode"] == "direct"
+        assert pair["forwarded_bytes"] == pair["passed_tcp_bytes"]
+        assert pair["passed_tcp_bytes"] + pair["direct_bytes"] == 10  # two pings, two echoes
+    # Each sends onto the agent's socket facing the other: its own tuple, turned around.
+    client_end, server_end = sorted(report["pairs"], key=lambda p: p["socket"])
+    assert client_end["sends_to"] == turned_around(server_end["socket"])
+    assert server_end["sends_to"] == turned_around(client_end["socket"])
+
+
+def turned_around(tuple_text: str) -> str:
+    local, remote = tuple_text.split("->")
+    return f"{remote}->{local}"
