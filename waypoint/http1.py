@@ -155,9 +155,6 @@ class _State(Enum):
     FAILED = 11
 
 
-_BODY_STATES = frozenset({_State.LENGTH_BODY, _State.CHUNK_DATA, _State.UNTIL_CLOSE_BODY})
-
-
 class _Head(NamedTuple):  # a tuple: built once per message, the cheapest record to build
     start_line: str
     headers: Headers
@@ -193,7 +190,16 @@ class _MessageParser:
         if self._state is _State.SWITCHED:
             return [Upgraded(data)] if data else []
         events: list[Event] = []
-        if not self._buffer and data and self._state in _BODY_STATES:
+        state = self._state  # compared by identity: hashing an Enum member runs Python code
+        if (
+            not self._buffer
+            and data
+            and (
+                state is _State.LENGTH_BODY
+                or state is _State.CHUNK_DATA
+                or state is _State.UNTIL_CLOSE_BODY
+            )
+        ):
             data = self._body_without_buffer(data, events)
         self._buffer += data
         try:
