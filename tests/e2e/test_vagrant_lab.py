@@ -69,7 +69,7 @@ def test_a_vm_not_up_in_time_fails_naming_the_step_and_log_and_leaves_nothing(
     assert _nothing_left() == []
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1800)
 def test_meshed_call_between_vms_crosses_the_private_network_as_tls(clean_slate: None) -> None:
     started = time.monotonic()
     timings = lab.up(progress=_progress)
@@ -85,9 +85,11 @@ def test_meshed_call_between_vms_crosses_the_private_network_as_tls(clean_slate:
     with timings.measure("agents checked", _progress):
         for node in WORKERS:
             assert lab.guest(node, "systemctl is-active weft-agent").stdout.strip() == "active"
-            # Capture is attached in the guest's own kernel (Debian 12's 6.1).
-            kernel = lab.guest(node, "uname -r").stdout.strip()
-            assert kernel.startswith("6.1."), kernel
+            # Capture is attached in the guest's own kernel: Debian 12's backports kernel
+            # (sockmap programs attach by bpf_link only since Linux 6.10).
+            release = lab.guest(node, "uname -r").stdout.strip()
+            assert tuple(int(p) for p in release.split(".")[:2]) >= (6, 10), release
+            assert "Debian" in lab.guest(node, "uname -v").stdout
             pins = lab.guest(node, "ls -R /sys/fs/bpf").stdout
             assert "weft" in pins, pins
         metrics = lab.guest("node1", "curl -sS http://127.0.0.1:15020/metrics").stdout

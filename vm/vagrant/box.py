@@ -31,13 +31,14 @@ PARTITION_OFFSET = 1 << 20  # the root partition starts at 1 MiB
 SECTOR = 512
 # What the guests need, baked in (guests have no network): the runtime subset of
 # scripts/setup.sh (WEFT_SETUP_GUEST=1 checks exactly these are present), plus what a
-# Vagrant base box needs (ssh, sudo, rsync, systemd-networkd for DHCP on eth0).
+# Vagrant base box needs (ssh, sudo, rsync, systemd-networkd for DHCP on eth0). netbase:
+# /etc/protocols, without which `ip rule ... ipproto tcp` (the agent's HBONE rule) fails.
 PACKAGES = (
     "systemd-sysv", "dbus", "udev", "kmod", "initramfs-tools", "linux-image-amd64",
     "linux-headers-amd64", "openssh-server", "sudo", "rsync", "ca-certificates",
     "python3", "python3-venv", "python3-dev", "gcc", "python3-bpfcc", "bpfcc-tools", "libbpf1",
     "iproute2", "nftables", "util-linux", "procps", "psmisc", "systemd", "curl", "openssl",
-    "tcpdump", "iputils-ping", "less",
+    "tcpdump", "iputils-ping", "less", "netbase",
 )  # fmt: skip
 # Timers that would only burn the emulated CPU (or try the network) in a lab guest.
 MASKED_UNITS = (
@@ -51,6 +52,8 @@ INSECURE_KEY_GLOBS = (
 # ext4 features extlinux cannot read are left out.
 MKFS_FEATURES = "^64bit,^metadata_csum_seed,^orphan_file"
 DEBOOTSTRAP_TIMEOUT = 1200.0
+VENV = "/opt/weft/venv"  # where vm/provision/node.sh installs Weft
+KERNEL_PACKAGES = ("linux-image-amd64", "linux-headers-amd64")  # from bookworm-backports
 # Bump when a build step changes what ends up in the box (the data above is hashed anyway).
 RECIPE_VERSION = 2
 
@@ -62,17 +65,22 @@ class Box:
     recipe: str
 
 
-def recipe_hash() -> str:
+def wheels(wheelhouse: Path | None) -> list[str]:
+    return sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse else []
+
+
+def recipe_hash(wheelhouse: Path | None = None) -> str:
     """The cache key of the built box: changes with anything that goes into it."""
     recipe = [
         RECIPE_VERSION, SUITE, MIRROR, DISK_GIB, PACKAGES, MASKED_UNITS, MKFS_FEATURES,
         extlinux_conf("K", "I", "U"), fstab("U"), NETWORKD_ETH0, SUDOERS, BOX_VAGRANTFILE,
+        KERNEL_PACKAGES, wheels(wheelhouse),
     ]  # fmt: skip
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
-def box_path(cache_dir: Path = CACHE_DIR) -> Path:
-    return cache_dir / f"weft-debian12-{recipe_hash()}.box"
+def box_path(cache_dir: Path = CACHE_DIR, wheelhouse: Path | None = None) -> Path:
+    return cache_dir / f"weft-debian12-{recipe_hash(wheelhouse)}.box"
 
 
 def metadata() -> dict[str, object]:
@@ -115,34 +123,45 @@ def insecure_key() -> str:
     )
 
 
-def ensure_box(cache_dir: Path = CACHE_DIR, log: Path | None = None) -> Box:
-    """The cached box for this recipe, built first when absent."""
-    target = box_path(cache_dir)
+def ensure_box(
+    cache_dir: Path = CACHE_DIR, log: Path | None = None, wheelhouse: Path | None = None
+) -> Box:
+    """The cached box for this recipe, built first when absent.
+
+    With `wheelhouse`, the box also carries VENV with those wheels installed: pip runs at
+    native speed here, and for minutes in an emulated guest. The guest still installs the
+    project itself (and anything missing) from the shipped wheelhouse.
+    """
+    key = recipe_hash(wheelhouse)
+    target = box_path(cache_dir, wheelhouse)
     if target.is_file():
-        return Box(BOX_NAME, target, recipe_hash())
-    log = log or cache_dir / f"build-{recipe_hash()}.log"
-    build(target, log)
-    return Box(BOX_NAME, target, recipe_hash())
+        return Box(BOX_NAME, target, key)
+    log = log or cache_dir / f"build-{key}.log"
+    build(target, log, wheelhouse)
+    return Box(BOX_NAME, target, key)
 
 
-def build(target: Path, log: Path) -> None:
+def build(target: Path, log: Path, wheelhouse: Path | None = None) -> None:
     """Build the box into `target` atomically; a failure leaves nothing mounted or half-built."""
-    work = target.parent / f"build-{recipe_hash()}"
+    work = target.parent / f"build-{recipe_hash(wheelhouse)}"
+    _unmount(work / "mnt")  # an interrupted build's
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    log.write_text(f"building {target} (recipe {recipe_hash()})\n")
+    log.write_text(f"building {target}\n")
     try:
-        _build(work, target, log)
+        _build(work, target, log, wheelhouse)
     finally:
         _unmount(work / "mnt")
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build(work: Path, target: Path, log: Path) -> None:
+def _build(work: Path, target: Path, log: Path, wheelhouse: Path | None) -> None:
     rootfs = work / "rootfs"
     _bootstrap(rootfs, target.parent, log)
     root_uuid = str(uuid.uuid4())
     _configure_rootfs(rootfs, root_uuid, log)
+    if wheelhouse is not None:
+        _bake_venv(rootfs, wheelhouse, log)
     root_image = work / "root.ext4"
     size_mib = DISK_GIB * 1024 - 1
     run(
@@ -234,12 +253,63 @@ def _bootstrap(rootfs: Path, cache_dir: Path, log: Path) -> None:
             old.unlink()
 
 
+def _bake_venv(rootfs: Path, wheelhouse: Path, log: Path) -> None:
+    """VENV made as vm/provision/node.sh + scripts/setup.sh make it, with every wheel in it."""
+    staged = rootfs / "tmp" / "weft-wheels"
+    shutil.copytree(wheelhouse, staged, ignore=shutil.ignore_patterns(".*"))
+    chroot = ["chroot", str(rootfs)]
+    run(
+        "create the guests' virtualenv",
+        [*chroot, "python3", "-m", "venv", "--system-site-packages", VENV],
+        log,
+        timeout=300,
+    )
+    run("install the wheelhouse into the guests' virtualenv",
+        [*chroot, f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index",
+         "--disable-pip-version-check",
+         *(f"/tmp/weft-wheels/{name}" for name in wheels(wheelhouse))],
+        log, timeout=600)  # fmt: skip
+    shutil.rmtree(staged)
+
+
+def _install_kernel(rootfs: Path, log: Path) -> None:
+    """Debian 12's backports kernel and its headers, in place of 6.1.
+
+    The agent attaches its sockmap programs (sk_skb, sk_msg) with bpf_link, which Linux has
+    only since 6.10: on 6.1 bpf_link_create(SK_SKB_VERDICT) fails with EINVAL.
+    """
+    sources = rootfs / "etc" / "apt" / "sources.list.d" / "backports.list"
+    sources.write_text(f"deb {MIRROR} {SUITE}-backports main\n")
+    resolv = rootfs / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    shutil.copy("/etc/resolv.conf", resolv)
+    apt = ["chroot", str(rootfs), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y",
+           "-o", "Dpkg::Use-Pty=0"]  # fmt: skip
+    try:
+        run("apt-get update (with backports)", [*apt, "update"], log, timeout=600)
+        run("install the backports kernel and headers",
+            [*apt, "install", "--no-install-recommends", "-t", f"{SUITE}-backports",
+             *KERNEL_PACKAGES], log, timeout=1200)  # fmt: skip
+        run("remove Debian 12's 6.1 kernel",
+            ["chroot", str(rootfs), "sh", "-c",
+             "apt-get -q -y purge $(dpkg-query -W -f '${Package}\\n' 'linux-*-6.1.0-*')"],
+            log, timeout=600)  # fmt: skip
+    finally:
+        resolv.unlink(missing_ok=True)
+        resolv.write_text("")
+
+
 def _configure_rootfs(rootfs: Path, root_uuid: str, log: Path) -> None:
+    _install_kernel(rootfs, log)
     kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
     initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
     if not kernels or not initrds:
         raise StepError(
             "configure the root file system", log, "no kernel or initrd in /boot after debootstrap"
+        )
+    if len(kernels) != 1:
+        raise StepError(
+            "configure the root file system", log, f"expected one kernel, found {kernels}"
         )
     (rootfs / "boot" / "extlinux").mkdir(exist_ok=True)
     (rootfs / "boot" / "extlinux" / "extlinux.conf").write_text(

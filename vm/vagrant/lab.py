@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -149,18 +150,18 @@ def up(progress: Progress = _quiet, up_timeout: float = UP_TIMEOUT) -> Timings:
     timings = Timings()
     check_tools(log)
     try:
-        with timings.measure("box (build or cache)", progress):
-            wanted = vagrant_env()["WEFT_VAGRANT_BOX"]
-            if wanted == box.BOX_NAME:
-                add_box(box.ensure_box(), log)
-            require_box(wanted, log)
-        with timings.measure("libvirtd in netns", progress):
-            pids = libvirt.start(log)
-            (libvirt.RUN_DIR / "daemons.json").write_text(json.dumps(pids))
         with timings.measure("stage project + wheelhouse", progress):
             run("stage the project and its wheelhouse",
                 ["bash", str(VM_DIR / "provision" / "stage-host.sh"), str(SHIP_DIR)],
                 log, timeout=900)  # fmt: skip
+        with timings.measure("box (build or cache)", progress):
+            wanted = vagrant_env()["WEFT_VAGRANT_BOX"]
+            if wanted == box.BOX_NAME:
+                add_box(box.ensure_box(wheelhouse=SHIP_DIR / "wheelhouse"), log)
+            require_box(wanted, log)
+        with timings.measure("libvirtd in netns", progress):
+            pids = libvirt.start(log)
+            (libvirt.RUN_DIR / "daemons.json").write_text(json.dumps(pids))
         with timings.measure("vagrant up (boot + provision)", progress):
             try:
                 vagrant("vagrant up", ["up"], log, timeout=up_timeout)
@@ -205,7 +206,7 @@ def guest(
         ssh_config(log_file())
     result = subprocess.run(
         ["nsenter", f"--net={libvirt.NETNS_PATH}", "--", "ssh", "-F", str(config),
-         "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", node, "sudo", "sh", "-c", command],
+         "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", node, f"sudo sh -c {shlex.quote(command)}"],
         capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     if check and result.returncode != 0:

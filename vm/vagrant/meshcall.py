@@ -2,13 +2,12 @@
 
 A client workload on one worker VM sends a marker to an echo workload on another, through the
 node agents (eBPF capture in each guest's kernel, HBONE mTLS between the VMs), while tcpdump
-records the VMs' private network (the libvirt bridge, inside the lab netns): the call must
-cross it as TLS to port 15008, and the marker must never appear in clear.
+records the VMs' private network at the server VM's port on it (a tap in the lab netns): the
+call must cross it as TLS to port 15008, and the marker must never appear in clear.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import shlex
 import signal
@@ -127,12 +126,20 @@ def start_workloads(specs: list[WorkloadSpec], control: str) -> None:
     )
 
 
-def fabric_bridge() -> str:
-    info = libvirt.virsh("net-info", "weft-fabric")
-    match = re.search(r"^Bridge:\s+(\S+)", info.stdout, re.MULTILINE)
-    if not match:
-        raise StepError("find the fabric bridge", log_file(), info.stdout + info.stderr)
-    return match.group(1)
+def fabric_port(node: str) -> str:
+    """The host side (a tap in the lab netns) of VM `node`'s interface on the fabric network.
+
+    Captured there rather than on the bridge: a bridge's own interface does not see the
+    unicast frames it forwards between two VMs.
+    """
+    listing = libvirt.virsh("domiflist", f"{libvirt.DOMAIN_PREFIX}{node}")
+    for line in listing.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "weft-fabric":
+            return fields[0]
+    raise StepError(
+        f"find {node}'s port on the fabric", log_file(), listing.stdout + listing.stderr
+    )
 
 
 CLIENT = """
@@ -176,7 +183,7 @@ def meshed_call(client_node: str = "node1", server_node: str = "node2") -> CallR
     pcap = libvirt.RUN_DIR / "fabric.pcap"
     pcap.unlink(missing_ok=True)
     capture = subprocess.Popen(
-        ["nsenter", f"--net={libvirt.NETNS_PATH}", "--", "tcpdump", "-i", fabric_bridge(),
+        ["nsenter", f"--net={libvirt.NETNS_PATH}", "--", "tcpdump", "-i", fabric_port(server_node),
          "-w", str(pcap), "-U", "-s", "0", "-c", "20000", "tcp"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
