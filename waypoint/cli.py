@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any, get_args
 
 import grpc
@@ -22,7 +23,7 @@ import grpc.aio
 from waypoint.admin import AdminServer
 from waypoint.compiler import CompiledWaypoint, CompileError, compile_resources
 from waypoint.config import RouteFilter, WaypointConfig
-from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, join
+from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, NoCredentialError, join
 from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid
@@ -76,6 +77,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     run.add_argument(
         "--join-token", metavar="FILE",
         help="with --controller: the one-time token of 'weft controller token create --waypoint'",
+    )  # fmt: skip
+    run.add_argument(
+        "--state-dir", metavar="DIR",
+        help="with --controller: keep the SVID here (0600) so a restart needs no new token",
     )  # fmt: skip
     run.add_argument(
         "--join-address", metavar="HOST:PORT",
@@ -232,7 +237,7 @@ def _controller_options(args: argparse.Namespace) -> ControllerOptions:
             "-f and --controller both say where the configuration comes from",
             hint="pass one of them: files for a standalone waypoint, --controller in a mesh",
         )
-    missing = [flag for flag, value in (("--join-token", args.join_token),
+    missing = [flag for flag, value in (("--join-token", args.join_token or args.state_dir),
                ("--trust-bundle", args.trust_bundle)) if not value]  # fmt: skip
     if missing:
         raise UsageError(
@@ -247,9 +252,11 @@ def _controller_options(args: argparse.Namespace) -> ControllerOptions:
     host, port = _address(args.controller, "--controller")
     join_address = args.join_address or f"{host}:15013"
     _address(join_address, "--join-address")
-    token = _read(args.join_token, "--join-token").decode().strip()
-    if not token:
-        raise UsageError(f"--join-token {args.join_token}: the file is empty")
+    token = ""
+    if args.join_token:
+        token = _read(args.join_token, "--join-token").decode().strip()
+        if not token:
+            raise UsageError(f"--join-token {args.join_token}: the file is empty")
     return ControllerOptions(
         controller=f"{host}:{port}",
         join_address=join_address,
@@ -259,6 +266,7 @@ def _controller_options(args: argparse.Namespace) -> ControllerOptions:
         namespace=args.namespace,
         service_account=args.service_account,
         trust_domain=args.trust_domain,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
 
 
@@ -297,6 +305,11 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve_from_controller(controller: ControllerOptions, options: _ServeOptions) -> int:
     try:
         svid = await join(controller)
+    except NoCredentialError as error:
+        raise UsageError(
+            f"waypoint {controller.namespace}/{controller.name}: {error}",
+            hint="pass --join-token from 'weft controller token create --waypoint NS/NAME'",
+        ) from None
     except grpc.aio.AioRpcError as error:
         raise UnavailableError(
             f"joining at {controller.join_address} as waypoint "

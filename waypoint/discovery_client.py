@@ -13,12 +13,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from waypoint import svid_store
 from waypoint.compiler import CompileError
 from waypoint.discovery import WaypointView
 from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
-from waypoint.svid import WaypointSvid
+from waypoint.svid import WaypointSvid, utc_now
 from weft.api.convert import ConfigUpdate
 from weft.controller_client import (
     ControllerClient,
@@ -42,17 +44,33 @@ class ControllerOptions:
     namespace: str
     service_account: str
     trust_domain: str
+    state_dir: Path | None = None  # where the SVID is kept across restarts (svid_store)
+
+
+class NoCredentialError(Exception):
+    """Neither a saved SVID nor a join token: the waypoint cannot get an identity."""
 
 
 async def join(options: ControllerOptions) -> WaypointSvid:
-    """Redeem the token for this waypoint's SVID."""
+    """The SVID saved in the state dir while valid, else one bought with the join token."""
     identity = Identity.for_workload(
         options.namespace, options.service_account, options.trust_domain
     )
+    if options.state_dir is not None:
+        saved = svid_store.load(options.state_dir, identity, utc_now())
+        if saved is not None:
+            log.info("using the SVID saved in %s", options.state_dir)
+            return saved
+    if not options.token:
+        where = f"no valid SVID saved in {options.state_dir} and " if options.state_dir else ""
+        raise NoCredentialError(f"{where}no join token")
     joined = await join_as(
         options.join_address, options.token, identity.uri, bundle_pem=options.bundle_pem
     )
-    return WaypointSvid(identity, joined.key, joined.chain_pem, joined.bundle_pem)
+    svid = WaypointSvid(identity, joined.key, joined.chain_pem, joined.bundle_pem)
+    if options.state_dir is not None:
+        svid_store.save(options.state_dir, svid)
+    return svid
 
 
 class DiscoveryFeed:
@@ -73,6 +91,9 @@ class DiscoveryFeed:
         self.last_error = ""
         self._on_applied = on_applied
         self.pool = HbonePool(svid.client_context)
+        state_dir = options.state_dir
+        if state_dir is not None:
+            svid.on_renewed = lambda renewed: svid_store.save(state_dir, renewed)
         self.outbound = HboneOutbound(self.pool, svid.identity, self._route)
 
     def _route(self, endpoint: str) -> EndpointRoute | None:

@@ -52,6 +52,7 @@ class WaypointSvid:
         self.issued_at = clock()
         self.renewals = 0
         self.last_error = ""
+        self.on_renewed: Callable[[WaypointSvid], None] | None = None  # e.g. save it
         self._server: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
         self._check(chain_pem)
@@ -103,6 +104,8 @@ class WaypointSvid:
             if context is not None:
                 load_svid(context, self.svid())
         self.renewals += 1
+        if self.on_renewed is not None:
+            self.on_renewed(self)
         log.info(
             "certificate for %s renewed: serial %x, expires %s",
             self.identity,

@@ -6,7 +6,8 @@ are: the node agent neither captures its connections nor answers 15008 for its a
 tunnels to the waypoint reach the waypoint itself, and its own tunnels to endpoints go out as
 they are. It is registered as a Waypoint resource (not a Workload: the two may not share an
 address) and gets its SVID by redeeming a one-time waypoint token at the controller, which it
-then renews with that SVID; its configuration comes from the controller's Watch.
+then renews with that SVID and keeps in its state dir (a restart needs no new token); its
+configuration comes from the controller's Watch.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def waypoint_argv(
         *python_weft, "waypoint", "run", "--name", wp.name, "--namespace", wp.namespace,
         "--service-account", wp.service_account, "--controller", controller,
         "--join-token", str(token_file(directory, wp)),
+        "--state-dir", str(directory / "waypoints" / f"{wp.namespace}-{wp.name}"),
         "--trust-bundle", str(directory / "controller" / "trust-bundle.pem"),
         "--hbone", f"0.0.0.0:{WAYPOINT_HBONE_PORT}", "--listen", "off",
         "--admin", f"0.0.0.0:{WAYPOINT_ADMIN_PORT}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from controller.identity_service import IssuancePolicy
 from controller.server import Controller, ControllerConfig
 from controller.waypoints import token_subject
 from waypoint.config import WaypointConfig
-from waypoint.discovery_client import ControllerOptions, DiscoveryFeed
+from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, NoCredentialError
 from waypoint.discovery_client import join as join_waypoint
 from waypoint.proxy import WaypointProxy
 from weft.controller_client import ControllerClient, join_as
@@ -293,3 +294,30 @@ def test_waypoint_run_with_controller_names_what_is_missing(
             "--trust-bundle", str(tmp_path / "missing.pem")]  # fmt: skip
     assert main(argv) == 2
     assert "--trust-bundle" in capsys.readouterr().err
+
+
+def test_a_restarted_waypoint_uses_its_saved_svid_without_a_new_token(
+    controller: Controller, tmp_path: Path
+) -> None:
+    apply(controller, *SHOP)
+    state = tmp_path / "waypoint-state"
+    first = replace(options(controller, waypoint_token(controller)), state_dir=state)
+
+    async def main() -> None:
+        svid = await join_waypoint(first)
+        assert (state / "svid.pem").stat().st_mode & 0o777 == 0o600
+        # a restart: the token is spent, the saved SVID is used
+        again = await join_waypoint(replace(first, token=""))
+        assert again.leaf.serial_number == svid.leaf.serial_number
+        # renewals are saved too
+        feed = DiscoveryFeed(replace(first, token=""), again, WaypointProxy(
+            WaypointConfig(services=()), {}))  # fmt: skip
+        again.install(await feed.issue(build_csr(again.key, WAYPOINT_URI)))
+        await feed.close()
+        third = await join_waypoint(replace(first, token=""))
+        assert third.leaf.serial_number == again.leaf.serial_number != svid.leaf.serial_number
+        # no saved SVID and no token: a clear refusal
+        with pytest.raises(NoCredentialError, match="no join token"):
+            await join_waypoint(replace(first, token="", state_dir=tmp_path / "empty"))
+
+    asyncio.run(main())
