@@ -5,7 +5,9 @@
  * several measure a connection *rate* under concurrency, which is what a proxy's per-connection
  * CPU cost limits and what operators see. Stops after SECONDS or MAX_CONNS connections in all,
  * whichever comes first, or after 100 failures in all. Records how long connect() itself took,
- * which is what eBPF capture adds to, and the whole connection's lifetime.
+ * which is what eBPF capture adds to, and the whole connection's lifetime. A connection that
+ * makes no progress for IO_TIMEOUT_S (connect, send or receive) is a failure, not a hang of the
+ * whole run: its error is printed, and the load fails the run if more than 1% fail.
  *
  * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY]
  * stdout: "connections N failures F elapsed_ns E" then "CONNECT_NS TOTAL_NS" per connection.
@@ -20,10 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_FAILURES 100
+#define IO_TIMEOUT_S 5
 #define MAX_CONCURRENCY 256
 
 static struct sockaddr_in target;
@@ -74,15 +78,22 @@ static void *loop(void *unused) {
             break;
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         int one = 1;
+        struct timeval timeout = {.tv_sec = IO_TIMEOUT_S};
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* On Linux SO_SNDTIMEO bounds connect() too. */
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
         if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0) {
-            fail(strerror(errno));
+            fail(errno == EINPROGRESS || errno == EAGAIN ? "connect() timed out"
+                                                         : strerror(errno));
             close(fd);
             continue;
         }
         uint64_t t1 = now_ns();
+        errno = 0; /* a read() of 0 bytes (EOF) leaves errno alone */
         if (full_io(fd, buf, size, 1) < 0 || full_io(fd, buf, size, 0) < 0) {
-            fail("connection closed before the echo came back");
+            fail(errno == EAGAIN ? "no echo within the I/O timeout"
+                                 : "connection closed before the echo came back");
             close(fd);
             continue;
         }

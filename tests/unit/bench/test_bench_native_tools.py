@@ -159,6 +159,26 @@ def test_connrate_load_reports_the_rate_one_and_eight_at_a_time(
     assert outcome.samples_us
 
 
+def test_conn_client_counts_a_connection_that_never_answers_as_a_failure(
+    tools: NativeTools,
+) -> None:
+    """A stalled connection must cost the run one failure after 5 s, not hang it."""
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    try:
+        start = time.monotonic()
+        out = subprocess.run(
+            [str(tools.conn_client), "127.0.0.1", str(listener.getsockname()[1]), "1024", "1",
+             "1000"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        listener.close()
+    assert time.monotonic() - start < 15
+    run = parse_conn_output(out.stdout)
+    assert (run.connections, run.failures) == (0, 1)
+    assert "no echo within the I/O timeout" in out.stderr
+
+
 def test_conn_client_refuses_a_bad_concurrency(tools: NativeTools, echo_port: int) -> None:
     out = subprocess.run(
         [str(tools.conn_client), "127.0.0.1", str(echo_port), "1024", "1", "10", "0"],
