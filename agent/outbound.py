@@ -154,6 +154,7 @@ class OutboundProxy:
         self._pool = pool
         self._local = local_inbound
         self._telemetry = telemetry
+        telemetry.track_pool(pool.stats)
         self.balancer = LoadBalancer()
         self._server: asyncio.Server | None = None
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from weft.hbone.pool import PoolStats
 
 TCP_LABELS = (
     "reporter",
@@ -147,5 +152,28 @@ class Telemetry:
             self._children[values] = series
         return series
 
+    def track_pool(self, stats: PoolStats) -> None:
+        """Export the HBONE pool's counters: handshakes far below tunnels means pooling works."""
+        self.registry.register(_PoolCollector(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    """Reads the pool's counters at scrape time (the pool keeps them as plain integers)."""
+
+    def __init__(self, stats: PoolStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "weft_hbone_handshakes",
+            "TLS connections the outbound HBONE pool opened (each carries up to 100 tunnels)",
+            value=self.stats.handshakes,
+        )
+        yield CounterMetricFamily(
+            "weft_hbone_tunnels_opened",
+            "HBONE CONNECT streams the outbound pool opened",
+            value=self.stats.streams_opened,
+        )

@@ -166,6 +166,8 @@ def test_service_traffic_crosses_hbone_with_half_close_and_is_counted_on_both_si
     assert isinstance(tel1, Telemetry)
     assert isinstance(tel2, Telemetry)
     assert sample(tel1, "istio_tcp_connections_opened_total", reporter="source") == 1
+    assert sample(tel1, "weft_hbone_handshakes_total") == 1
+    assert sample(tel1, "weft_hbone_tunnels_opened_total") == 1
     assert sample(tel1, "istio_tcp_sent_bytes_total", destination_service="catalog.shop") == len(
         payload
     )
@@ -210,3 +212,16 @@ def test_the_destination_names_a_source_workload_it_was_not_told_about() -> None
         sample(tel2, "istio_tcp_connections_opened_total", source_workload="frontend", **labels)
         == 1
     )
+
+
+def test_new_connections_share_one_pooled_tls_connection() -> None:
+    """A new application connection costs one HTTP/2 stream, not a TLS handshake."""
+
+    async def five_connections(port: int) -> list[bytes | str]:
+        return [await as_frontend(b"ping %d" % i)(port) for i in range(5)]
+
+    data, tel1, _ = run(through_mesh("", ("10.96.0.11", 7000), five_connections))
+    assert data == [b"ping %d" % i for i in range(5)]
+    assert isinstance(tel1, Telemetry)
+    assert sample(tel1, "weft_hbone_tunnels_opened_total") == 5
+    assert sample(tel1, "weft_hbone_handshakes_total") == 1
