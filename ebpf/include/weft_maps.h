@@ -126,9 +126,10 @@ BPF_TABLE_PINNED("lru_hash", __u64, struct weft_splice_peer, weft_splice_pr, WEF
  * on; data sent before them is already queued ahead of them on the agent's socket.
  *
  * Why not straight into the peer's receive queue (BPF_F_INGRESS), skipping TCP altogether:
- * a socket leaves the sockhash when its connection closes, which a half-closed socket's does as
- * soon as the peer's FIN arrives (FIN_WAIT2 -> TIME_WAIT), and bytes still queued there for its
- * reader are dropped with it (measured: replies lost). TCP's own receive queue keeps them. */
+ * that queue has no flow control. The sender never waits, whatever the reader does (measured:
+ * a client pushed 512 MiB into a server that read nothing for 3 s; the node's TCP memory grew by
+ * as much), so one slow reader could exhaust the node's TCP memory for every socket. Through
+ * the agent's socket, TCP's window and send buffer hold the sender back as without the mesh. */
 WEFT_SOCKHASH_PINNED(weft_msg_sk, struct weft_tuple, __u64, WEFT_MAX_CONNS,
 		     WEFT_PIN(weft_msg_sk));
 

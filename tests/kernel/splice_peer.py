@@ -9,6 +9,7 @@ cgroup and the sandbox netns (the client end, `python splice_peer.py <mode> ...`
     expect-reset <dst> <port>         send, then read until the server's reset arrives
     late-send <dst> <port> <bytes>    read to EOF first (the server half-closed), then send
     hold <dst> <port>                 two pings, a JSON line, then wait for a line on stdin
+    late-read <dst> <port> <bytes>    send, half-close, wait, then read the reply to EOF
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CHUNK = 64 * 1024
 BLOCK_CHUNKS = 16  # one send() is a block of 16 chunks (1 MiB)
 TIMEOUT_S = 30.0
 GREETING = b"hello from the server\n"
+LATE_READ_S = 0.5
 _BASE = bytes((i * 7 + 3) % 251 for i in range(CHUNK))
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -40,8 +42,8 @@ def stream_block(first_chunk: int, buffer: bytearray) -> None:
         struct.pack_into(">Q", buffer, offset, first_chunk + i)
 
 
-def send_stream(sock: socket.socket, total: int) -> str:
-    """Send `total` bytes of the numbered stream; returns its sha256."""
+def send_stream(sock: socket.socket | None, total: int) -> str:
+    """Send `total` bytes of the numbered stream (None: only compute); returns its sha256."""
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK * BLOCK_CHUNKS)
     sent = 0
@@ -50,7 +52,8 @@ def send_stream(sock: socket.socket, total: int) -> str:
         stream_block(chunk_no, buffer)
         chunk_no += BLOCK_CHUNKS
         view = memoryview(buffer)[: min(len(buffer), total - sent)]
-        sock.sendall(view)
+        if sock is not None:
+            sock.sendall(view)
         digest.update(view)
         sent += len(view)
     return digest.hexdigest()
@@ -179,6 +182,17 @@ def _hold(dst: str, port: int) -> dict[str, Any]:
     return {"rest": len(rest)}
 
 
+def _late_read(dst: str, port: int, total: int) -> dict[str, Any]:
+    """Send, half-close, and read the reply only after a while: by then the server's reply and
+    its FIN have both arrived (the FIN closes this half-closed socket's connection)."""
+    with _connect(dst, port) as sock:
+        sent_sha = send_stream(sock, total)
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(LATE_READ_S)
+        received, received_sha = read_to_eof(sock)
+    return {"sent_sha": sent_sha, "received": received, "received_sha": received_sha}
+
+
 def main(argv: list[str]) -> None:
     cgroup, mode, dst, port = argv[0], argv[1], argv[2], int(argv[3])
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
@@ -191,6 +205,7 @@ def main(argv: list[str]) -> None:
         "expect-reset": lambda: _expect_reset(dst, port),
         "late-send": lambda: _late_send(dst, port, args[0]),
         "hold": lambda: _hold(dst, port),
+        "late-read": lambda: _late_read(dst, port, args[0]),
     }
     try:
         out = runs[mode]()

@@ -127,6 +127,27 @@ def test_server_half_close_reaches_the_client_which_still_sends(node: Node) -> N
     assert not result.reset
 
 
+def test_a_half_closed_client_reading_late_still_gets_the_whole_reply(node: Node) -> None:
+    """The server answers after the client's FIN and closes; the client reads only later, when
+    the server's FIN has already closed its connection. Nothing may be lost meanwhile (bytes
+    queued in a socket's sockmap state, not in TCP's receive queue, would be)."""
+    echoed: dict[str, Any] = {}
+
+    def serve(conn: socket.socket) -> None:
+        echoed["count"], echoed["sha"] = read_to_eof(conn)
+        send_stream(conn, 4 << 20)
+        conn.shutdown(socket.SHUT_WR)
+
+    with splice_bed(node, AMBIENT, 7208) as bed, bed.server(serve) as server:
+        out = bed.client("late-read", 1 << 20)
+        server.join(10)
+        (result,) = bed.wait_for_results(1, 10)
+    assert server.outcomes == []
+    assert echoed == {"count": 1 << 20, "sha": out["sent_sha"]}
+    assert (out["received"], out["received_sha"]) == (4 << 20, send_stream(None, 4 << 20))
+    assert not result.reset
+
+
 def test_client_reset_resets_the_server_side(node: Node) -> None:
     seen: list[str] = []
 
