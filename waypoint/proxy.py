@@ -507,6 +507,19 @@ class WaypointProxy:
         body = await self._read_body(client, exchange)
         exchange.bytes_received = len(body.data)
         head = self._upstream_head(decision, exchange, body)
+        wire_body = body.data if body.complete else encode_chunk(body.data)
+        tail = None if body.complete else self._body_tail(client, exchange)
+        timeouts = route.timeouts
+        if (
+            route.retry is None
+            and timeouts.request_s is None
+            and timeouts.backend_request_s is None
+        ):
+            # One try and no timer (most routes): what the retry machine would decide, without
+            # building it per request.
+            return await self._forward_once(
+                client, exchange, decision, backend, head=head, body=wire_body, tail=tail
+            )
         retries = RequestRetries(
             route.timeouts,
             route.retry,
@@ -516,8 +529,6 @@ class WaypointProxy:
         )
         if not body.complete:
             retries.note_body_bytes(self.config.request_body_buffer_limit + 1)
-        wire_body = body.data if body.complete else encode_chunk(body.data)
-        tail = None if body.complete else self._body_tail(client, exchange)
         step = retries.begin()
         attempt: Attempt | None = None
         while True:
@@ -566,6 +577,29 @@ class WaypointProxy:
                 return await self._deliver(
                     client, exchange, decision, backend, attempt, deadline=retries.request_deadline
                 )
+
+    async def _forward_once(
+        self,
+        client: ClientConnection,
+        exchange: Exchange,
+        decision: Forward,
+        backend: UpstreamBackend,
+        *,
+        head: bytes,
+        body: bytes,
+        tail: AsyncIterator[bytes] | None,
+    ) -> bool:
+        """A route without retries or timeouts: one try; a failure is the client's answer."""
+        exchange.attempts = 1
+        result = await backend.attempt(decision.method, head, body, decision.headers, tail)
+        if isinstance(result, NoHealthyEndpoint):
+            return await self._reply(client, exchange, responses.no_healthy_upstream())
+        if isinstance(result, CircuitOpen):
+            return await self._reply(client, exchange, responses.circuit_open(result.limit))
+        if isinstance(result, Failure):
+            return await self._reply(client, exchange, responses.upstream_failure(result))
+        exchange.upstream_host = result.endpoint
+        return await self._deliver(client, exchange, decision, backend, result, deadline=None)
 
     async def _timed_attempt(
         self,
