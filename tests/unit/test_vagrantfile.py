@@ -141,7 +141,14 @@ def test_each_vm_has_its_topology_name_and_fabric_ip(tmp_path: Path, vagrant_hom
     }
     for node in topology_nodes():
         machine = machines[node["name"]]
-        assert machine["hostname"] == node["name"]
+        # node.sh names the VM and addresses eth1 itself (auto_config is off: faster).
+        (weft,) = [p for p in machine["provisioners"] if p["name"] == "weft"]
+        args = dict(zip(weft["args"][::2], weft["args"][1::2], strict=False))
+        assert (args["--node"], args["--address"], args["--prefix"]) == (
+            node["name"],
+            node["ip"],
+            "24",
+        )
         assert [net["ip"] for net in machine["private_networks"]] == [node["ip"]]
         assert machine["private_networks"][0]["libvirt__network_name"] == "weft-fabric"
 
@@ -162,12 +169,12 @@ def test_user_defaults_are_kvm_and_a_public_debian_box(tmp_path: Path, vagrant_h
         assert (machine["box"], machine["driver"]) == ("debian/bookworm64", "kvm")
 
 
-def test_project_is_shipped_by_provisioners_not_synced_folders(
+def test_only_the_ship_is_synced_by_rsync_and_one_shell_provisioner_installs(
     tmp_path: Path, vagrant_home: Path
 ) -> None:
     for machine in describe_machines(VM_DIR, _vagrant_env(tmp_path, vagrant_home)):
-        assert machine["synced_folders"] == []
-        assert [p["type"] for p in machine["provisioners"]] == ["shell", "file", "shell"]
+        assert machine["synced_folders"] == ["/tmp/weft-ship"]
+        assert [p["type"] for p in machine["provisioners"]] == ["shell"]
 
 
 @pytest.mark.parametrize(
@@ -249,10 +256,14 @@ def _unit_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     shutil.copytree(PROVISION / "systemd", root / "etc/systemd/system")
-    weft = root / "opt/weft/venv/bin/weft"
-    weft.parent.mkdir(parents=True)
-    weft.write_text("#!/bin/sh\n")
-    weft.chmod(0o755)
+    # Stand-ins for every program the units run (weft, and ip/mkdir of ExecStartPre).
+    for unit in (PROVISION / "systemd").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if line.startswith("Exec") and "=" in line:
+                program = root / line.split("=", 1)[1].lstrip("-").split()[0].lstrip("/")
+                program.parent.mkdir(parents=True, exist_ok=True)
+                program.write_text("#!/bin/sh\n")
+                program.chmod(0o755)
     return root
 
 

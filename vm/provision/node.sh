@@ -2,8 +2,10 @@
 # Provisions one lab VM offline: unpacks the shipped project, runs the project's own setup
 # (scripts/setup.sh) against the shipped wheelhouse, and installs the node's systemd unit.
 #
-# usage: node.sh --ship DIR --node NAME --role control|worker --address IP --controller IP:PORT
-#                [--route CIDR=VIA]...      (other workers' podCIDRs, via their fabric IPs)
+# usage: node.sh --ship DIR --node NAME --role control|worker --address IP [--prefix LEN]
+#                --controller IP:PORT [--route CIDR=VIA]...
+# It names the VM NAME and gives eth1 (the fabric) IP/LEN and the routes (the other workers'
+# podCIDRs, via their fabric IPs), with systemd-networkd, so that they survive reboots.
 #
 # DIR (uploaded by the Vagrantfile's file provisioner, staged by provision/stage-host.sh) holds
 #   weft-src.tar.gz   the project's files
@@ -21,14 +23,15 @@ CONTROLLER_STATE=/var/lib/weft/controller
 
 say() { printf '[weft-provision] %s\n' "$*"; }
 die() { printf '[weft-provision] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { die "usage: $0 --ship DIR --node NAME --role control|worker --address IP --controller IP:PORT [--route CIDR=VIA]..."; }
+usage() { die "usage: $0 --ship DIR --node NAME --role control|worker --address IP [--prefix LEN] --controller IP:PORT [--route CIDR=VIA]..."; }
 
-ship="" node="" role="" address="" controller="" routes=()
+ship="" node="" role="" address="" prefix=24 controller="" routes=()
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case "$1" in
     --ship) ship=$2 ;;
     --route) routes+=("$2") ;;
+    --prefix) prefix=$2 ;;
     --node) node=$2 ;;
     --role) role=$2 ;;
     --address) address=$2 ;;
@@ -90,6 +93,25 @@ say "running the project's setup (scripts/setup.sh) offline against $ship/wheelh
 ln -sfn "$VENV/bin/weft" /usr/local/bin/weft
 install -m 0755 "$SRC/vm/provision/workload.sh" /usr/local/sbin/weft-workload
 
+say "hostname $node, eth1 $address/$prefix${routes[*]:+, routes ${routes[*]}}"
+hostnamectl set-hostname "$node" 2>/dev/null || { echo "$node" >/etc/hostname; hostname "$node"; }
+sed -i "/^127\.0\.1\.1 /d" /etc/hosts && echo "127.0.1.1 $node" >>/etc/hosts
+# HBONE goes to the destination pod's own address on 15008 (as in Istio ambient): each worker
+# routes the other workers' podCIDRs to them.
+{
+  printf '# The lab fabric (written by vm/provision/node.sh).\n[Match]\nName=eth1\n\n'
+  printf '[Network]\nAddress=%s/%s\n' "$address" "$prefix"
+  for route in ${routes[@]+"${routes[@]}"}; do
+    cidr=${route%%=*} via=${route#*=}
+    [ -n "$cidr" ] && [ -n "$via" ] && [ "$cidr" != "$route" ] || die "--route $route: expected CIDR=VIA"
+    printf '\n[Route]\nDestination=%s\nGateway=%s\n' "$cidr" "$via"
+  done
+} >/etc/systemd/network/20-weft-fabric.network
+systemctl enable -q systemd-networkd
+systemctl restart systemd-networkd
+for _ in $(seq 60); do ip -4 -o address show dev eth1 | grep -q " $address/" && break; sleep 1; done
+ip -4 -o address show dev eth1 | grep -q " $address/" || die "eth1 did not get $address/$prefix (journalctl -u systemd-networkd)"
+
 install -d -m 0755 "$ETC"
 if [ "$role" = control ]; then
   install -m 0644 "$SRC/vm/provision/systemd/weft-controller.service" "$UNIT_DIR/"
@@ -103,20 +125,6 @@ if [ "$role" = control ]; then
   systemctl enable weft-controller.service
   systemctl restart weft-controller.service
 else
-  # HBONE goes to the destination pod's own address on 15008 (as in Istio ambient): each worker
-  # routes the other workers' podCIDRs to them. The agent unit re-applies these on every start
-  # (systemd-networkd drops routes it did not make when it reconfigures eth1).
-  {
-    echo "#!/bin/sh"
-    echo "# Routes to the other workers' podCIDRs (written by vm/provision/node.sh)."
-    for route in ${routes[@]+"${routes[@]}"}; do
-      cidr=${route%%=*} via=${route#*=}
-      [ -n "$cidr" ] && [ -n "$via" ] && [ "$cidr" != "$route" ] || die "--route $route: expected CIDR=VIA"
-      echo "ip route replace $cidr via $via"
-    done
-  } >"$ETC/pod-routes.sh"
-  chmod 0755 "$ETC/pod-routes.sh"
-  sh "$ETC/pod-routes.sh"
   install -m 0644 "$SRC/vm/provision/systemd/weft-agent.service" "$UNIT_DIR/"
   printf 'WEFT_NODE=%s\nWEFT_CONTROLLER=%s\n' "$node" "$controller" >"$ETC/agent.env"
   systemctl daemon-reload

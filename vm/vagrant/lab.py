@@ -62,6 +62,8 @@ def vagrant_env() -> dict[str, str]:
         "WEFT_VAGRANT_DRIVER": os.environ.get("WEFT_VAGRANT_DRIVER") or "qemu",
         "WEFT_VAGRANT_CPU_MODE": os.environ.get("WEFT_VAGRANT_CPU_MODE") or "maximum",
         "WEFT_VAGRANT_SHIP_DIR": str(SHIP_DIR),
+        # The VMs live in the lab's netns only: keeping the box's key saves emulated minutes.
+        "WEFT_VAGRANT_INSECURE_KEY": "1",
     }
 
 
