@@ -72,7 +72,9 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   say "installing weft-mesh (editable, with the dev extra unless WEFT_SETUP_GUEST=1)"
   [ "${WEFT_SETUP_GUEST:-0}" = 1 ] || "$VENV/bin/python" -m pip install -q --upgrade pip
   if [ "${WEFT_SETUP_GUEST:-0}" = 1 ]; then
-    "$VENV/bin/python" -m pip install -q -e .
+    # The venv has setuptools and wheel (vm/provision/node.sh): no isolated build env to fill,
+    # which takes minutes in an emulated guest.
+    "$VENV/bin/python" -m pip install -q --no-build-isolation -e .
   else
     "$VENV/bin/python" -m pip install -q -e '.[dev]'
   fi

@@ -78,14 +78,16 @@ exit 1
 SHIM
 chmod +x "$shim/apt-get"
 
-# Emulated guests are slow: pip comes from the wheelhouse (ensurepip would unpack and compile
-# its bundled copy), and nothing is compiled to .pyc up front (Python does it on import).
+# Emulated guests are slow: pip, setuptools and wheel come from the wheelhouse (ensurepip would
+# unpack and compile its bundled copies; setup.sh builds the project without build isolation),
+# and nothing is compiled to .pyc up front (Python does it on import). The lab's own box has
+# the venv with every wheel already (vm/vagrant/box.py).
 pip_wheel=$(compgen -G "$ship/wheelhouse/pip-*.whl" | sort -V | tail -n1) || true
 if [ ! -x "$VENV/bin/python" ] && [ -n "$pip_wheel" ]; then
   say "creating $VENV (pip from $pip_wheel)"
   python3 -m venv --system-site-packages --without-pip "$VENV"
   "$VENV/bin/python" "$pip_wheel/pip" install -q --no-index --no-compile \
-    --disable-pip-version-check "$pip_wheel"
+    --disable-pip-version-check --find-links "$ship/wheelhouse" "$pip_wheel" "setuptools>=68" wheel
 fi
 say "running the project's setup (scripts/setup.sh) offline against $ship/wheelhouse"
 (cd "$SRC" && PATH="$shim:$PATH" WEFT_VENV="$VENV" WEFT_SETUP_GUEST=1 PIP_NO_INDEX=1 PIP_NO_COMPILE=1 \
