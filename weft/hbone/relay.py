@@ -145,7 +145,9 @@ class _Splice(asyncio.Protocol):
         reader._buffer.clear()  # type: ignore[attr-defined]
         eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
         failed = reader.exception()
-        if self.transport.is_closing() and not eof and failed is None:
+        if self.transport.is_closing() and failed is None:
+            # Its connection_lost() may have gone to the StreamReader already: we would never
+            # hear of the end, so the relay ends here.
             failed = ConnectionResetError("the TCP connection closed before the relay began")
         self.transport.set_protocol(self)
         if getattr(reader, "_paused", False):  # the StreamReader's buffer was full
@@ -200,7 +202,12 @@ class _Splice(asyncio.Protocol):
         if self.reset or self._lost:
             self.stream.acknowledge(flow_controlled_length)
             return
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except (OSError, RuntimeError):  # raised here, it would close the whole TLS session
+            self.stream.acknowledge(flow_controlled_length)
+            self.abort_both()
+            return
         self._unacknowledged += flow_controlled_length
         # While TCP is paused nothing is acknowledged: the peer's window then throttles it.
         if self._unacknowledged >= self._ack_batch and not self._write_paused:
@@ -211,8 +218,12 @@ class _Splice(asyncio.Protocol):
             return
         self._remote_ended = True
         self._acknowledge()  # the stream is done receiving: its bytes' connection window
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        except (OSError, RuntimeError):  # raised here, it would close the whole TLS session
+            self.abort_both()
+            return
         self._close_if_done()
 
     def on_reset(self, error_code: int) -> None:
