@@ -205,7 +205,7 @@ class Loader:
                 except ProgramLoadError as err:
                     if not spec.optional:
                         raise
-                    self._skip(spec, str(err).splitlines()[0])
+                    self._skip(spec, str(err).splitlines()[0])  # names the program
             self.links_dir.mkdir(parents=True, exist_ok=True)
             attachments = []
             for spec, prog_fd in loaded:
@@ -213,10 +213,13 @@ class Loader:
                     targets[spec.target] = self._open_target(spec.target, cgroup)
                 try:
                     attachment = self._attach_one(spec, prog_fd, targets[spec.target])
-                except OSError as err:
+                except (OSError, ConflictError) as err:
                     if not spec.optional:
+                        if isinstance(err, OSError):
+                            path = self.ebpf_dir / spec.source
+                            raise ProgramLoadError(spec.function, path, "attach", str(err)) from err
                         raise
-                    self._skip(spec, f"attaching failed: {err}")
+                    self._skip(spec, f"{spec.function} was not attached: {err}")
                     continue
                 if not attachment.reused:
                     created.append(attachment.link_pin)
