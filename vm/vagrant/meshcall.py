@@ -30,7 +30,7 @@ CONTROLLER_STATE = "/var/lib/weft/controller"
 GUEST_PYTHON = "/opt/weft/venv/bin/python"
 NAMESPACE = "vmlab"
 ECHO_PORT = 7000
-READY_TIMEOUT = 300.0
+READY_TIMEOUT = 600.0
 CALL_TIMEOUT = 180.0
 
 
