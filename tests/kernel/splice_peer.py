@@ -8,7 +8,7 @@ cgroup and the sandbox netns (the client end, `python splice_peer.py <mode> ...`
     reset <dst> <port>                read the server's greeting, then close with a reset
     expect-reset <dst> <port>         send, then read until the server's reset arrives
     late-send <dst> <port> <bytes>    read to EOF first (the server half-closed), then send
-    hold <dst> <port>                 two pings, a JSON line, then wait for a line on stdin
+    hold <dst> <port>                 pings, a JSON line, then wait for a line on stdin
     late-read <dst> <port> <bytes>    send, half-close, wait, then read the reply to EOF
 """
 
@@ -29,6 +29,7 @@ BLOCK_CHUNKS = 16  # one send() is a block of 16 chunks (1 MiB)
 TIMEOUT_S = 30.0
 GREETING = b"hello from the server\n"
 LATE_READ_S = 0.5
+HOLD_PINGS = 3
 _BASE = bytes((i * 7 + 3) % 251 for i in range(CHUNK))
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -169,10 +170,10 @@ def _late_send(dst: str, port: int, total: int) -> dict[str, Any]:
 
 
 def _hold(dst: str, port: int) -> dict[str, Any]:
-    """Two pings against an echo server, then hold the connection open until stdin says go."""
+    """Pings against an echo server, then hold the connection open until stdin says go."""
     with _connect(dst, port) as sock:
         echoes = []
-        for _ in range(2):
+        for _ in range(HOLD_PINGS):
             sock.sendall(b"ping\n")
             echoes.append(recv_exactly(sock, 5).decode())
         print(json.dumps({"echoes": echoes}), flush=True)
