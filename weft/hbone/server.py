@@ -168,6 +168,7 @@ class HboneServer:
             writer.close()
             return
         self.stats.tunnels_opened += 1
+        result = RelayResult(0, 0, reset=True)
         try:
             result = await relay(stream, reader, writer)
         except Exception:
@@ -176,8 +177,12 @@ class HboneServer:
             log.exception("HBONE relay to %s failed", request.authority)
             stream.abort()
             result = RelayResult(stream.bytes_sent, stream.bytes_received, reset=True)
-        if self.relayed is not None:
-            self.relayed(result)
+        except asyncio.CancelledError:  # the server is closing: the tunnel was reset
+            result = RelayResult(stream.bytes_sent, stream.bytes_received, reset=True)
+            raise
+        finally:
+            if self.relayed is not None:
+                self.relayed(result)
 
 
 def _transparent_listener(host: str, port: int) -> socket.socket:
