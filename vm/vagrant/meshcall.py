@@ -8,6 +8,7 @@ call must cross it as TLS to port 15008, and the marker must never appear in cle
 
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 import signal
@@ -126,6 +127,31 @@ def start_workloads(specs: list[WorkloadSpec], control: str) -> None:
     )
 
 
+def local_workloads(node: str) -> tuple[list[dict[str, object]], int]:
+    """(local workloads, resource count) in the agent's config on `node` (admin /config_dump)."""
+    result = guest(node, "curl -sS -m 5 http://127.0.0.1:15000/config_dump", check=False)
+    try:
+        dump = json.loads(result.stdout)
+    except ValueError:
+        return [], 0
+    return list(dump.get("local_workloads", [])), int(dump.get("resources", 0))
+
+
+def wait_config(specs: list[WorkloadSpec]) -> None:
+    """Until every agent has the workloads: a call made earlier leaves the mesh (passthrough)."""
+    for w in specs:
+
+        def known(w: WorkloadSpec = w) -> tuple[bool, str]:
+            workloads, resources = local_workloads(w.node)
+            mine = [x for x in workloads if x.get("address") == w.ip]
+            ready = resources >= len(specs) + 1 and bool(mine) and bool(mine[0].get("in_mesh"))
+            if ready and w.ports:
+                ready = bool(mine[0].get("inbound_listener"))
+            return ready, f"{resources} resources, local workloads {workloads}"
+
+        wait_until(f"the agent on {w.node} to have workload {w.name}", known, CALL_TIMEOUT)
+
+
 def fabric_port(node: str) -> str:
     """The host side (a tap in the lab netns) of VM `node`'s interface on the fabric network.
 
@@ -180,6 +206,7 @@ def meshed_call(client_node: str = "node1", server_node: str = "node2") -> CallR
     server, client = specs
     wait_agents_ready([client_node, server_node])
     start_workloads(specs, "control")
+    wait_config(specs)
     pcap = libvirt.RUN_DIR / "fabric.pcap"
     pcap.unlink(missing_ok=True)
     capture = subprocess.Popen(
