@@ -71,12 +71,12 @@ class HttpClient:
     async def _send(self, payload: bytes) -> Response:
         while self._idle:
             connection = self._idle.pop()
-            if connection.reader.at_eof():
+            if connection.reader.at_eof() or connection.writer.is_closing():
                 connection.close()
                 continue
             try:
                 return await self._exchange(connection, payload)
-            except (ConnectionError, _ClosedBeforeResponseError):
+            except (ConnectionError, _ClosedBeforeResponseError, _TransportClosedError):
                 # The server closed an idle keep-alive connection as we reused it: the request
                 # never reached it, so retrying once on a fresh connection is safe.
                 connection.close()
@@ -86,7 +86,12 @@ class HttpClient:
 
     async def _exchange(self, connection: _Connection, payload: bytes) -> Response:
         try:
-            connection.writer.write(payload)
+            try:
+                connection.writer.write(payload)
+            except RuntimeError as error:
+                # uvloop refuses a write on a transport it has already closed (the peer reset
+                # it while idle) with RuntimeError, where the stdlib loop drops the write.
+                raise _TransportClosedError(str(error)) from error
             await connection.writer.drain()
             received_any = False
             while True:
@@ -125,3 +130,7 @@ class _ClosedBeforeResponseError(ConnectionError):
 
     def __init__(self) -> None:
         super().__init__("connection closed before any response")
+
+
+class _TransportClosedError(Exception):
+    """The connection's transport was already closed when the request was written."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -85,3 +87,34 @@ async def connection_per_request() -> None:
         await client.close()
         server.close()
     assert len(accepted) == 3
+
+
+def test_an_idle_connection_the_server_reset_is_replaced_under_uvloop() -> None:
+    # uvloop closes the transport on a reset and then refuses writes with RuntimeError
+    # ("the handler is closed"); that must be a stale connection to replace, not an error.
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(reset_connection_is_replaced())
+
+
+async def reset_connection_is_replaced() -> None:
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(encode_response(200, (), b"ok"))
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = HttpClient(Address("127.0.0.1", server.sockets[0].getsockname()[1]))
+    try:
+        first = await client.request("GET", "/a")
+        await asyncio.sleep(0.05)  # let the reset reach the pooled connection
+        second = await client.request("GET", "/b")
+    finally:
+        await client.close()
+        server.close()
+    assert (first.body, second.body, len(accepted)) == (b"ok", b"ok", 2)
