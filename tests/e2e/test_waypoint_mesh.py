@@ -18,7 +18,13 @@ import pytest
 
 from vm.lab.lab import Lab
 from vm.lab.mesh import WEFT, MeshInfo, down_mesh, up_mesh, weft_on_control
-from vm.lab.waypoints import DEMO_WAYPOINT_RESOURCES, DEMO_WAYPOINTS, waypoint_http
+from vm.lab.waypoints import (
+    DEMO_WAYPOINT_RESOURCES,
+    DEMO_WAYPOINTS,
+    wait_ready,
+    waypoint_argv,
+    waypoint_http,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -571,3 +577,23 @@ def test_weft_stat_shows_rate_success_and_latency_per_service(lab: Lab, mesh: Me
     assert reviews["success_rate"] == 1.0
     assert 0 < reviews["p50_ms"] <= reviews["p99_ms"]
     assert "ratings" not in rows  # -n shop
+
+
+def test_a_restarted_waypoint_serves_again_with_its_saved_svid(lab: Lab, mesh: MeshInfo) -> None:
+    wp = next(w for w in DEMO_WAYPOINTS if w.namespace == "shop")
+    lab.stop(mesh.waypoint_pids[wp.reference])
+    # the join token is spent: the restart relies on the SVID saved in its state dir
+    mesh.waypoint_pids[wp.reference] = lab.spawn(
+        wp.workload, waypoint_argv(WEFT, wp, mesh.controller, mesh.state_dir),
+        f"waypoint-{wp.namespace}-{wp.name}",
+    )  # fmt: skip
+    wait_ready(lab, wp, mesh.waypoint_pids[wp.reference], timeout=30)
+    results = probe(lab, "frontend", 50)
+    assert {r[1] for r in results} == {200}
+    status, body = waypoint_http(lab, wp.workload, "/config_dump")
+    assert status == 200
+    dump = json.loads(body)
+    assert dump["version"] > 0
+    assert dump["certificate"]["identity"] == "spiffe://cluster.local/ns/shop/sa/waypoint"
+    log = (lab.store.log_dir / f"waypoint-{wp.namespace}-{wp.name}.log").read_text()
+    assert "using the SVID saved in" in log
