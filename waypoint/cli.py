@@ -316,7 +316,7 @@ async def _serve_from_controller(controller: ControllerOptions, options: _ServeO
             f"{controller.namespace}/{controller.name}: {error.details() or error.code().name}",
             hint="is the token fresh and unused, and is the Waypoint resource applied?",
         ) from None
-    print(f"waypoint: joined as {svid.identity}", file=sys.stderr)
+    print(f"waypoint: serving as {svid.identity}", file=sys.stderr)
     empty = CompiledWaypoint(WaypointConfig(services=()), {})
     return await _serve(empty, replace(options, tls=svid.server_context()), controller, svid)
 
