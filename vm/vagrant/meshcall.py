@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,6 +32,9 @@ CONTROLLER_STATE = "/var/lib/weft/controller"
 GUEST_PYTHON = "/opt/weft/venv/bin/python"
 NAMESPACE = "vmlab"
 ECHO_PORT = 7000
+# Clients reach the echo server through a Service: the controller scopes each node's config to
+# its own workloads and the services they may call, so a remote pod IP alone is not in it.
+ECHO_VIP = "10.96.0.21"
 READY_TIMEOUT = 600.0
 CALL_TIMEOUT = 180.0
 
@@ -72,6 +76,21 @@ def resources(specs: list[WorkloadSpec]) -> list[dict[str, object]]:
         }
     ]
     for w in specs:
+        if w.ports:
+            documents.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": w.name, "namespace": NAMESPACE},
+                    "spec": {
+                        "clusterIP": ECHO_VIP,
+                        "selector": {"app": w.name},
+                        "ports": [
+                            {"name": f"tcp-{p}", "port": p, "targetPort": p} for p in w.ports
+                        ],
+                    },
+                }
+            )
         spec: dict[str, object] = {"address": w.ip, "node": w.node, "serviceAccount": w.name}
         if w.ports:
             spec["ports"] = {f"tcp-{p}": p for p in w.ports}
@@ -127,29 +146,33 @@ def start_workloads(specs: list[WorkloadSpec], control: str) -> None:
     )
 
 
-def local_workloads(node: str) -> tuple[list[dict[str, object]], int]:
-    """(local workloads, resource count) in the agent's config on `node` (admin /config_dump)."""
+def agent_config(node: str) -> dict[str, Any]:
     result = guest(node, "curl -sS -m 5 http://127.0.0.1:15000/config_dump", check=False)
     try:
-        dump = json.loads(result.stdout)
+        dump: dict[str, Any] = json.loads(result.stdout)
     except ValueError:
-        return [], 0
-    return list(dump.get("local_workloads", [])), int(dump.get("resources", 0))
+        return {}
+    return dump
 
 
-def wait_config(specs: list[WorkloadSpec]) -> None:
-    """Until every agent has the workloads: a call made earlier leaves the mesh (passthrough)."""
-    for w in specs:
+def wait_config(client: WorkloadSpec, server: WorkloadSpec) -> None:
+    """Until the agents have the workloads and the service: a call made earlier would leave
+    the mesh (passthrough, in clear)."""
 
-        def known(w: WorkloadSpec = w) -> tuple[bool, str]:
-            workloads, resources = local_workloads(w.node)
-            mine = [x for x in workloads if x.get("address") == w.ip]
-            ready = resources >= len(specs) + 1 and bool(mine) and bool(mine[0].get("in_mesh"))
-            if ready and w.ports:
-                ready = bool(mine[0].get("inbound_listener"))
-            return ready, f"{resources} resources, local workloads {workloads}"
+    def server_ready() -> tuple[bool, str]:
+        dump = agent_config(server.node)
+        mine = [w for w in dump.get("local_workloads", []) if w.get("address") == server.ip]
+        return bool(mine and mine[0].get("inbound_listener")), f"config {dump}"
 
-        wait_until(f"the agent on {w.node} to have workload {w.name}", known, CALL_TIMEOUT)
+    def client_ready() -> tuple[bool, str]:
+        dump = agent_config(client.node)
+        mine = [w for w in dump.get("local_workloads", []) if w.get("address") == client.ip]
+        service = [s for s in dump.get("services", []) if s.get("vip") == ECHO_VIP]
+        ok = bool(mine and mine[0].get("in_mesh") and service and service[0].get("endpoints"))
+        return ok, f"config {dump}"
+
+    wait_until(f"the agent on {server.node} to serve {server.name}", server_ready, CALL_TIMEOUT)
+    wait_until(f"the agent on {client.node} to know {ECHO_VIP}", client_ready, CALL_TIMEOUT)
 
 
 def fabric_port(node: str) -> str:
@@ -185,7 +208,7 @@ def call(client: WorkloadSpec, server: WorkloadSpec, marker: str) -> bytes:
     """The client sends `marker` to the echo server (retried while enrollment settles)."""
     command = (
         f"weft-workload exec {client.name} -- {GUEST_PYTHON} -c {shlex.quote(CLIENT)} "
-        f"{marker} {server.ip} {ECHO_PORT}"
+        f"{marker} {ECHO_VIP} {ECHO_PORT}"
     )
     reply = b""
 
@@ -206,7 +229,7 @@ def meshed_call(client_node: str = "node1", server_node: str = "node2") -> CallR
     server, client = specs
     wait_agents_ready([client_node, server_node])
     start_workloads(specs, "control")
-    wait_config(specs)
+    wait_config(client, server)
     pcap = libvirt.RUN_DIR / "fabric.pcap"
     pcap.unlink(missing_ok=True)
     capture = subprocess.Popen(
