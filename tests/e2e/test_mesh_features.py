@@ -98,7 +98,7 @@ from scapy.all import IP, TCP, AsyncSniffer
 
 marker, control, stop_file = sys.argv[1].encode(), sys.argv[2], sys.argv[3]
 limit = float(sys.argv[4])
-flows, ports, hits, clear_http, opened = {}, set(), 0, 0, set()
+flows, ports, hits, clear_http, opened, listening = {}, set(), 0, 0, set(), set()
 
 def seen(packet):
     global hits, clear_http
@@ -106,12 +106,23 @@ def seen(packet):
         return
     tcp = packet[TCP]
     flow = (packet[IP].src, tcp.sport, packet[IP].dst, tcp.dport)
-    if tcp.flags.S:
+    if tcp.flags.S and not tcp.flags.A:
         opened.add(flow)  # a connection that starts while we watch: its first bytes are known
+        listening.add((packet[IP].dst, tcp.dport))
     payload = bytes(tcp.payload)
     if not payload:
         return
-    ports.add(tcp.sport if tcp.sport < tcp.dport else tcp.dport)
+    # The service side of a packet is the end a SYN was sent to; for a connection opened before
+    # we watched, 15008 if either end is HBONE, else the lower port (not a sure guess: a bench in
+    # the same lab session lets ephemeral ports start at 1024).
+    if (packet[IP].dst, tcp.dport) in listening:
+        ports.add(tcp.dport)
+    elif (packet[IP].src, tcp.sport) in listening:
+        ports.add(tcp.sport)
+    elif 15008 in (tcp.sport, tcp.dport):
+        ports.add(15008)
+    else:
+        ports.add(tcp.sport if tcp.sport < tcp.dport else tcp.dport)
     if flow in opened:
         flows.setdefault(flow, payload[:2].hex())
     hits += marker in payload
