@@ -8,7 +8,7 @@ WEFT   := $(VENV)/bin/weft
 PYTEST := $(PY) -m pytest
 
 .PHONY: help setup demo test test-unit test-kernel test-e2e lint typecheck imports proto \
-        bench bench-quick lab-up lab-down vm-validate vm-up vm-down vm-test clean
+        bench bench-quick bench-agent-memory lab-up lab-down vm-validate vm-up vm-down vm-test clean
 
 help:            ## list the tasks
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,9 @@ bench-quick: setup ## benchmark, quick mode (< 3 min)
 
 bench: setup     ## benchmark, full run (< 15 min), recorded under bench/results/
 	$(WEFT) bench
+
+bench-agent-memory: setup ## agent RSS with 100 local workloads and 1,000 open meshed connections (builds a lab)
+	$(PY) -m bench.agent_memory
 
 bench-controller: setup ## controller scale benchmark (10k workloads, 2k services, 20 watchers)
 	$(PY) -m bench.controller_scale
