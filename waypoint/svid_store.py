@@ -10,32 +10,16 @@ expired one, is ignored: the waypoint then joins with its token.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 from waypoint.svid import WaypointSvid
 from weft.identity import Identity
 from weft.pki import CertificateError, certs_from_pem, key_from_pem, key_to_pem, uri_san
+from weft.private_file import write_private
 
 SVID_FILE = "svid.pem"
 BUNDLE_FILE = "bundle.pem"
 _KEY_BEGIN = b"-----BEGIN PRIVATE KEY-----"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, 0600, so a crash leaves the old file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def save(state_dir: Path, svid: WaypointSvid) -> None:

@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.private_file import write_private
 from weft.identity import Identity
 from weft.pki import PrivateKey, certs_from_pem, key_from_pem, key_to_pem
+from weft.private_file import write_private
 
 log = logging.getLogger(__name__)
 

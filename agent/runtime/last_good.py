@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.private_file import write_private
 from weft.api.convert import ConfigUpdate, ReceivedResource
 from weft.model import ResourceKey
+from weft.private_file import write_private
 from weft.resources.documents import parse_stored
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from agent.certs.saved import load_svids, save_svids
 from agent.inbound import Inbound
 from agent.outbound import OutboundProxy
 from agent.plaintext_inbound import PlaintextInbound, permissive_addresses
-from agent.private_file import write_private
 from agent.runtime.capture import Capture
 from agent.runtime.last_good import LastGoodConfig, SavedConfigError
 from agent.runtime.plaintext_redirect import PlaintextRedirect
@@ -43,6 +42,7 @@ from weft.controller_client import (
 from weft.errors import UsageError
 from weft.hbone import HbonePool
 from weft.pki import certs_from_pem, key_from_pem, key_to_pem
+from weft.private_file import write_private
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Write a file atomically and readable by root only: the agent's saved state and keys."""
+"""Write a file atomically and readable by root only: saved state, keys and SVIDs."""
 
 from __future__ import annotations
 
