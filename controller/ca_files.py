@@ -1,6 +1,6 @@
 """The CA on disk: signer, trust bundle with overlapping roots, and the credentials made from them.
 
-Layout under the state dir:  ca/signer.pem (signer cert + chain), ca/signer.key (0600),
+Layout under the state dir:  ca/ (0700), ca/signer.pem (signer cert + chain), ca/signer.key (0600),
 ca/bundle.json (roots with the time each old root leaves the bundle), admin.pem (the admin
 credential: cert chain + key, 0600). `weft controller rotate-root` rewrites these files; a running
 controller notices the change on its next issuance or TLS handshake.
@@ -27,6 +27,7 @@ from weft.pki import (
     key_from_pem,
     key_to_pem,
 )
+from weft.private_file import write_private
 
 ADMIN_LIFETIME = dt.timedelta(days=365)
 
@@ -35,18 +36,6 @@ ADMIN_LIFETIME = dt.timedelta(days=365)
 class BundleRoot:
     cert: x509.Certificate
     drop_after: dt.datetime | None  # None: the current root, kept until rotated out
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret so that it is never readable by others, not even for an instant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -128,7 +117,7 @@ class CAFiles:
         # Keep the outgoing signer for the overlap: the controller's own serving certificate
         # stays under the old root until every agent has had time to learn the new bundle.
         previous = self.load()
-        _write_private(self.previous_key, key_to_pem(previous.key))
+        write_private(self.previous_key, key_to_pem(previous.key))
         _write_public(self.previous_pem, certs_to_pem([previous.cert, *previous.chain]))
         _write_public(
             self.previous_json, json.dumps({"drop_after": (now + overlap).isoformat()}).encode()
@@ -168,7 +157,7 @@ class CAFiles:
         return ca, roots
 
     def _save(self, ca: CertificateAuthority, roots: list[BundleRoot]) -> None:
-        _write_private(self.signer_key, key_to_pem(ca.key))
+        write_private(self.signer_key, key_to_pem(ca.key))
         _write_public(self.signer_pem, certs_to_pem([ca.cert, *ca.chain]))
         entries = [
             {
@@ -183,7 +172,7 @@ class CAFiles:
         """One file for the CLI: the admin cert chain, its key, and the roots to trust."""
         chain, key = ca.issue_with_new_key(admin_uri(ca.trust_domain), ADMIN_LIFETIME, now)
         roots = certs_to_pem(self.bundle(now))
-        _write_private(self.admin_pem, certs_to_pem(chain) + key_to_pem(key) + roots)
+        write_private(self.admin_pem, certs_to_pem(chain) + key_to_pem(key) + roots)
         return self.admin_pem
 
     # --- loading -------------------------------------------------------------------------------

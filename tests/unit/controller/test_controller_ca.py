@@ -45,6 +45,17 @@ def test_init_makes_a_root_an_admin_credential_and_private_files(tmp_path: Path)
     assert isinstance(ca.cert.public_key(), ec.EllipticCurvePublicKey)
 
 
+def test_ca_keys_stay_0600_in_a_0700_ca_dir_through_a_rotation(tmp_path: Path) -> None:
+    files = CAFiles(tmp_path / "state")
+    files.init(TD, NOW)
+    files.rotate(dt.timedelta(hours=6), NOW + dt.timedelta(hours=1))
+    assert stat.S_IMODE(files.signer_key.parent.stat().st_mode) == 0o700
+    for secret in (files.signer_key, files.previous_key, files.admin_pem):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    # Every write went through a temporary file renamed into place; none may be left behind.
+    assert not [p.name for p in files.state_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
 def test_init_twice_is_a_conflict(tmp_path: Path) -> None:
     CAFiles(tmp_path).init(TD, NOW)
     with pytest.raises(ConflictError):
