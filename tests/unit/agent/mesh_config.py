@@ -5,75 +5,23 @@ from __future__ import annotations
 import yaml
 
 from agent.state import NodeState
+from tests.resource_yaml import documents, namespace, service, workload
 from weft.api.convert import ConfigUpdate, ReceivedResource
 from weft.resources import parse_body
 
-SHOP = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {weft.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: legacy}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: frontend, namespace: shop, labels: {app: frontend}}
-spec: {address: 10.88.1.2, node: node1, serviceAccount: frontend}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews}}
-spec: {address: 10.88.1.3, node: node1, serviceAccount: reviews}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: reviews-v2, namespace: shop, labels: {app: reviews}}
-spec: {address: 10.88.2.3, node: node2, serviceAccount: reviews}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: catalog, namespace: shop, labels: {app: catalog}}
-spec: {address: 10.88.2.2, node: node2, serviceAccount: catalog}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: old, namespace: legacy, labels: {app: old}}
-spec: {address: 10.88.2.9, node: node2}
----
-apiVersion: v1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  clusterIP: 10.96.0.12
-  selector: {app: reviews}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: catalog, namespace: shop}
-spec:
-  clusterIP: 10.96.0.11
-  selector: {app: catalog}
-  ports: [{name: http, port: 8080, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: empty, namespace: shop}
-spec:
-  clusterIP: 10.96.0.30
-  selector: {app: nobody}
-  ports: [{name: http, port: 8080, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: old, namespace: legacy}
-spec:
-  clusterIP: 10.96.0.40
-  selector: {app: old}
-  ports: [{name: http, port: 8080, targetPort: 8080}]
-"""
+SHOP = documents(
+    namespace("shop"),
+    namespace("legacy", ambient=False),
+    workload("frontend", "shop", "10.88.1.2", "node1", service_account="frontend"),
+    workload("reviews-v1", "shop", "10.88.1.3", "node1", app="reviews", service_account="reviews"),
+    workload("reviews-v2", "shop", "10.88.2.3", "node2", app="reviews", service_account="reviews"),
+    workload("catalog", "shop", "10.88.2.2", "node2", service_account="catalog"),
+    workload("old", "legacy", "10.88.2.9", "node2"),
+    service("reviews", "shop", "10.96.0.12", 80, target_port=8080),
+    service("catalog", "shop", "10.96.0.11", 8080),
+    service("empty", "shop", "10.96.0.30", 8080, app="nobody"),
+    service("old", "legacy", "10.96.0.40", 8080),
+)
 
 
 def received(text: str) -> tuple[ReceivedResource, ...]:

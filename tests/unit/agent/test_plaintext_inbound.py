@@ -15,59 +15,27 @@ import pytest
 from agent.plaintext_inbound import PlaintextInbound, permissive_addresses
 from agent.state import NodeState
 from agent.telemetry import Telemetry
+from tests.resource_yaml import (
+    CATALOG_CALLERS,
+    authorization_policy,
+    documents,
+    namespace,
+    peer_authentication,
+    workload,
+)
 from tests.unit.agent.mesh_config import node_state
 
-CLUSTER = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {weft.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: legacy}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: catalog, namespace: shop, labels: {app: catalog}}
-spec: {address: 127.0.0.2, node: node2, serviceAccount: catalog}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: vault, namespace: shop, labels: {app: vault}}
-spec: {address: 127.0.0.4, node: node2, serviceAccount: vault}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: legacy-client, namespace: legacy, labels: {app: legacy-client}}
-spec: {address: 127.0.0.1, node: node2}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: vault-strict, namespace: shop}
-spec:
-  selector: {matchLabels: {app: vault}}
-  mtls: {mode: STRICT}
-"""
-ONLY_FRONTEND = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-frontend, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
-LOOPBACK_CLIENTS = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: loopback-clients, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: ALLOW
-  rules:
-  - from: [{source: {ipBlocks: ["127.0.0.1/32"]}}]
-"""
+CLUSTER = documents(
+    namespace("shop"),
+    namespace("legacy", ambient=False),
+    workload("catalog", "shop", "127.0.0.2", "node2", service_account="catalog"),
+    workload("vault", "shop", "127.0.0.4", "node2", service_account="vault"),
+    workload("legacy-client", "legacy", "127.0.0.1", "node2"),
+    peer_authentication("vault-strict", "shop", "STRICT", app="vault"),
+)
+LOOPBACK_CLIENTS = authorization_policy(
+    "loopback-clients", "shop", app="catalog", ip_blocks=["127.0.0.1/32"]
+)
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -130,11 +98,11 @@ def test_policy_applies_with_no_identity_a_principal_rule_never_admits_plaintext
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "weft.access")
-    data, _ = run(node_state("node2", CLUSTER, ONLY_FRONTEND), "127.0.0.2")
+    data, _ = run(node_state("node2", CLUSTER, CATALOG_CALLERS), "127.0.0.2")
     assert data == b""
     log = access_lines(caplog)
     assert '"outcome": "denied"' in log
-    assert '"policy": "shop/only-frontend"' in log
+    assert '"policy": "shop/catalog-callers"' in log
 
 
 def test_an_ip_block_rule_admits_a_plaintext_client() -> None:

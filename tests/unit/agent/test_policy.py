@@ -3,6 +3,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from agent.policy import ConnectionAttributes, Verdict, decide
+from tests.resource_yaml import CATALOG_CALLERS
 from tests.unit.agent.mesh_config import node_state
 from weft.identity import Identity
 from weft.model import AuthorizationPolicy
@@ -23,24 +24,12 @@ def conn(source: Identity | None, ip: str = "10.88.1.2", port: int = 8080) -> Co
     return ConnectionAttributes(source, IPv4Address(ip), port)
 
 
-ALLOW_FRONTEND = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-callers, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
-
-
 def test_no_policy_allows() -> None:
     assert decide([], conn(LOADGEN)).allowed
 
 
 def test_allow_admits_only_listed_principals_and_names_the_rule() -> None:
-    found = policies(ALLOW_FRONTEND)
+    found = policies(CATALOG_CALLERS)
     allowed = decide(found, conn(FRONTEND))
     assert (allowed.verdict, allowed.policy, allowed.rule) == (
         Verdict.ALLOW,
@@ -53,7 +42,7 @@ def test_allow_admits_only_listed_principals_and_names_the_rule() -> None:
 
 
 def test_plaintext_caller_without_identity_matches_no_principal() -> None:
-    assert not decide(policies(ALLOW_FRONTEND), conn(None)).allowed
+    assert not decide(policies(CATALOG_CALLERS), conn(None)).allowed
 
 
 def test_deny_wins_over_allow() -> None:
@@ -67,7 +56,7 @@ spec:
   - from: [{source: {namespaces: ["shop"]}}]
     to: [{operation: {ports: ["8080"]}}]
 """
-    found = policies(ALLOW_FRONTEND + "---\n" + deny)
+    found = policies(CATALOG_CALLERS + "---\n" + deny)
     decision = decide(found, conn(FRONTEND))
     assert (decision.verdict, decision.policy, decision.rule) == (
         Verdict.DENY,
@@ -108,7 +97,7 @@ spec:
 
 
 def test_audit_policies_are_reported_but_do_not_decide() -> None:
-    audit = ALLOW_FRONTEND.replace("action: ALLOW", "action: AUDIT").replace(
+    audit = CATALOG_CALLERS.replace("action: ALLOW", "action: AUDIT").replace(
         "catalog-callers", "watch"
     )
     decision = decide(policies(audit), conn(LOADGEN))
@@ -120,18 +109,18 @@ def test_audit_policies_are_reported_but_do_not_decide() -> None:
 
 
 def test_principal_patterns_match_prefix_and_suffix() -> None:
-    prefix = ALLOW_FRONTEND.replace(
+    prefix = CATALOG_CALLERS.replace(
         '"cluster.local/ns/shop/sa/frontend"', '"cluster.local/ns/shop/*"'
     )
     assert decide(policies(prefix), conn(LOADGEN)).allowed
     assert not decide(policies(prefix), conn(OUTSIDER)).allowed
-    suffix = ALLOW_FRONTEND.replace('"cluster.local/ns/shop/sa/frontend"', '"*/sa/frontend"')
+    suffix = CATALOG_CALLERS.replace('"cluster.local/ns/shop/sa/frontend"', '"*/sa/frontend"')
     assert decide(policies(suffix), conn(FRONTEND)).allowed
     assert not decide(policies(suffix), conn(LOADGEN)).allowed
 
 
 def test_policies_of_other_namespaces_and_selectors_do_not_apply() -> None:
-    elsewhere = ALLOW_FRONTEND.replace("namespace: shop", "namespace: legacy")
+    elsewhere = CATALOG_CALLERS.replace("namespace: shop", "namespace: legacy")
     assert policies(elsewhere) == []
-    other_app = ALLOW_FRONTEND.replace("app: catalog", "app: reviews")
+    other_app = CATALOG_CALLERS.replace("app: catalog", "app: reviews")
     assert policies(other_app) == []

@@ -17,43 +17,29 @@ from agent.certs.manager import CertificateManager
 from agent.inbound import Inbound
 from agent.outbound import OutboundProxy
 from agent.telemetry import Telemetry
+from tests.resource_yaml import (
+    FRONTEND_PRINCIPAL,
+    authorization_policy,
+    documents,
+    namespace,
+    service,
+    workload,
+)
 from tests.unit.agent.issuer import InProcessIssuer
 from tests.unit.agent.mesh_config import node_state
 from weft.hbone import HbonePool
 
 # Loopback addresses play the workloads: frontend on node1, catalog (the server) on node2.
-CLUSTER = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {weft.io/dataplane-mode: ambient}}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: frontend, namespace: shop, labels: {app: frontend}}
-spec: {address: 127.0.0.3, node: node1, serviceAccount: frontend}
----
-apiVersion: weft.io/v1
-kind: Workload
-metadata: {name: catalog, namespace: shop, labels: {app: catalog}}
-spec: {address: 127.0.0.2, node: node2, serviceAccount: catalog}
----
-apiVersion: v1
-kind: Service
-metadata: {name: catalog, namespace: shop}
-spec:
-  clusterIP: 10.96.0.11
-  selector: {app: catalog}
-  ports: [{name: tcp, port: 7000, targetPort: 7000}]
-"""
-DENY_FRONTEND = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-frontend, namespace: shop}
-spec:
-  action: DENY
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
+SHOP_NAMESPACE = namespace("shop")
+FRONTEND = workload("frontend", "shop", "127.0.0.3", "node1", service_account="frontend")
+CATALOG = (
+    workload("catalog", "shop", "127.0.0.2", "node2", service_account="catalog"),
+    service("catalog", "shop", "10.96.0.11", 7000, port_name="tcp"),
+)
+CLUSTER = documents(SHOP_NAMESPACE, FRONTEND, *CATALOG)
+DENY_FRONTEND = authorization_policy(
+    "no-frontend", "shop", action="DENY", principals=[FRONTEND_PRINCIPAL]
+)
 
 
 class FakeOriginalDestinations:
@@ -198,9 +184,7 @@ def test_unreachable_workload_port_resets_the_client() -> None:
 def test_the_destination_names_a_source_workload_it_was_not_told_about() -> None:
     """The controller sends node2 only the workloads it may reach (services' endpoints), not
     the frontend: its name comes from the baggage header the source agent sends."""
-    without_frontend = "---".join(
-        doc for doc in CLUSTER.split("---") if "name: frontend" not in doc
-    )
+    without_frontend = documents(SHOP_NAMESPACE, *CATALOG)
     data, _, tel2 = run(
         through_mesh("", ("10.96.0.11", 7000), as_frontend(b"hello"), without_frontend)
     )
