@@ -163,11 +163,25 @@ def _route_filter(
 def _retry(retry: model.RouteRetry | None) -> config.RetryPolicy | None:
     if retry is None:
         return None
-    # Gateway API's codes are the retriable status codes; with none listed, retry any 5xx.
-    retry_on = {config.RetryOn.CONNECT_FAILURE, config.RetryOn.RESET}
-    retry_on.add(
-        config.RetryOn.RETRIABLE_STATUS_CODES if retry.codes else config.RetryOn.SERVER_ERROR
-    )
+    if retry.retry_on:
+        # Istio's retryOn says exactly what is retried (the resource layer checked the names and
+        # added retriable-status-codes for codes it listed).
+        known = {condition.value: condition for condition in config.RetryOn}
+        unknown = [c for c in retry.retry_on if c not in known]
+        if unknown:
+            raise ValueError(
+                f"field 'retry.retryOn': {', '.join(map(repr, unknown))} is not a retry "
+                f"condition the waypoint enforces; allowed: {', '.join(known)}"
+            )
+        retry_on = {known[condition] for condition in retry.retry_on}
+        if retry.codes:
+            retry_on.add(config.RetryOn.RETRIABLE_STATUS_CODES)
+    else:
+        # Gateway API's codes are the retriable status codes; with none listed, retry any 5xx.
+        retry_on = {config.RetryOn.CONNECT_FAILURE, config.RetryOn.RESET}
+        retry_on.add(
+            config.RetryOn.RETRIABLE_STATUS_CODES if retry.codes else config.RetryOn.SERVER_ERROR
+        )
     base = retry.backoff if retry.backoff is not None else 0.025
     return config.RetryPolicy(
         attempts=retry.attempts,

@@ -286,12 +286,32 @@ class Timeouts:
 
 
 class RetryOn(StrEnum):
-    """Envoy's retry conditions, which Istio exposes as `retryOn`."""
+    """Envoy's retry conditions, which Istio exposes as `retryOn` (weft.model.RETRY_ON_CONDITIONS).
+
+    The gRPC ones match the grpc-status of a response of which nothing has reached the client:
+    a trailers-only response (the status in its headers) or headers and trailers with no message
+    between them. A status in trailers after a message was relayed cannot be retried."""
 
     SERVER_ERROR = "5xx"  # any 5xx, a reset, a connect failure or a per-try timeout
+    GATEWAY_ERROR = "gateway-error"  # 502, 503, 504, a reset, connect failure or per-try timeout
     RESET = "reset"  # no response at all: disconnect, reset or per-try timeout
     CONNECT_FAILURE = "connect-failure"
     RETRIABLE_STATUS_CODES = "retriable-status-codes"
+    CANCELLED = "cancelled"  # grpc-status 1
+    DEADLINE_EXCEEDED = "deadline-exceeded"  # 4
+    RESOURCE_EXHAUSTED = "resource-exhausted"  # 8
+    INTERNAL = "internal"  # 13
+    UNAVAILABLE = "unavailable"  # 14
+
+
+# The grpc-status code each gRPC retry condition matches (grpc/doc/statuscodes.md).
+GRPC_RETRY_STATUS = {
+    RetryOn.CANCELLED: 1,
+    RetryOn.DEADLINE_EXCEEDED: 4,
+    RetryOn.RESOURCE_EXHAUSTED: 8,
+    RetryOn.INTERNAL: 13,
+    RetryOn.UNAVAILABLE: 14,
+}
 
 
 @dataclass(frozen=True)
@@ -306,6 +326,11 @@ class RetryPolicy:
     retriable_status_codes: frozenset[int] = frozenset({503})
     backoff_base_s: float = 0.025
     backoff_max_s: float = 0.250
+    # the grpc-status codes the gRPC conditions of retry_on retry (empty: gRPC status is not
+    # looked at, and a response is relayed as soon as its head arrives)
+    grpc_statuses: frozenset[int] = field(
+        default=frozenset(), init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         _require(self.attempts >= 0, "retry.attempts", "an integer >= 0", self.attempts)
@@ -321,6 +346,8 @@ class RetryPolicy:
             "0 <= base <= max",
             (self.backoff_base_s, self.backoff_max_s),
         )
+        statuses = frozenset(GRPC_RETRY_STATUS[c] for c in self.retry_on if c in GRPC_RETRY_STATUS)
+        object.__setattr__(self, "grpc_statuses", statuses)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,11 @@ class Failure(Enum):
 
 @dataclass(frozen=True)
 class ResponseReceived:
-    """The backend answered with response headers carrying `status`."""
+    """The backend answered with response headers carrying `status`; for a gRPC response of
+    which nothing was relayed yet, `grpc_status` is its grpc-status (None: not known yet)."""
 
     status: int
+    grpc_status: int | None = None
 
 
 AttemptOutcome = ResponseReceived | Failure
@@ -95,14 +97,25 @@ def _retried(policy: RetryPolicy, outcome: AttemptOutcome) -> bool:
     """Whether `retry_on` covers this outcome (Envoy's x-envoy-retry-on meanings)."""
     retry_on = policy.retry_on
     if isinstance(outcome, ResponseReceived):
-        return (RetryOn.SERVER_ERROR in retry_on and outcome.status >= 500) or (
-            RetryOn.RETRIABLE_STATUS_CODES in retry_on
-            and outcome.status in policy.retriable_status_codes
+        status = outcome.status
+        return (
+            (RetryOn.SERVER_ERROR in retry_on and status >= 500)
+            or (RetryOn.GATEWAY_ERROR in retry_on and status in GATEWAY_ERRORS)
+            or (
+                RetryOn.RETRIABLE_STATUS_CODES in retry_on
+                and status in policy.retriable_status_codes
+            )
+            or (outcome.grpc_status is not None and outcome.grpc_status in policy.grpc_statuses)
         )
     if outcome is Failure.CONNECT_FAILURE:
-        return bool(retry_on & {RetryOn.CONNECT_FAILURE, RetryOn.SERVER_ERROR, RetryOn.RESET})
+        return bool(retry_on & _ON_CONNECT_FAILURE)
     # A reset or a per-try timeout: the backend did not respond at all.
-    return bool(retry_on & {RetryOn.SERVER_ERROR, RetryOn.RESET})
+    return bool(retry_on & _ON_RESET)
+
+
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+_ON_RESET = frozenset({RetryOn.SERVER_ERROR, RetryOn.GATEWAY_ERROR, RetryOn.RESET})
+_ON_CONNECT_FAILURE = _ON_RESET | {RetryOn.CONNECT_FAILURE}
 
 
 class _Phase(Enum):

@@ -345,12 +345,21 @@ class RouteTimeouts:
     backend_request: float | None = None
 
 
+# Istio's `retries.retryOn` conditions (Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on) the
+# waypoint enforces; the gRPC ones match the grpc-status of a response nothing of which has
+# reached the client yet.
+HTTP_RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+RETRY_ON_CONDITIONS = HTTP_RETRY_ON + GRPC_RETRY_ON
+
+
 @dataclass(frozen=True)
 class RouteRetry:
     attempts: int = 0
     codes: tuple[int, ...] = ()
     backoff: float | None = None
     per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ()  # RETRY_ON_CONDITIONS; empty: the route's default conditions
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from ipaddress import IPv4Network
 
 from weft.model import (
     API_GROUP,
+    RETRY_ON_CONDITIONS,
     AuthorizationAction,
     AuthorizationPolicy,
     BackendRef,
@@ -465,6 +466,32 @@ def _weight(f: Fields) -> int:
     return 1 if weight is None else weight
 
 
+def _retry_on(f: Fields) -> tuple[tuple[str, ...], list[int]]:
+    """Istio's `retryOn`: comma-separated conditions, and status codes (which Istio turns into
+    retriable-status-codes), e.g. "connect-failure,unavailable,503"."""
+    text = f.opt_text("retryOn")
+    if text is None:
+        return (), []
+    path = f.child_path("retryOn")
+    conditions: list[str] = []
+    codes: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item.isdigit() and 400 <= int(item) <= 599:
+            codes.append(int(item))
+        elif item in RETRY_ON_CONDITIONS:
+            conditions.append(item)
+        else:
+            raise FieldError(
+                path,
+                f"comma-separated retry conditions ({', '.join(RETRY_ON_CONDITIONS)}) or HTTP "
+                f"status codes from 400 to 599; {item!r} is none of these",
+                describe(text),
+            )
+    if codes and "retriable-status-codes" not in conditions:
+        conditions.append("retriable-status-codes")
+    return tuple(dict.fromkeys(conditions)), codes
+
+
 def _route_rule(f: Fields) -> RouteRule:
     backends = []
     for b in f.list_of_fields("backendRefs"):
@@ -493,11 +520,13 @@ def _route_rule(f: Fields) -> RouteRule:
             if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
                 raise FieldError(path, "an HTTP status code from 400 to 599", describe(code))
             codes.append(code)
+        retry_on, listed_codes = _retry_on(rf)
         retry = RouteRetry(
             attempts=rf.opt_int("attempts", high=100) or 0,
-            codes=tuple(codes),
+            codes=tuple(dict.fromkeys(codes + listed_codes)),
             backoff=rf.opt_duration("backoff"),
             per_try_timeout=rf.opt_duration("perTryTimeout"),
+            retry_on=retry_on,
         )
         rf.done()
     rule = RouteRule(
