@@ -1,12 +1,21 @@
-"""The ratings service: gRPC GetRating (unary) and WatchRatings (server streaming) on grpc.aio."""
+"""The ratings service: gRPC GetRating (unary) and WatchRatings (server streaming) on grpc.aio.
+
+A failure knob for the mesh's retries: a call carrying the metadata `x-demo-unavailable: F`
+(0 < F <= 1) is one of the calls carrying it of which the fraction F fail with UNAVAILABLE,
+spread evenly and deterministically (F = 0.5: every second one) so a test can count. GetRating
+fails before answering (a trailers-only response a proxy can retry); WatchRatings fails after
+its first message (the status in trailers, after the client got part of the answer).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from typing import Any
 
 import grpc
@@ -37,11 +46,43 @@ def rating_for(product_id: int, sequence: int = 0) -> ratings_pb2.Rating | None:
     )
 
 
+UNAVAILABLE_KNOB = "x-demo-unavailable"
+
+
+class FailureKnob:
+    """Which of the calls carrying UNAVAILABLE_KNOB fail: of n calls at fraction F, the k-th
+    (from 0) fails when floor((k + 1) F) > floor(k F), so exactly floor(n F) of them fail."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def should_fail(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        value = dict(context.invocation_metadata() or ()).get(UNAVAILABLE_KNOB)
+        if value is None:
+            return False
+        try:
+            fraction = Fraction(str(value))
+        except (ValueError, ZeroDivisionError):
+            return False  # not a number: the knob is off, the call is served
+        fraction = min(max(fraction, Fraction(0)), Fraction(1))
+        k = self.calls
+        self.calls += 1
+        return math.floor((k + 1) * fraction) > math.floor(k * fraction)
+
+
 class RatingsService(ratings_pb2_grpc.RatingsServicer):
+    def __init__(self) -> None:
+        self.knob = FailureKnob()
+
     async def GetRating(  # noqa: N802 - the name is the gRPC method's
         self, request: ratings_pb2.GetRatingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ratings_pb2.Rating:
         started = time.perf_counter()
+        if self.knob.should_fail(context):
+            _log_call(context, "GetRating", request.product_id, "UNAVAILABLE (knob)", started)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "failed on purpose (x-demo-unavailable)"
+            )
         rating = rating_for(request.product_id)
         if rating is None:
             _log_call(context, "GetRating", request.product_id, "NOT_FOUND", started)
@@ -67,12 +108,20 @@ class RatingsService(ratings_pb2_grpc.RatingsServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no rating for product {request.product_id}"
             )
+        fail_after_first = self.knob.should_fail(context)
         for sequence in range(1, request.count + 1):
             if request.interval_ms and sequence > 1:
                 await asyncio.sleep(request.interval_ms / 1000)
             rating = rating_for(request.product_id, sequence)
             assert rating is not None  # checked before the first message
             yield rating
+            if fail_after_first:
+                _log_call(
+                    context, "WatchRatings", request.product_id, "UNAVAILABLE (knob)", started
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "failed on purpose after a message"
+                )
         _log_call(
             context, "WatchRatings", request.product_id, f"OK messages={request.count}", started
         )

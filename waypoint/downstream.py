@@ -132,6 +132,7 @@ class Exchange:
     bytes_sent: int = 0
     status: int = 0
     flags: str = "-"
+    grpc_status: str = ""  # the grpc-status answered to a gRPC request ("" otherwise)
     body_read: bool = False  # the request's EndOfMessage has been consumed
 
     def record(self, duration_ms: float) -> RequestRecord:
@@ -147,6 +148,7 @@ class Exchange:
             protocol=f"HTTP/{request.http_version}",
             response_code=self.status,
             response_flags=self.flags,
+            grpc_response_status=self.grpc_status,
             duration_ms=duration_ms,
             bytes_received=self.bytes_received,
             bytes_sent=self.bytes_sent,

@@ -10,9 +10,13 @@ Upstream connections are shared per endpoint (requests multiplex as streams). Wi
 policy, a body within the buffer limit is read first and replayed per try (the retry machine of
 resilience.py decides, as for HTTP/1.1); otherwise the body streams to a single try, whose
 timeout is the shorter of the route's request and backendRequest timeouts, until the response
-head. Retries look at the HTTP status, not at grpc-status. Not yet: circuit breaking (connection
-pool limits) for HTTP/2, and HTTP/2 to HTTP/1.1 translation (the upstream speaks what the client
-spoke).
+head. Retries look at the HTTP status and, for gRPC retry conditions (`unavailable`, ...), at
+the grpc-status of a response nothing of which was relayed yet: a trailers-only response, or a
+head and trailers with no message between them (each try waits, within its deadline, for the
+first message or the end). A grpc-status in trailers after a message was relayed is final: the
+client has part of the answer, and a retry would repeat it. Not yet: circuit breaking
+(connection pool limits) for HTTP/2, and HTTP/2 to HTTP/1.1 translation (the upstream speaks
+what the client spoke).
 """
 
 from __future__ import annotations
@@ -48,6 +52,24 @@ GRPC_UNKNOWN = 2
 
 def is_grpc(request: Request) -> bool:
     return (request.header("content-type") or "").startswith("application/grpc")
+
+
+def grpc_status(*header_lists: Headers) -> int | None:
+    """The grpc-status in the first of `header_lists` that carries one (None: none does)."""
+    for headers in header_lists:
+        for name, value in headers:
+            if name == "grpc-status":
+                return int(value) if value.isdigit() else GRPC_UNKNOWN
+    return None
+
+
+def grpc_status_label(head: Headers, trailers: Headers, http_status: int) -> str:
+    """Istio's grpc_response_status of a relayed gRPC response: its grpc-status (trailers, or
+    the head of a trailers-only response), else what Envoy derives from the HTTP status."""
+    found = grpc_status(trailers, head)
+    if found is None:
+        found = GRPC_STATUS_OF_HTTP.get(http_status, GRPC_UNKNOWN)
+    return str(found)
 
 
 def request_from_stream(stream: H2Stream) -> Request:
@@ -122,7 +144,10 @@ class Http2Front:
         exchange.status, exchange.flags = reply.status, reply.reason
         grpc = is_grpc(exchange.request)
         if grpc or not reply.body:
-            await stream.send_headers(local_reply_headers(reply, grpc), end_stream=True)
+            headers = local_reply_headers(reply, grpc)
+            if grpc:
+                exchange.grpc_status = next(v for n, v in headers if n == "grpc-status")
+            await stream.send_headers(headers, end_stream=True)
             return
         await stream.send_headers(local_reply_headers(reply, grpc))
         await stream.send_data(reply.body, end_stream=True)
@@ -166,6 +191,8 @@ class Http2Front:
             body_buffer_limit=self.proxy.config.request_body_buffer_limit,
         )  # fmt: skip
         headers = self._upstream_headers(exchange, decision)
+        # Only gRPC retry conditions need the grpc-status before the response is relayed.
+        peek = bool(route.retry and route.retry.grpc_statuses) and is_grpc(exchange.request)
         step = retries.begin()
         while True:
             if isinstance(step, StartAttempt):
@@ -176,12 +203,13 @@ class Http2Front:
                     return
                 exchange.upstream_host = endpoint
                 outcome = await self._try(
-                    backend, endpoint, headers, body, stream=stream, deadline=step.deadline
-                )
+                    backend, endpoint, headers, body,
+                    stream=stream, deadline=step.deadline, peek=peek,
+                )  # fmt: skip
                 if isinstance(outcome, tuple):
-                    sent, head = outcome
+                    sent, head, settled = outcome
                     status = next((v for n, v in head if n == ":status"), "502")
-                    step = retries.on_outcome(ResponseReceived(int(status)))
+                    step = retries.on_outcome(ResponseReceived(int(status), settled))
                     if isinstance(step, Deliver):
                         await self._relay_response(stream, sent, head, exchange, decision)
                         return
@@ -213,8 +241,13 @@ class Http2Front:
         *,
         stream: H2Stream,
         deadline: float | None,
-    ) -> tuple[H2Stream, Headers] | Failure | None:
-        """One try: the response head, a Failure, or None when the try's deadline passed."""
+        peek: bool = False,
+    ) -> tuple[H2Stream, Headers, int | None] | Failure | None:
+        """One try: the response head, a Failure, or None when the try's deadline passed.
+
+        With `peek`, the try also waits for the first message (given back to the stream) or the
+        end of the response: a response that ended without one is settled, and its grpc-status
+        (from the head or the trailers) is returned with the head; otherwise None is."""
         try:
             upstream = await backend.http2_connection(endpoint)
             sent = upstream.open_stream(headers)
@@ -228,6 +261,7 @@ class Http2Front:
                 if stream.trailers:
                     await sent.send_trailers(stream.trailers)
                 head = await sent.response_headers()
+                first = await sent.read() if peek else b"x"
         except TimeoutError:
             sent.reset()
             return None
@@ -235,7 +269,11 @@ class Http2Front:
             backend.record(endpoint, None)
             return Failure.RESET
         backend.record(endpoint, int(next((v for n, v in head if n == ":status"), "502")))
-        return sent, head
+        if first:
+            if peek:
+                sent.unread(first)
+            return sent, head, None
+        return sent, head, grpc_status(head, sent.trailers)
 
     async def _forward_once(self, stream: H2Stream, exchange: Exchange, decision: Forward) -> None:
         backend = self.proxy.backend(decision.backend)
@@ -319,10 +357,13 @@ class Http2Front:
         )
         for modifier in decision.response_modifiers:
             headers = apply_header_modifier(headers, modifier)
+        grpc = is_grpc(exchange.request)
         first = await sent.read()
         if not first and not sent.trailers:
             # Trailers-only (a gRPC error): keep it one HEADERS frame with END_STREAM.
             await stream.send_headers([(":status", status), *headers], end_stream=True)
+            if grpc:
+                exchange.grpc_status = grpc_status_label(head, (), exchange.status)
             return
         await stream.send_headers([(":status", status), *headers])
         data = first
@@ -334,3 +375,5 @@ class Http2Front:
             await stream.send_trailers(sent.trailers)
         else:
             await stream.send_data(b"", end_stream=True)
+        if grpc:
+            exchange.grpc_status = grpc_status_label(head, sent.trailers, exchange.status)

@@ -35,6 +35,7 @@ REQUEST_LABELS = (
     "destination_service_namespace",
     "request_protocol",
     "response_code",
+    "grpc_response_status",
     "response_flags",
     "connection_security_policy",
 )
@@ -79,6 +80,7 @@ class RequestRecord:
     destination_service_name: str = UNKNOWN
     destination_service_namespace: str = UNKNOWN
     connection_security_policy: str = "none"  # "mutual_tls" once HBONE terminates here
+    grpc_response_status: str = ""  # the grpc-status of a gRPC request's answer, "" otherwise
 
 
 class WaypointMetrics:
@@ -115,12 +117,13 @@ class WaypointMetrics:
             request.destination_service_namespace,
             "http",
             str(request.response_code),
+            request.grpc_response_status,
             request.response_flags,
             request.connection_security_policy,
         )
         children = self._children.get(key)
         if children is None:
-            # labels() validates and hashes 14 values on every call; the registry keeps every
+            # labels() validates and hashes 15 values on every call; the registry keeps every
             # child forever anyway, so keeping a reference to it here costs no extra memory.
             children = self._children[key] = (
                 self.requests.labels(*key),
