@@ -6,69 +6,43 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from vm.lab.lab import Lab
-from vm.lab.mesh import (
-    WEFT,
-    MeshInfo,
-    agent_http,
-    down_mesh,
-    start_agent,
-    up_mesh,
-    weft_on_control,
+from tests.e2e.mesh_checks import (
+    CATALOG,
+    ECHO_VIP,
+    access_log,
+    agent_metrics,
+    applied,
+    http_status,
+    metric_total,
+    raw_echo,
+    wait_for,
 )
+from tests.resource_yaml import (
+    CATALOG_CALLERS,
+    FRONTEND_PRINCIPAL,
+    authorization_policy,
+    peer_authentication,
+)
+from vm.lab.lab import Lab
+from vm.lab.mesh import WEFT, MeshInfo, agent_http, start_agent, start_controller
 
 pytestmark = pytest.mark.lab
 
 
-def flush_stale_keepalives(lab: Lab) -> None:
-    """Keep-alive connections the demo opened through an earlier agent die with it, and the
-    demo's HTTP client reports the reuse of a dead one as a 500 (a demo bug, reported): one
-    short round lets it drop them before a measured round."""
-    lab.traffic(requests=10, duration_limit=15)
-
-
-@pytest.fixture(scope="module")
-def mesh(lab: Lab) -> Iterator[MeshInfo]:
-    info = up_mesh(lab)
-    try:
-        flush_stale_keepalives(lab)
-        yield info
-    finally:
-        down_mesh(lab, info)
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus counter's samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def metrics(lab: Lab, node: str) -> str:
-    status, body = agent_http(lab, node, "/metrics")
-    assert status == 200, body
-    return body
-
-
 def test_demo_traffic_flows_through_the_mesh_with_zero_errors(lab: Lab, mesh: MeshInfo) -> None:
     before = metric_total(
-        metrics(lab, "node1"), "istio_tcp_connections_opened_total", reporter="source"
+        agent_metrics(lab, "node1"), "istio_tcp_connections_opened_total", reporter="source"
     )
     result = lab.traffic(requests=60, duration_limit=40, json_report=True)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report, report
-    node1 = metrics(lab, "node1")
-    node2 = metrics(lab, "node2")
+    node1 = agent_metrics(lab, "node1")
+    node2 = agent_metrics(lab, "node2")
     opened = metric_total(node1, "istio_tcp_connections_opened_total", reporter="source")
     assert opened > before
     # frontend on node1 reaches catalog on node2 only through HBONE, as its own identity:
@@ -144,7 +118,7 @@ def test_fabric_carries_nothing_between_workloads_but_hbone_to_15008(
     # ...and the agents account for the gRPC connections to ratings.
     grpc_opened = sum(
         metric_total(
-            metrics(lab, node),
+            agent_metrics(lab, node),
             "istio_tcp_connections_opened_total",
             reporter="source",
             destination_workload="ratings",
@@ -154,86 +128,35 @@ def test_fabric_carries_nothing_between_workloads_but_hbone_to_15008(
     assert grpc_opened >= 1
 
 
-def http_status(lab: Lab, workload: str, url: str) -> str:
-    """curl from inside a workload (its netns and cgroup: captured like the workload)."""
-    result = lab.exec(
-        workload, ["curl", "-s", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}", url],
-        check=False, timeout=15,
-    )  # fmt: skip
-    return result.stdout.strip()
-
-
-CATALOG = "http://10.96.0.11:8080/products"
-ALLOW_FRONTEND_ONLY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-callers, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
-DENY_FRONTEND = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-frontend, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Poll until `check()`; return how long it took (fails after `timeout`)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        time.sleep(0.1)
-    return time.monotonic() - started
+DENY_FRONTEND = authorization_policy(
+    "no-frontend", "shop", action="DENY", app="catalog", principals=[FRONTEND_PRINCIPAL]
+)
 
 
 def test_allow_policy_admits_listed_principals_and_logs_each_refusal_with_its_rule(
     lab: Lab, mesh: MeshInfo, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "allow.yaml"
-    policy.write_text(ALLOW_FRONTEND_ONLY)
-    weft_on_control(lab, "apply", "-f", str(policy))
-    try:
+    with applied(lab, tmp_path, "allow.yaml", CATALOG_CALLERS):
         # loadgen is not listed: refused by the destination agent, whatever path it takes
         wait_for(lambda: http_status(lab, "loadgen", CATALOG) == "000")
         # frontend is listed: the shop keeps working (frontend -> catalog)
         assert http_status(lab, "frontend", CATALOG) == "200"
-        log = (lab.store.log_dir / "agent-node2.log").read_text()
-        refusals = [
-            json.loads(line.split("weft.access: ", 1)[1])
-            for line in log.splitlines()
-            if "weft.access: " in line and '"denied"' in line
-        ]
+        refusals = [r for r in access_log(lab, "node2") if r.get("outcome") == "denied"]
         assert any(
             r["source_principal"] == "spiffe://cluster.local/ns/shop/sa/loadgen"
             and r["policy"] == "shop/catalog-callers"
             and r["reason"] == "no ALLOW rule matched"
             for r in refusals
         ), refusals[-3:]
-    finally:
-        weft_on_control(lab, "delete", "-f", str(policy))
     wait_for(lambda: http_status(lab, "loadgen", CATALOG) == "200")
 
 
 def test_deny_policy_wins_over_allow(lab: Lab, mesh: MeshInfo, tmp_path: Path) -> None:
-    policy = tmp_path / "both.yaml"
-    policy.write_text(ALLOW_FRONTEND_ONLY + "---\n" + DENY_FRONTEND)
-    weft_on_control(lab, "apply", "-f", str(policy))
-    try:
+    with applied(lab, tmp_path, "both.yaml", CATALOG_CALLERS + "---\n" + DENY_FRONTEND):
         wait_for(lambda: http_status(lab, "frontend", CATALOG) == "000")
         log = (lab.store.log_dir / "agent-node2.log").read_text()
         assert '"policy": "shop/no-frontend"' in log
         assert '"rule": "0"' in log
-    finally:
-        weft_on_control(lab, "delete", "-f", str(policy))
     wait_for(lambda: http_status(lab, "frontend", CATALOG) == "200")
 
 
@@ -272,17 +195,7 @@ def test_a_client_certificate_from_another_ca_is_refused_on_15008(
 
 def echo_roundtrip(lab: Lab) -> bool:
     """loadgen -> echo service (same node as loadgen): captured; True if bytes come back."""
-    probe = (
-        "import socket\n"
-        "s = socket.create_connection(('10.96.0.21', 7000), timeout=2)\n"
-        "s.settimeout(2); s.sendall(b'weft' * 64); s.shutdown(socket.SHUT_WR)\n"
-        "data = b''\n"
-        "while chunk := s.recv(4096): data += chunk\n"
-        "assert data == b'weft' * 64, data\n"
-    )
-    return (
-        lab.exec("loadgen", [sys.executable, "-c", probe], check=False, timeout=10).returncode == 0
-    )
+    return raw_echo(lab, "loadgen", ECHO_VIP, timeout=2)
 
 
 def catalog_roundtrip(lab: Lab) -> bool:
@@ -297,13 +210,7 @@ def test_controller_down_keeps_known_destinations_working(lab: Lab, mesh: MeshIn
         status, body = agent_http(lab, "node1", "/healthz/ready")
         assert status == 200, body
     finally:
-        control = next(n for n in lab.topology.nodes if n.role == "control")
-        mesh.controller_pid = lab.node_spawn(
-            control.name,
-            [*WEFT, "controller", "run", "--state-dir", str(mesh.state_dir / "controller"),
-             "--listen", str(control.ip)],
-            "controller",
-        )  # fmt: skip
+        mesh.controller_pid = start_controller(lab)
 
 
 def test_agent_down_fails_closed_and_recovers_within_5_s_of_restart(
@@ -317,7 +224,8 @@ def test_agent_down_fails_closed_and_recovers_within_5_s_of_restart(
     mesh.agent_pids["node1"] = start_agent(lab, "node1", mesh.controller)
     recovery = wait_for(lambda: echo_roundtrip(lab) and catalog_roundtrip(lab), timeout=5.0)
     print(f"captured traffic recovered {recovery:.2f} s after the agent restart")
-    flush_stale_keepalives(lab)
+    # keep-alives the demo opened through the stopped agent died with it: drop them now
+    lab.traffic(requests=10, duration_limit=15)
 
 
 def test_same_node_connections_are_spliced_in_the_kernel(lab: Lab, mesh: MeshInfo) -> None:
@@ -336,12 +244,7 @@ def test_same_node_connections_are_spliced_in_the_kernel(lab: Lab, mesh: MeshInf
     assert spliced_bytes() > before
 
 
-STRICT_SHOP = """\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: shop}
-spec: {mtls: {mode: STRICT}}
-"""
+STRICT_SHOP = peer_authentication("strict", "shop", "STRICT")
 
 
 def test_strict_peer_authentication_drops_plaintext_from_outside_the_mesh(
@@ -349,15 +252,10 @@ def test_strict_peer_authentication_drops_plaintext_from_outside_the_mesh(
 ) -> None:
     catalog_direct = f"http://{lab.workload_ip('catalog')}:8080/products"
     assert http_status(lab, "legacy-client", catalog_direct) == "200"  # PERMISSIVE by default
-    policy = tmp_path / "strict.yaml"
-    policy.write_text(STRICT_SHOP)
-    weft_on_control(lab, "apply", "-f", str(policy))
-    try:
+    with applied(lab, tmp_path, "strict.yaml", STRICT_SHOP):
         # a client outside the mesh can no longer reach the pod around the agent...
         wait_for(lambda: http_status(lab, "legacy-client", catalog_direct) == "000")
         # ...while meshed callers, delivered by the agent, still can
         assert http_status(lab, "frontend", CATALOG) == "200"
         assert http_status(lab, "loadgen", catalog_direct) == "200"
-    finally:
-        weft_on_control(lab, "delete", "-f", str(policy))
     wait_for(lambda: http_status(lab, "legacy-client", catalog_direct) == "200")

@@ -14,22 +14,34 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from controller.ca_files import CAFiles
+from tests.e2e.mesh_checks import (
+    CATALOG,
+    CATALOG_VIP,
+    ECHO_VIP,
+    access_log,
+    agent_metrics,
+    applied,
+    http_status,
+    metric_total,
+    raw_echo,
+    wait_for,
+)
+from tests.resource_yaml import CATALOG_CALLERS, peer_authentication
 from vm.lab.lab import Lab
 from vm.lab.mesh import (
-    WEFT,
     MeshInfo,
     agent_argv,
     agent_http,
-    down_mesh,
+    control_node,
     reset_preexisting_connections,
     start_agent,
-    up_mesh,
+    start_controller,
     wait_agent_ready,
     weft_on_control,
 )
@@ -37,51 +49,7 @@ from weft.pki import build_csr, cert_to_pem, generate_key, key_to_pem, parse_csr
 
 pytestmark = pytest.mark.lab
 
-CATALOG_VIP = "10.96.0.11"
-ECHO_VIP = "10.96.0.21"
 MARKER = "weft-fabric-marker-5f3a9c"
-
-
-@pytest.fixture(scope="module")
-def mesh(lab: Lab) -> Iterator[MeshInfo]:
-    info = up_mesh(lab)
-    try:
-        lab.traffic(requests=10, duration_limit=15)  # drop keep-alives of earlier agents
-        yield info
-    finally:
-        down_mesh(lab, info)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g} s"
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
-def http_status(lab: Lab, workload: str, url: str, timeout: float = 5) -> str:
-    """curl from inside a workload; "000" when the connection fails (a drop: after `timeout`)."""
-    result = lab.exec(
-        workload,
-        ["curl", "-s", "-o", "/dev/null", "-m", f"{timeout:g}", "-w", "%{http_code}", url],
-        check=False, timeout=timeout + 10,
-    )  # fmt: skip
-    return result.stdout.strip()
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def metrics(lab: Lab, node: str) -> str:
-    status, body = agent_http(lab, node, "/metrics")
-    assert status == 200, body
-    return body
 
 
 def in_mesh(lab: Lab, node: str, workload: str) -> bool:
@@ -149,7 +117,7 @@ def sniff_fabric(lab: Lab, tmp_path: Path, traffic: Callable[[], None]) -> dict[
     script, stop = tmp_path / "sniff.py", tmp_path / "stop"
     script.write_text(SNIFFER)
     stop.unlink(missing_ok=True)
-    control = next(n for n in lab.topology.nodes if n.role == "control")
+    control = control_node(lab)
     sniffer = subprocess.Popen(
         ["ip", "netns", "exec", "weft-fabric", sys.executable, str(script), MARKER,
          str(control.ip), str(stop), "60"],
@@ -283,56 +251,17 @@ def test_fabric_shows_only_tls_to_15008_and_the_payload_once_the_namespace_is_di
 
 # --- plaintext inbound (15006) -----------------------------------------------------------------
 
-ONLY_FRONTEND = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: catalog-principals, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
-"""
-STRICT_CATALOG = """\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: catalog-strict, namespace: shop}
-spec:
-  selector: {matchLabels: {app: catalog}}
-  mtls: {mode: STRICT}
-"""
-
-
-def access_log(lab: Lab, node: str) -> list[dict[str, object]]:
-    text = (lab.store.log_dir / f"agent-{node}.log").read_text()
-    return [
-        json.loads(line.split("weft.access: ", 1)[1])
-        for line in text.splitlines()
-        if "weft.access: " in line
-    ]
+STRICT_CATALOG = peer_authentication("catalog-strict", "shop", "STRICT", app="catalog")
 
 
 def plaintext_opened(lab: Lab, node: str, workload: str) -> float:
     return metric_total(
-        metrics(lab, node),
+        agent_metrics(lab, node),
         "istio_tcp_connections_opened_total",
         reporter="destination",
         destination_workload=workload,
         connection_security_policy="none",
     )
-
-
-def raw_echo(lab: Lab, client: str, address: str) -> bool:
-    probe = (
-        "import socket, sys\n"
-        "s = socket.create_connection((sys.argv[1], 7000), timeout=3)\n"
-        "s.settimeout(3); s.sendall(b'plain' * 100); s.shutdown(socket.SHUT_WR)\n"
-        "data = b''\n"
-        "while chunk := s.recv(4096): data += chunk\n"
-        "assert data == b'plain' * 100, data\n"
-    )
-    result = lab.exec(client, [sys.executable, "-c", probe, address], check=False, timeout=15)
-    return result.returncode == 0
 
 
 def test_plaintext_to_a_permissive_workload_goes_through_the_agent_under_policy(
@@ -354,36 +283,26 @@ def test_plaintext_to_a_permissive_workload_goes_through_the_agent_under_policy(
     assert raw_echo(lab, "legacy-client", lab.workload_ip("echo"))
     assert plaintext_opened(lab, "node1", "echo") > echo_before
 
-    policy = tmp_path / "principals.yaml"
-    policy.write_text(ONLY_FRONTEND)
-    weft_on_control(lab, "apply", "-f", str(policy))
-    try:
+    with applied(lab, tmp_path, "principals.yaml", CATALOG_CALLERS):
         # a rule naming principals never admits a client without an identity
         wait_for(lambda: http_status(lab, "legacy-client", catalog) == "000", 15, "refusal")
-        assert http_status(lab, "frontend", f"http://{CATALOG_VIP}:8080/products") == "200"
+        assert http_status(lab, "frontend", CATALOG) == "200"
         assert any(
             r.get("route") == "plaintext"
             and r.get("outcome") == "denied"
-            and r.get("policy") == "shop/catalog-principals"
+            and r.get("policy") == "shop/catalog-callers"
             for r in access_log(lab, "node2")
         )
-    finally:
-        weft_on_control(lab, "delete", "-f", str(policy))
     wait_for(lambda: http_status(lab, "legacy-client", catalog) == "200", 15, "allowed again")
 
-    strict = tmp_path / "strict.yaml"
-    strict.write_text(STRICT_CATALOG)
-    weft_on_control(lab, "apply", "-f", str(strict))
-    try:
+    with applied(lab, tmp_path, "strict.yaml", STRICT_CATALOG):
         wait_for(
             lambda: http_status(lab, "legacy-client", catalog, timeout=2) == "000", 15, "a drop"
         )
         opened = plaintext_opened(lab, "node2", "catalog")
         assert http_status(lab, "legacy-client", catalog, timeout=2) == "000"
         assert plaintext_opened(lab, "node2", "catalog") == opened  # dropped, not relayed
-        assert http_status(lab, "frontend", f"http://{CATALOG_VIP}:8080/products") == "200"
-    finally:
-        weft_on_control(lab, "delete", "-f", str(strict))
+        assert http_status(lab, "frontend", CATALOG) == "200"
     wait_for(lambda: http_status(lab, "legacy-client", catalog) == "200", 15, "PERMISSIVE again")
 
 
@@ -501,22 +420,12 @@ def test_bad_input_on_15008_gets_its_status_or_a_close_and_the_agent_keeps_servi
     assert outcome["oversized_connect"] in ("closed", "status 400", "status 431")
     assert outcome["not_this_node"] in ("status 401", "status 503")
     # and the agent still serves everyone else
-    assert http_status(lab, "frontend", f"http://{CATALOG_VIP}:8080/products") == "200"
+    assert http_status(lab, "frontend", CATALOG) == "200"
     status, _ = agent_http(lab, "node2", "/healthz/ready")
     assert status == 200
 
 
 # --- static stability across an agent restart --------------------------------------------------
-
-
-def restart_controller(lab: Lab, mesh: MeshInfo) -> None:
-    control = next(n for n in lab.topology.nodes if n.role == "control")
-    mesh.controller_pid = lab.node_spawn(
-        control.name,
-        [*WEFT, "controller", "run", "--state-dir", str(mesh.state_dir / "controller"),
-         "--listen", str(control.ip)],
-        "controller",
-    )  # fmt: skip
 
 
 def test_an_agent_restarted_while_the_controller_is_down_serves_known_destinations(
@@ -530,7 +439,7 @@ def test_an_agent_restarted_while_the_controller_is_down_serves_known_destinatio
         wait_agent_ready(lab, "node1", mesh.agent_pids["node1"], timeout=15)
         # new connections: cross-node over HBONE (loadgen's saved SVID) and same node
         wait_for(
-            lambda: http_status(lab, "loadgen", f"http://{CATALOG_VIP}:8080/products") == "200",
+            lambda: http_status(lab, "loadgen", CATALOG) == "200",
             5, "loadgen -> catalog with the controller down",
         )  # fmt: skip
         assert raw_echo(lab, "loadgen", ECHO_VIP)
@@ -540,7 +449,7 @@ def test_an_agent_restarted_while_the_controller_is_down_serves_known_destinatio
         assert "serving the saved config version" in log
         assert "PRIVATE KEY" not in log  # the saved keys are never logged
     finally:
-        restart_controller(lab, mesh)
+        mesh.controller_pid = start_controller(lab)
     # the agent resyncs: a policy applied now reaches it
     lab.traffic(requests=10, duration_limit=20)
 

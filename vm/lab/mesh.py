@@ -23,7 +23,7 @@ import yaml
 from vm.lab import processes
 from vm.lab.lab import Lab
 from vm.lab.state import WorkloadInfo
-from vm.lab.topology import Topology
+from vm.lab.topology import Node, Topology
 from vm.lab.waypoints import (
     DEMO_WAYPOINT_RESOURCES,
     WaypointDeployment,
@@ -129,17 +129,13 @@ def up_mesh(
     # one (another CA, policies a test left behind) must not leak into it.
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700)
-    control = next(n for n in lab.topology.nodes if n.role == "control")
+    control = control_node(lab)
     state_dir = directory / "controller"
     controller = f"{control.ip}:{CONTROLLER_GRPC_PORT}"
     progress("initializing the controller (CA, store)")
     lab.node_exec(control.name, [*WEFT, "controller", "init", "--state-dir", str(state_dir)])
     progress(f"starting the controller on {control.name} ({controller})")
-    controller_pid = lab.node_spawn(
-        control.name,
-        [*WEFT, "controller", "run", "--state-dir", str(state_dir), "--listen", str(control.ip)],
-        "controller",
-    )
+    controller_pid = start_controller(lab)
     _wait(
         lambda: CONTROLLER_GRPC_PORT in processes.listening_ports(controller_pid),
         f"the controller to listen on {controller}",
@@ -205,6 +201,22 @@ def up_mesh(
     return info
 
 
+def control_node(lab: Lab) -> Node:
+    """The node that runs the controller."""
+    return next(n for n in lab.topology.nodes if n.role == "control")
+
+
+def start_controller(lab: Lab) -> int:
+    """Start (or restart: its state dir keeps the CA and the store) the lab's controller."""
+    control = control_node(lab)
+    state_dir = mesh_dir(lab) / "controller"
+    return lab.node_spawn(
+        control.name,
+        [*WEFT, "controller", "run", "--state-dir", str(state_dir), "--listen", str(control.ip)],
+        "controller",
+    )
+
+
 def agent_argv(lab: Lab, node: str, controller: str) -> list[str]:
     directory = mesh_dir(lab)
     return [
@@ -223,7 +235,7 @@ def start_agent(lab: Lab, node: str, controller: str) -> int:
 
 def weft_on_control(lab: Lab, *args: str, check: bool = True) -> str:
     """Run `weft ARGS...` on the control node against the lab's controller, as its admin."""
-    control = next(n for n in lab.topology.nodes if n.role == "control")
+    control = control_node(lab)
     state_dir = mesh_dir(lab) / "controller"
     result = lab.node_exec(
         control.name,

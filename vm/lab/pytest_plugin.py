@@ -6,6 +6,8 @@
   need their own lab; whatever it built is removed when the test ends.
 - `lab_lock` (function): only holds the machine-wide lab lock, for tests that drive
   `weft lab up/down` themselves.
+- `mesh` (module): the `lab` in the mesh (controller and agents, no waypoints) for one test
+  module, then out of it again; a module that needs more (waypoints) defines its own `mesh`.
 - marker `lab_lifecycle`: the test tears labs down and builds them again; such tests run after
   every other test of the session, so they never pull the shared lab from under anyone.
 
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from vm.lab.lab import Lab
+from vm.lab.mesh import MeshInfo, down_mesh, up_mesh
 from vm.lab.session import SessionLock
 from vm.lab.state import DEFAULT_STATE_DIR
 from vm.lab.topology import Topology, load_topology, with_workers
@@ -106,3 +109,16 @@ def lab_factory(_lab_session_lock: SessionLock) -> Iterator[LabBuilder]:
     yield build
     if built:
         built[-1].down()
+
+
+@pytest.fixture(scope="module")
+def mesh(lab: Lab) -> Iterator[MeshInfo]:
+    """The lab in the mesh for one test module; out of the mesh again after it."""
+    info = up_mesh(lab)
+    try:
+        # Keep-alive connections the demo opened through an earlier module's agents die with
+        # them: one short round lets the demo drop them before a test measures anything.
+        lab.traffic(requests=10, duration_limit=15)
+        yield info
+    finally:
+        down_mesh(lab, info)

@@ -1,0 +1,93 @@
+"""Helpers of the lab's mesh tests: calls from inside workloads, agent metrics and logs, policy."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vm.lab.lab import Lab
+from vm.lab.mesh import agent_http, weft_on_control
+
+CATALOG_VIP = "10.96.0.11"
+ECHO_VIP = "10.96.0.21"
+CATALOG = f"http://{CATALOG_VIP}:8080/products"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> float:
+    """Poll until `check()`; return how long it took (fails after `timeout` seconds)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:g} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def http_status(lab: Lab, workload: str, url: str, timeout: float = 5) -> str:
+    """curl from inside a workload (its netns and cgroup: captured like the workload); "000"
+    when the connection fails (a drop: after `timeout`)."""
+    result = lab.exec(
+        workload,
+        ["curl", "-s", "-o", "/dev/null", "-m", f"{timeout:g}", "-w", "%{http_code}", url],
+        check=False, timeout=timeout + 10,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def raw_echo(lab: Lab, client: str, address: str, timeout: float = 3) -> bool:
+    """`client` -> `address`:7000 (the demo's echo), raw TCP with half-close: True if every byte
+    comes back."""
+    probe = (
+        "import socket, sys\n"
+        "timeout = float(sys.argv[2])\n"
+        "s = socket.create_connection((sys.argv[1], 7000), timeout=timeout)\n"
+        "s.settimeout(timeout); s.sendall(b'weft' * 100); s.shutdown(socket.SHUT_WR)\n"
+        "data = b''\n"
+        "while chunk := s.recv(4096): data += chunk\n"
+        "assert data == b'weft' * 100, data\n"
+    )
+    result = lab.exec(
+        client, [sys.executable, "-c", probe, address, f"{timeout:g}"],
+        check=False, timeout=timeout + 10,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def agent_metrics(lab: Lab, node: str) -> str:
+    status, body = agent_http(lab, node, "/metrics")
+    assert status == 200, body
+    return body
+
+
+def access_log(lab: Lab, node: str) -> list[dict[str, object]]:
+    """The agent's access-log records (one JSON object per connection) so far."""
+    text = (lab.store.log_dir / f"agent-{node}.log").read_text()
+    return [
+        json.loads(line.split("weft.access: ", 1)[1])
+        for line in text.splitlines()
+        if "weft.access: " in line
+    ]
+
+
+@contextmanager
+def applied(lab: Lab, directory: Path, name: str, text: str) -> Iterator[None]:
+    """`weft apply -f` the YAML `text` (saved as `directory/name`); deleted when the block ends."""
+    path = directory / name
+    path.write_text(text)
+    weft_on_control(lab, "apply", "-f", str(path))
+    try:
+        yield
+    finally:
+        weft_on_control(lab, "delete", "-f", str(path))
