@@ -50,11 +50,12 @@ UNAVAILABLE_KNOB = "x-demo-unavailable"
 
 
 class FailureKnob:
-    """Which of the calls carrying UNAVAILABLE_KNOB fail: of n calls at fraction F, the k-th
-    (from 0) fails when floor((k + 1) F) > floor(k F), so exactly floor(n F) of them fail."""
+    """Which of the calls carrying UNAVAILABLE_KNOB fail: of the calls at fraction F, the k-th
+    (from 0) fails when floor((k + 1) F) > floor(k F), so exactly floor(n F) of n fail. Each
+    fraction counts its own calls."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.calls: dict[Fraction, int] = {}
 
     def should_fail(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
         value = dict(context.invocation_metadata() or ()).get(UNAVAILABLE_KNOB)
@@ -65,8 +66,8 @@ class FailureKnob:
         except (ValueError, ZeroDivisionError):
             return False  # not a number: the knob is off, the call is served
         fraction = min(max(fraction, Fraction(0)), Fraction(1))
-        k = self.calls
-        self.calls += 1
+        k = self.calls.get(fraction, 0)
+        self.calls[fraction] = k + 1
         return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
 

@@ -33,8 +33,15 @@ def test_half_alternates_starting_with_a_success() -> None:
     assert outcomes(FailureKnob(), "0.5", 6) == [False, True] * 3
 
 
+def test_each_fraction_counts_its_own_calls() -> None:
+    knob = FailureKnob()
+    assert outcomes(knob, "0.5", 1) == [False]
+    assert outcomes(knob, "1", 1) == [True]
+    assert outcomes(knob, "0.5", 1) == [True]  # the second call at 0.5, whatever came between
+
+
 def test_calls_without_the_knob_or_with_garbage_are_served_and_not_counted() -> None:
     knob = FailureKnob()
     assert outcomes(knob, None, 5) == [False] * 5
     assert outcomes(knob, "often", 5) == [False] * 5
-    assert knob.calls == 0
+    assert knob.calls == {}

@@ -83,7 +83,7 @@ def run(
                 await scenario(ratings_pb2_grpc.RatingsStub(channel), port)
         finally:
             out.metrics = proxy.metrics.exposition().decode()
-            out.server_calls = service.knob.calls
+            out.server_calls = sum(service.knob.calls.values())
             await proxy.close()
             await http_backend.stop()
             await server.stop(None)
