@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random as random_module
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from waypoint.downstream import (
     note_downstream_failure,
     split_authority,
 )
+from waypoint.fastpath import FastFront, FastPlan
 from waypoint.http1 import (
     CONTINUE,
     LAST_CHUNK,
@@ -77,11 +77,15 @@ from waypoint.routing import (
     route_request,
 )
 from waypoint.telemetry import (
+    BufferedLog,
     RandomBytes,
+    RandomPool,
     RequestRecord,
     WaypointMetrics,
     access_log_line,
     propagate,
+    utc_timestamp,
+    uuid4_text,
 )
 from waypoint.upstream import (
     Attempt,
@@ -102,48 +106,6 @@ READ_SIZE = 64 * 1024
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ACCESS_LOG = logging.getLogger("weft.waypoint.access")
 _NO_BODY = RequestBody(b"", complete=True)
-
-
-class RandomPool:
-    """os.urandom read 4 KiB at a time. A request takes 40 random bytes (request id, trace and
-    span ids), and a getrandom() call per id cost more than making the ids."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._pool = b""
-        self._offset = 0
-
-    def __call__(self, count: int) -> bytes:
-        offset = self._offset
-        if offset + count > len(self._pool):
-            self._pool, offset = os.urandom(max(self._size, count)), 0
-        self._offset = offset + count
-        return self._pool[offset : offset + count]
-
-
-def uuid4_text(random_bytes: RandomBytes) -> str:
-    """A random (version 4, RFC 4122 variant) UUID in its text form, as uuid.uuid4() gives."""
-    value = (int.from_bytes(random_bytes(16)) & ~(0xF000 << 64) & ~(0xC << 60)) | (
-        0x4000 << 64 | 0x8 << 60
-    )
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-_second_text: tuple[int, str] = (-1, "")
-
-
-def utc_timestamp(now: float) -> str:
-    """`now` (Unix time) in RFC 3339 with milliseconds, as datetime.isoformat gives it; the
-    formatted second is reused while it lasts."""
-    global _second_text
-    second = int(now)
-    micros = round((now - second) * 1e6)  # rounded to microseconds first, as datetime does
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    if _second_text[0] != second:
-        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second_text[1]}.{micros // 1000:03d}+00:00"
 
 
 class WaypointProxy:
@@ -168,6 +130,9 @@ class WaypointProxy:
         idle_timeout_s: float = 300.0,
         max_header_bytes: int = 64 * 1024,
         request_headers_timeout_s: float = 10.0,
+        access_log_buffer: BufferedLog | None = None,
+        fast_path: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.endpoints = endpoints
@@ -189,18 +154,62 @@ class WaypointProxy:
         self._memo_config: WaypointConfig | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()  # the running loop keeps weak refs only
+        # Access-log lines of the fast path are formatted at this buffer's flush, not per request.
+        self.access_log_buffer = access_log_buffer
+        self.fast_path = fast_path  # common HTTP/1.1 requests on the listener: fastpath.py
+        self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the listen port
+        self.fast_fronts: set[FastFront] = set()
+        self._fast_plan: FastPlan | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen; returns the bound address (port 0 picks a free one)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: SocketChannel(self._accepted), host, port)
+        factory: Callable[[], SocketChannel] = (
+            (lambda: FastFront(self)) if self.fast_path else (lambda: SocketChannel(self.accepted))
+        )
+        self._server = await loop.create_server(
+            factory, host, port, reuse_port=self.reuse_port or None
+        )
         address = self._server.sockets[0].getsockname()
+        self._sweeper = loop.call_later(self._sweep_interval(), self._sweep_idle)
         return address[0], address[1]
 
-    def _accepted(self, channel: SocketChannel) -> None:
+    def accepted(self, channel: SocketChannel) -> None:
+        """Serve a connection on the general path (from the start, or from the fast path)."""
         task = asyncio.get_running_loop().create_task(self._serve_plain_tcp(channel))
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
+
+    def fast_plan(self) -> FastPlan | None:
+        """The fast path's tables for the configuration in force; None when endpoints are
+        reached through an injected `connect` (HBONE), which only the general path uses."""
+        if self.connect is not None:
+            return None
+        plan = self._fast_plan
+        if plan is None or plan.config is not self.config or plan.endpoints is not self.endpoints:
+            if plan is not None:
+                plan.retire()
+            plan = self._fast_plan = FastPlan(
+                self.config,
+                self.endpoints,
+                lambda host: self._service_for(None, host),
+                self.random,
+            )
+        return plan
+
+    def _sweep_interval(self) -> float:
+        return max(0.05, min(1.0, self.idle_timeout_s / 4))
+
+    def _sweep_idle(self) -> None:
+        """Close fast-path clients idle between requests for longer than idle_timeout_s (one
+        timer for all of them: no timer is armed and cancelled per request)."""
+        limit = time.monotonic() - self.idle_timeout_s
+        for front in [f for f in self.fast_fronts if f.idle_since < limit and f.idle()]:
+            front.close()
+        self._sweeper = asyncio.get_running_loop().call_later(
+            self._sweep_interval(), self._sweep_idle
+        )
 
     def update(self, config: WaypointConfig, endpoints: Mapping[str, Sequence[str]]) -> None:
         """Apply new configuration (from discovery) without dropping connections: requests in
@@ -215,9 +224,13 @@ class WaypointProxy:
                 backend.set_endpoints(endpoints.get(authority, ()))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._fast_plan is not None:
+            self._fast_plan.retire()
         for backend in self._backends.values():
             backend.close()
 

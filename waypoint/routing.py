@@ -148,7 +148,7 @@ _PATH_RANK = {
 }
 
 
-def _precedence(match: RouteMatch) -> tuple[int, int, bool, int, int]:
+def precedence(match: RouteMatch) -> tuple[int, int, bool, int, int]:
     """Gateway API precedence: exact path, then the longest prefix (regex last), then a method,
     then the most header matches, then the most query matches."""
     prefix_length = len(match.path.value) if match.path.type is PathMatchType.PATH_PREFIX else 0
@@ -159,6 +159,9 @@ def _precedence(match: RouteMatch) -> tuple[int, int, bool, int, int]:
         len(match.headers),
         len(match.query_params),
     )
+
+
+_precedence = precedence  # the name tests and older callers use
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def match_route(routes: Sequence[Route], request: RouteRequest) -> MatchedRoute 
         for match in route.matches:
             if not request_matches(match, request):
                 continue
-            key = _precedence(match)
+            key = precedence(match)
             if best_key is None or key > best_key:  # strictly greater: earlier wins ties
                 best, best_key = MatchedRoute(route, match), key
     return best

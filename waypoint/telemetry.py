@@ -8,13 +8,21 @@ their own: the waypoint serves it on its metrics endpoint, and tests read it wit
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import Callable
+import select
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from itertools import accumulate
 from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS_MS = (
@@ -84,57 +92,104 @@ class RequestRecord:
 
 
 class WaypointMetrics:
-    """istio_requests_total and istio_request_duration_milliseconds, reporter="waypoint"."""
+    """istio_requests_total and istio_request_duration_milliseconds, reporter="waypoint".
+
+    Each label combination is one series: a list [count, sum of durations, counts per bucket]
+    that a request bumps with three additions (`observe`), with no lock and no prometheus_client
+    object in the way; the registry reads the series through a collector when scraped. A series
+    is a plain list so that worker processes can send theirs to the parent, which sums them
+    (`snapshot`, `merge`) into the one /metrics of the whole waypoint.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "istio_requests", "Requests handled by the waypoint", REQUEST_LABELS,
-            registry=self.registry,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "istio_request_duration_milliseconds",
-            "Request duration in milliseconds, as seen by the waypoint",
-            REQUEST_LABELS,
-            buckets=DURATION_BUCKETS_MS,
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, ...], Series] = {}
+        self.registry.register(_RequestCollector(self._series))
+
+    def series(self, labels: tuple[str, ...]) -> Series:
+        """The series of one label combination (values in REQUEST_LABELS order), created once."""
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = [0, 0.0, [0] * (len(DURATION_BUCKETS_MS) + 1)]
+        return found
 
     def record(self, request: RequestRecord) -> None:
-        # The label values in REQUEST_LABELS order, as a tuple straight away (this runs per
-        # request; a dict keyed by label name first cost as much again).
-        key = (
-            "waypoint",
-            request.source_workload,
-            request.source_workload_namespace,
-            request.source_principal,
-            request.destination_workload,
-            request.destination_workload_namespace,
-            request.destination_principal,
-            request.destination_service,
-            request.destination_service_name,
-            request.destination_service_namespace,
-            "http",
-            str(request.response_code),
-            request.grpc_response_status,
-            request.response_flags,
-            request.connection_security_policy,
-        )
-        children = self._children.get(key)
-        if children is None:
-            # labels() validates and hashes 15 values on every call; the registry keeps every
-            # child forever anyway, so keeping a reference to it here costs no extra memory.
-            children = self._children[key] = (
-                self.requests.labels(*key),
-                self.duration.labels(*key),
-            )
-        children[0].inc()
-        children[1].observe(request.duration_ms)
+        observe(self.series(request_labels(request)), request.duration_ms)
+
+    def snapshot(self) -> dict[tuple[str, ...], Series]:
+        """A copy of every series, to send elsewhere (a worker to its parent)."""
+        return {labels: [s[0], s[1], list(s[2])] for labels, s in self._series.items()}
+
+    def merge(self, snapshot: Mapping[tuple[str, ...], Series]) -> None:
+        """Add another process's series to these."""
+        for labels, (count, total, buckets) in snapshot.items():
+            mine = self.series(tuple(labels))
+            mine[0] += count
+            mine[1] += total
+            mine[2] = [a + b for a, b in zip(mine[2], buckets, strict=True)]
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this registry."""
         return generate_latest(self.registry)
+
+
+# [count, sum of durations in ms, observations per bucket (the last one: above every bound)]
+Series = list[Any]
+
+
+def observe(series: Series, duration_ms: float) -> None:
+    """Count one request of `duration_ms` in its series (the per-request cost of metrics)."""
+    series[0] += 1
+    series[1] += duration_ms
+    series[2][bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+
+
+def request_labels(request: RequestRecord) -> tuple[str, ...]:
+    """The label values of a request, in REQUEST_LABELS order."""
+    values = {name: getattr(request, name, UNKNOWN) for name in REQUEST_LABELS}
+    values.update(reporter="waypoint", request_protocol="http")
+    values["response_code"] = str(request.response_code)
+    return tuple(values[name] for name in REQUEST_LABELS)
+
+
+def labels_for(**values: str) -> tuple[str, ...]:
+    """A label tuple from the values given, the rest as an unidentified caller's request has
+    them (Istio's "unknown", no mTLS): what the fast path computes once per service."""
+    defaults = dict.fromkeys(REQUEST_LABELS, UNKNOWN)
+    defaults.update(
+        reporter="waypoint", request_protocol="http", response_flags="-",
+        connection_security_policy="none", grpc_response_status="",
+    )  # fmt: skip
+    defaults.update(values)
+    return tuple(defaults[name] for name in REQUEST_LABELS)
+
+
+# The `le` labels as prometheus_client writes them ("0.5", "1.0", ..., "+Inf").
+_BUCKET_BOUNDS = [*(floatToGoString(b) for b in DURATION_BUCKETS_MS), "+Inf"]  # type: ignore[no-untyped-call]
+
+
+class _RequestCollector(Collector):
+    """Renders the series as the two Istio metric families when the registry is scraped."""
+
+    def __init__(self, series: dict[tuple[str, ...], Series]) -> None:
+        self._series = series
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "istio_requests", "Requests handled by the waypoint", labels=REQUEST_LABELS
+        )
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds, as seen by the waypoint",
+            labels=REQUEST_LABELS,
+        )
+        bounds = _BUCKET_BOUNDS
+        for labels, (count, total, per_bucket) in list(self._series.items()):
+            requests.add_metric(labels, count)
+            cumulative = list(accumulate(per_bucket))
+            duration.add_metric(labels, list(zip(bounds, cumulative, strict=True)), total)
+        yield requests
+        yield duration
 
 
 def access_log_line(request: RequestRecord) -> str:
@@ -173,18 +228,32 @@ _format_line = _line_formatter()
 
 class BufferedLog:
     """Access-log lines written through a buffer: one write per `interval_s` (or per 64 KiB)
-    instead of one per request; what is buffered is written on `flush()` and at exit."""
+    instead of one per request; what is buffered is written on `flush()` and at exit.
+
+    `write_later(format, args)` keeps a line's facts and formats it at the flush, off the
+    request's path. Lines go out in writes of whole lines of at most PIPE_BUF bytes, each atomic
+    on a pipe, so worker processes sharing one stdout never interleave inside a line.
+    """
 
     def __init__(self, stream: TextIO, interval_s: float = 0.5) -> None:
         self.stream = stream
         self.interval_s = interval_s
-        self._lines: list[str] = []
+        self._lines: list[str | tuple[Callable[..., str], tuple[Any, ...]]] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line)
+        self._schedule()
+
+    def write_later(self, format_line: Callable[..., str], args: tuple[Any, ...]) -> None:
+        """Buffer a line that `format_line(*args)` will produce at the flush."""
+        self._lines.append((format_line, args))
+        self._size += 400  # about a line's length
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._size > 64 * 1024:
             self.flush()
         elif self._timer is None:
@@ -194,12 +263,88 @@ class BufferedLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._lines:
-            self._lines.append("")
-            self.stream.write("\n".join(self._lines))
+        if not self._lines:
+            return
+        lines = [item if isinstance(item, str) else item[0](*item[1]) for item in self._lines]
+        self._lines.clear()
+        self._size = 0
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a StringIO in tests)
+            self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
-            self._lines.clear()
-            self._size = 0
+            return
+        self.stream.flush()  # whatever was printed before goes first
+        for piece in _whole_lines("\n".join(lines).encode() + b"\n", select.PIPE_BUF):
+            _write_all(fd, piece)
+
+
+def _whole_lines(data: bytes, limit: int) -> Iterator[bytes]:
+    """`data` cut after newlines into pieces of at most `limit` bytes (a longer line alone)."""
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + limit)
+        if end < 0:
+            end = data.find(b"\n", start + limit)
+            end = len(data) - 1 if end < 0 else end
+        yield data[start : end + 1]
+        start = end + 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[written:]
+
+
+# --- request ids and timestamps -------------------------------------------------------------
+
+
+class RandomPool:
+    """os.urandom read 4 KiB at a time. A request takes 40 random bytes (request id, trace and
+    span ids), and a getrandom() call per id cost more than making the ids."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self, count: int) -> bytes:
+        offset = self._offset
+        if offset + count > len(self._pool):
+            self._pool, offset = os.urandom(max(self._size, count)), 0
+        self._offset = offset + count
+        return self._pool[offset : offset + count]
+
+
+def uuid4_text(random_bytes: RandomBytes) -> str:
+    """A random (version 4, RFC 4122 variant) UUID in its text form, as uuid.uuid4() gives."""
+    value = (int.from_bytes(random_bytes(16)) & ~(0xF000 << 64) & ~(0xC << 60)) | (
+        0x4000 << 64 | 0x8 << 60
+    )
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_second_text: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp(now: float) -> str:
+    """`now` (Unix time) in RFC 3339 with milliseconds, as datetime.isoformat gives it; the
+    formatted second is reused while it lasts."""
+    global _second_text
+    second = int(now)
+    micros = round((now - second) * 1e6)  # rounded to microseconds first, as datetime does
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if _second_text[0] != second:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{micros // 1000:03d}+00:00"
 
 
 # --- W3C trace context ----------------------------------------------------------------------------
