@@ -5,24 +5,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from controller.admin_client import AdminClient
-from controller.server import DEFAULT_STATE_DIR
-from weft.controller_client import ADMIN_CREDENTIAL_ENV, Credentials, admin_credential_path
+from weft.controller_client import Credentials, add_admin_flags, admin_credential_path
 from weft.errors import UsageError
 from weft.model import DATAPLANE_MODE_LABEL, Kind, ResourceKey
 from weft.resources import Document, parse_documents, read_documents, to_yaml
-
-CONTROLLER_ENV = "WEFT_CONTROLLER"
-DEFAULT_CONTROLLER = "127.0.0.1:15012"
 
 # What operators type: kubectl-style singular, plural and short names.
 KIND_ALIASES: dict[str, Kind] = {}
@@ -298,23 +292,10 @@ def _status(args: argparse.Namespace) -> int:
 # --- registration -------------------------------------------------------------------------------
 
 
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--controller",
-        default=os.environ.get(CONTROLLER_ENV, DEFAULT_CONTROLLER),
-        help=f"controller gRPC address (default ${CONTROLLER_ENV} or {DEFAULT_CONTROLLER})",
-    )
-    parser.add_argument(
-        "--admin-credential",
-        help=f"admin credential PEM (default ${ADMIN_CREDENTIAL_ENV} or STATE_DIR/admin.pem)",
-    )
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=argparse.SUPPRESS)
-
-
 def register(parser: argparse.ArgumentParser, name: str) -> None:
     parser.epilog = EXAMPLES.get(name)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _connection_flags(parser)
+    add_admin_flags(parser)
     if name == "apply":
         parser.add_argument(
             "-f", "--filename", action="append", required=True, help="file, directory or -"

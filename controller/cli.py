@@ -13,9 +13,10 @@ from pathlib import Path
 
 from controller.ca_files import CAFiles
 from controller.identity_service import IssuancePolicy
-from controller.server import DEFAULT_STATE_DIR, Controller, ControllerConfig
+from controller.server import Controller, ControllerConfig
 from controller.store import Store
 from controller.waypoints import parse_reference, token_subject
+from weft.controller_client import DEFAULT_STATE_DIR
 from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.pki import certs_to_pem
 from weft.resources.fields import DNS_SUBDOMAIN, FieldError, parse_duration

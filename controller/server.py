@@ -30,10 +30,10 @@ from controller.metrics import AgentCollector, ControllerMetrics
 from controller.store import Store
 from controller.trust import TrustProvider
 from weft.api.v1 import admin_pb2_grpc, identity_pb2_grpc
+from weft.controller_client import DEFAULT_STATE_DIR
 from weft.errors import UnavailableError
 
 LOG = logging.getLogger("weft.controller")
-DEFAULT_STATE_DIR = Path("/var/lib/weft/controller")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a full snapshot of a large mesh is one message
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

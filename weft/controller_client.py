@@ -7,6 +7,7 @@ verified against the bundle under the fixed name `weft-controller`, whatever add
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -32,6 +33,9 @@ from weft.pki import (
 )
 
 ADMIN_CREDENTIAL_ENV = "WEFT_ADMIN_CREDENTIAL"
+CONTROLLER_ENV = "WEFT_CONTROLLER"
+DEFAULT_CONTROLLER = "127.0.0.1:15012"
+DEFAULT_STATE_DIR = Path("/var/lib/weft/controller")  # the controller's; admin.pem is in it
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.ssl_target_name_override", CONTROLLER_SERVER_NAME),
@@ -78,6 +82,21 @@ class Credentials:
 def admin_credential_path(explicit: str | None, state_dir: Path) -> Path:
     """--admin-credential, else $WEFT_ADMIN_CREDENTIAL, else <state-dir>/admin.pem."""
     return Path(explicit or os.environ.get(ADMIN_CREDENTIAL_ENV) or state_dir / "admin.pem")
+
+
+def add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    """--controller and --admin-credential for a command that calls the controller as its admin
+    (`args.controller`; `admin_credential_path(args.admin_credential, args.state_dir)`)."""
+    parser.add_argument(
+        "--controller",
+        default=os.environ.get(CONTROLLER_ENV, DEFAULT_CONTROLLER),
+        help=f"controller gRPC address (default ${CONTROLLER_ENV} or {DEFAULT_CONTROLLER})",
+    )
+    parser.add_argument(
+        "--admin-credential",
+        help=f"admin credential PEM (default ${ADMIN_CREDENTIAL_ENV} or STATE_DIR/admin.pem)",
+    )
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=argparse.SUPPRESS)
 
 
 def unavailable(address: str, err: grpc.RpcError) -> UnavailableError:

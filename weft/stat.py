@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import grpc
 
 from weft.api.convert import resource_from_proto
 from weft.api.v1 import admin_pb2, admin_pb2_grpc
 from weft.controller_client import (
-    ADMIN_CREDENTIAL_ENV,
     CHANNEL_OPTIONS,
     Credentials,
+    add_admin_flags,
     admin_credential_path,
     unavailable,
 )
@@ -31,9 +29,6 @@ from weft.errors import UnavailableError, UsageError
 from weft.model import Waypoint
 from weft.stat_metrics import ServiceStat, parse_counts, service_stats
 
-CONTROLLER_ENV = "WEFT_CONTROLLER"
-DEFAULT_CONTROLLER = "127.0.0.1:15012"
-DEFAULT_STATE_DIR = Path("/var/lib/weft/controller")
 METRICS_PORT = 15020
 EXAMPLES = """\
 examples:
@@ -56,16 +51,7 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         help="a waypoint's metrics address (repeat); default: every Waypoint the controller knows",
     )  # fmt: skip
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    parser.add_argument(
-        "--controller",
-        default=os.environ.get(CONTROLLER_ENV, DEFAULT_CONTROLLER),
-        help=f"controller gRPC address (default ${CONTROLLER_ENV} or {DEFAULT_CONTROLLER})",
-    )
-    parser.add_argument(
-        "--admin-credential",
-        help=f"admin credential PEM (default ${ADMIN_CREDENTIAL_ENV} or STATE_DIR/admin.pem)",
-    )
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=argparse.SUPPRESS)
+    add_admin_flags(parser)
     parser.set_defaults(func=run)
 
 
