@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from controller_testkit import grpc_address
+from controller_testkit import grpc_address, spawn_controller
 
 from controller.server import Controller
 from weft.cli import main
@@ -133,37 +130,9 @@ def test_cli_without_credential_says_where_to_get_one(
 def test_controller_run_serves_until_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert main(["controller", "init", "--state-dir", str(state)]) == 0
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "weft.cli",
-            "controller",
-            "run",
-            "--state-dir",
-            str(state),
-            "--listen",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--join-port",
-            "0",
-            "--http-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ},
-    )
+    proc, address = spawn_controller(state)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("weft controller: mTLS 127.0.0.1:")
-        port = line.split("mTLS 127.0.0.1:")[1].split(",")[0]
-        code = main(
-            ["status", "--controller", f"127.0.0.1:{port}", "--state-dir", str(state), "-o", "json"]
-        )
+        code = main(["status", "--controller", address, "--state-dir", str(state), "-o", "json"])
         assert code == 0
     finally:
         proc.send_signal(signal.SIGTERM)
