@@ -4,6 +4,12 @@ The meshed paths share one mesh: the first one set up adds the meshed client and
 namespace `bench-mesh`), starts the servers, brings up the controller and the agents with
 vm.lab.mesh (what `weft lab up --mesh` does) and applies the namespace, opted in, and a Service
 per server with `weft apply`; the last one torn down deletes them and stops it all again.
+
+The waypoint path adds a waypoint to that mesh as the lab deploys its own (vm.lab.waypoints): a
+workload `mesh-wp` on the server's node, its own SVID from a waypoint token, its configuration
+from the controller, serving a Service `mesh-l7` (the meshed server's HTTP port, labelled
+`weft.io/use-waypoint`); a connection to that Service's VIP is captured by the client's agent
+and tunnelled to the waypoint, which tunnels each request on to the server's agent.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from bench.servers import start_servers
 from bench.testbed import CONNECTION_RATE_SYSCTLS, BenchLayout, Testbed
 from vm.lab.lab import Lab
 from vm.lab.mesh import (
+    WEFT,
     MeshInfo,
     agent_http,
     down_mesh,
@@ -32,14 +39,28 @@ from vm.lab.mesh import (
     up_mesh,
     weft_on_control,
 )
+from vm.lab.waypoints import (
+    WaypointDeployment,
+    ensure_workloads,
+    wait_ready,
+    waypoint_argv,
+    waypoint_documents,
+    waypoint_http,
+    write_token,
+)
 from weft.errors import UnavailableError
-from weft.model import DATAPLANE_MODE_LABEL
+from weft.model import DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL
 
 MESH_NAMESPACE = "bench-mesh"
 # Service VIPs for the meshed servers, outside the demo's 10.96.0.0/24. Nothing connects to them:
 # a Service makes its endpoints known to every node (the controller sends a node only its own
 # workloads and the endpoints of Services), so the client's agent can route a workload address.
 SERVICE_VIPS = {"mesh-local": "10.96.250.1", "mesh-server": "10.96.250.2"}
+L7_SERVICE = "mesh-l7"  # the meshed server's HTTP port, behind the bench waypoint
+L7_VIP = "10.96.250.3"
+WAYPOINT_NAME = "bench-waypoint"
+WAYPOINT_WORKLOAD = "mesh-wp"
+REQUESTS_METRIC = "istio_requests_total"
 ENROLL_TIMEOUT = 60.0
 OPENED_METRIC = "istio_tcp_connections_opened_total"
 
@@ -240,4 +261,121 @@ def verify_through_mesh(
         f'({OPENED_METRIC}{{reporter="{reporter}"}} stayed at {before:g}); the traffic '
         "bypasses the mesh, so no figure of this path would be Weft's",
         hint=f"see 'weft config-dump --node {node}' (is the client enrolled?)",
+    )
+
+
+# --- the waypoint in the mesh ------------------------------------------------------------------
+
+
+@dataclass
+class BenchWaypoint:
+    """A waypoint the bench runs in its mesh: where, its pid, what was applied for it."""
+
+    deployment: WaypointDeployment
+    pid: int
+    resources: Path
+
+
+def waypoint_deployment(meshed: BenchLayout) -> WaypointDeployment:
+    """The bench's waypoint: on the server's node, serving the L7 Service in bench-mesh."""
+    return WaypointDeployment(
+        WAYPOINT_NAME, MESH_NAMESPACE, meshed.server_node, WAYPOINT_WORKLOAD, (L7_SERVICE,)
+    )
+
+
+def l7_service(meshed: BenchLayout) -> dict[str, Any]:
+    """The Service that uses the waypoint: the remote meshed server's HTTP port."""
+    port = SERVICE_PORTS["http"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": L7_SERVICE,
+            "namespace": MESH_NAMESPACE,
+            "labels": {USE_WAYPOINT_LABEL: WAYPOINT_NAME},
+        },
+        "spec": {
+            "clusterIP": L7_VIP,
+            "selector": {"app": meshed.remote_server},
+            "ports": [{"name": "http", "port": port, "targetPort": port}],
+        },
+    }
+
+
+def start_waypoint(mesh: BenchMesh) -> BenchWaypoint:
+    """Deploy the bench waypoint as vm.lab.mesh deploys the lab's: a workload not captured by
+    its agent, a Waypoint resource at its address, a one-time token redeemed for its own SVID,
+    `weft waypoint run` fed by the controller; returns once it is ready."""
+    lab = mesh.lab
+    wp = waypoint_deployment(mesh.layout)
+    placed = ensure_workloads(lab, [wp])
+    directory = mesh.info.state_dir
+    resources = directory / "bench-waypoint.yaml"
+    documents = [l7_service(mesh.layout), *waypoint_documents([wp], placed)]
+    resources.write_text(yaml.safe_dump_all(documents))
+    weft_on_control(lab, "apply", "-f", str(resources))
+    pid = 0
+    try:
+        control = next(n for n in lab.topology.nodes if n.role == "control")
+        token = lab.node_exec(
+            control.name,
+            [*WEFT, "controller", "token", "create", "--waypoint", wp.reference,
+             "--state-dir", str(directory / "controller"), "-o", "json"],
+        ).stdout  # fmt: skip
+        write_token(directory, wp, token)
+        pid = lab.spawn(
+            wp.workload, waypoint_argv(WEFT, wp, mesh.info.controller, directory),
+            f"waypoint-{wp.namespace}-{wp.name}",
+        )  # fmt: skip
+        wait_ready(lab, wp, pid)
+    except BaseException:
+        stop_waypoint(lab, BenchWaypoint(wp, pid, resources))
+        raise
+    return BenchWaypoint(wp, pid, resources)
+
+
+def stop_waypoint(lab: Lab, waypoint: BenchWaypoint) -> None:
+    """Stop the waypoint and delete what was applied for it (the store outlives the run)."""
+    if waypoint.pid:
+        lab.stop(waypoint.pid)
+    weft_on_control(lab, "delete", "-f", str(waypoint.resources), check=False)
+
+
+def waypoint_requests(lab: Lab, waypoint: BenchWaypoint) -> float:
+    """The waypoint's istio_requests_total for the L7 Service, all label sets summed."""
+    status, body = waypoint_http(lab, waypoint.deployment.workload, "/metrics")
+    if status != 200:
+        raise UnavailableError(f"the bench waypoint did not serve /metrics (HTTP {status})")
+    return requests_in_exposition(body, f"{L7_SERVICE}.{MESH_NAMESPACE}.svc.cluster.local")
+
+
+def requests_in_exposition(text: str, destination_service: str) -> float:
+    """Sum of istio_requests_total samples for one destination_service, in Prometheus text."""
+    total = 0.0
+    label = f'destination_service="{destination_service}"'
+    for line in text.splitlines():
+        if line.startswith(REQUESTS_METRIC + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def verify_through_waypoint(
+    lab: Lab, waypoint: BenchWaypoint, probe: Callable[[], None], what: str, timeout: float = 20.0
+) -> None:
+    """Fail unless a `probe` request is counted by the waypoint. The agents learn of the
+    Waypoint and of the Service that uses it from the controller, so probes are repeated
+    until then (a request that went around the waypoint does not count)."""
+    before = waypoint_requests(lab, waypoint)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe()
+        if waypoint_requests(lab, waypoint) > before:
+            return
+        time.sleep(0.3)
+    raise UnavailableError(
+        f"{what}: probe requests to {L7_SERVICE} ({L7_VIP}) were not counted by the waypoint "
+        f"({REQUESTS_METRIC} stayed at {before:g} for {timeout:g} s); the traffic bypasses it, "
+        "so no figure of this path would be the waypoint's",
+        hint="see 'weft lab logs waypoint-bench-mesh-bench-waypoint' and "
+        "'weft config-dump --node <client node>'",
     )

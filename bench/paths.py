@@ -15,7 +15,17 @@ from pathlib import Path
 
 from bench.listening import wait_listening
 from bench.loads.catalog import SERVICE_PORTS
-from bench.mesh_testbed import BenchMesh, acquire_mesh, release_mesh, verify_through_mesh
+from bench.mesh_testbed import (
+    L7_VIP,
+    BenchMesh,
+    BenchWaypoint,
+    acquire_mesh,
+    release_mesh,
+    start_waypoint,
+    stop_waypoint,
+    verify_through_mesh,
+    verify_through_waypoint,
+)
 from bench.peer_configs import haproxy_config, stunnel_client_config, stunnel_server_config
 from bench.pki import create_peer_pki
 from bench.priority import prioritized
@@ -300,6 +310,60 @@ class WeftWaypointPath(BenchPath):
         )
 
 
+class WeftWaypointMeshPath(MeshPath):
+    """The waypoint inside the mesh, deployed as the lab deploys its own (own SVID, fed by the
+    controller): the client's connection to a Service VIP is captured, its agent tunnels it over
+    HBONE to the waypoint on the server's node, which routes each request and tunnels it over
+    HBONE to the server's agent, which hands it to the server. Its figures divided by
+    weft-cross-node's (the same nodes, L4 only) are what the L7 hop adds inside the mesh."""
+
+    name = "weft-waypoint-mesh"
+    description = (
+        "Weft L7 in the mesh: capture -> agent -> HBONE -> waypoint (server's node) -> HBONE -> "
+        "agent -> server"
+    )
+    peer = "weft-cross-node"
+    loads = frozenset({"http1", "http16"})
+    component_modules = ("agent.main", "agent.cli")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waypoint: BenchWaypoint | None = None
+
+    def availability(self) -> str | None:
+        if not _module_exists("waypoint.cli"):
+            return "waypoint not built yet (waypoint.cli missing)"
+        return super().availability()
+
+    def setup(self, testbed: Testbed, layout: BenchLayout, workdir: Path) -> PathTarget:
+        mesh = acquire_mesh(testbed, layout, self.name)
+        self._mesh = mesh
+        meshed = mesh.layout
+        for node in (meshed.client_node, meshed.server_node):
+            self._processes[mesh.agent_pid(node)] = f"weft-agent-{node}"
+        waypoint = self._waypoint = start_waypoint(mesh)
+        self._processes[waypoint.pid] = "weft-waypoint"
+        address = (L7_VIP, SERVICE_PORTS["http"])
+
+        def probe() -> None:
+            mesh.lab.exec(
+                meshed.client,
+                ["curl", "-sS", "-o", "/dev/null", "-m", "5", f"http://{address[0]}:{address[1]}/"],
+                check=False,
+            )
+
+        # Through the waypoint (its request counter grows), and captured by the client's agent.
+        verify_through_waypoint(mesh.lab, waypoint, probe, self.name)
+        verify_through_mesh(mesh.lab, meshed.client_node, "source", probe, self.name)
+        return PathTarget(meshed.client, {"http": address})
+
+    def teardown(self) -> None:
+        if self._waypoint is not None and self._mesh is not None:
+            stop_waypoint(self._mesh.lab, self._waypoint)
+            self._waypoint = None
+        super().teardown()
+
+
 PATH_TYPES: tuple[type[BenchPath], ...] = (
     DirectPath,
     DirectSameNodePath,
@@ -307,6 +371,7 @@ PATH_TYPES: tuple[type[BenchPath], ...] = (
     WeftCrossNodePath,
     StunnelPath,
     WeftWaypointPath,
+    WeftWaypointMeshPath,
     HaproxyPath,
 )
 PATH_NAMES: tuple[str, ...] = tuple(path_type.name for path_type in PATH_TYPES)

@@ -66,7 +66,7 @@ def test_quick_and_full_settings_and_their_bounds() -> None:
 def test_quick_mode_fits_three_minutes_of_load_with_every_path() -> None:
     # Upper bound of load time: every load on every path that could run it, each round.
     runs = sum(len(make_path(p).loads) for p in parse_scenarios([], check=False).paths)
-    assert runs * QUICK.rounds * (QUICK.seconds + 1.0) < 150
+    assert runs * QUICK.rounds * (QUICK.seconds + 1.0) < 160  # 39 runs: 156 s
     assert runs * FULL.rounds * (FULL.seconds + 1.0) < 14 * 60
 
 
