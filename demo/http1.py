@@ -26,8 +26,22 @@ class ParseError(Exception):
         self.status = status
 
 
+class _Message:
+    """What requests and responses share: header lookup and whether the connection stays open."""
+
+    version: str
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return _find_header(self.headers, name, default)
+
+    @property
+    def keep_alive(self) -> bool:
+        return _keep_alive(self.version, self.header("connection"))
+
+
 @dataclass(frozen=True)
-class Request:
+class Request(_Message):
     """One complete HTTP/1.x request."""
 
     method: str
@@ -35,9 +49,6 @@ class Request:
     version: str
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        return _find_header(self.headers, name, default)
 
     @property
     def path(self) -> str:
@@ -48,13 +59,9 @@ class Request:
             target = target[slash:] if slash >= 0 else "/"
         return target.split("?", 1)[0]
 
-    @property
-    def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self.header("connection"))
-
 
 @dataclass(frozen=True)
-class Response:
+class Response(_Message):
     """One complete HTTP/1.x response."""
 
     status: int
@@ -62,13 +69,6 @@ class Response:
     version: str
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        return _find_header(self.headers, name, default)
-
-    @property
-    def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self.header("connection"))
 
 
 def _find_header(
