@@ -12,6 +12,7 @@ from demo_processes import (
     ServiceStarter,
     Shop,
     SilentBackend,
+    frontend_command,
     start_service,
     start_services,
     stop_services,
@@ -45,13 +46,7 @@ def shop() -> Iterator[Shop]:
     try:
         catalog, reviews_v1, reviews_v2, ratings, echo = services
         frontend = start_service(
-            "frontend",
-            "--catalog",
-            catalog.address,
-            "--reviews",
-            reviews_v2.address,
-            "--ratings",
-            ratings.address,
+            *frontend_command(catalog.address, reviews_v2.address, ratings.address)
         )
         services.append(frontend)
         yield Shop(catalog, reviews_v1, reviews_v2, ratings, echo, frontend)

@@ -122,6 +122,11 @@ def start_service(module: str, *args: str) -> RunningService:
 ServiceStarter = Callable[..., RunningService]
 
 
+def frontend_command(catalog: str, reviews: str, ratings: str, *flags: str) -> tuple[str, ...]:
+    """(module, *args) of a frontend calling these backend addresses."""
+    return ("frontend", "--catalog", catalog, "--reviews", reviews, "--ratings", ratings, *flags)
+
+
 @dataclass
 class Shop:
     catalog: RunningService

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from demo_processes import ServiceStarter, Shop
+from demo_processes import ServiceStarter, Shop, frontend_command
 from http_probe import get
 
 
@@ -26,15 +26,7 @@ def test_unknown_product_is_404_and_healthz_answers(shop: Shop) -> None:
 def test_a_down_backend_is_a_502_naming_that_backend(
     shop: Shop, start: ServiceStarter, refused_address: str
 ) -> None:
-    frontend = start(
-        "frontend",
-        "--catalog",
-        shop.catalog.address,
-        "--reviews",
-        refused_address,
-        "--ratings",
-        shop.ratings.address,
-    )
+    frontend = start(*frontend_command(shop.catalog.address, refused_address, shop.ratings.address))
     status, _, body = get(frontend, "/product/1")
     assert status == 502
     assert (body["backend"], body["address"]) == ("reviews", refused_address)
@@ -46,13 +38,7 @@ def test_a_down_grpc_backend_is_a_502_naming_ratings(
     shop: Shop, start: ServiceStarter, refused_address: str
 ) -> None:
     frontend = start(
-        "frontend",
-        "--catalog",
-        shop.catalog.address,
-        "--reviews",
-        shop.reviews_v1.address,
-        "--ratings",
-        refused_address,
+        *frontend_command(shop.catalog.address, shop.reviews_v1.address, refused_address)
     )
     status, _, body = get(frontend, "/product/2")
     assert (status, body["backend"]) == (502, "ratings")
@@ -65,14 +51,7 @@ def test_backend_keepalive_decides_connections_per_request(
 ) -> None:
     catalog = start("catalog")
     frontend = start(
-        "frontend",
-        "--catalog",
-        catalog.address,
-        "--reviews",
-        shop.reviews_v1.address,
-        "--ratings",
-        shop.ratings.address,
-        *flags,
+        *frontend_command(catalog.address, shop.reviews_v1.address, shop.ratings.address, *flags)
     )
     for _ in range(5):
         status, headers, _ = get(frontend, "/product/2")

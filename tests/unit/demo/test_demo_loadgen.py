@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from demo_processes import REPO_ROOT, ServiceStarter, Shop
+from demo_processes import REPO_ROOT, ServiceStarter, Shop, frontend_command
 
 
 def run_loadgen(
@@ -92,15 +92,7 @@ def test_human_report_is_a_table_with_every_kind(shop: Shop) -> None:
 def test_down_reviews_backend_makes_http_fail_with_502_and_exit_1(
     shop: Shop, start: ServiceStarter, refused_address: str
 ) -> None:
-    frontend = start(
-        "frontend",
-        "--catalog",
-        shop.catalog.address,
-        "--reviews",
-        refused_address,
-        "--ratings",
-        shop.ratings.address,
-    )
+    frontend = start(*frontend_command(shop.catalog.address, refused_address, shop.ratings.address))
     result = run_loadgen(
         frontend.address,
         shop.echo.address,

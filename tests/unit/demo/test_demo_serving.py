@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from demo_processes import REPO_ROOT, ServiceStarter, Shop, SilentBackend
+from demo_processes import REPO_ROOT, ServiceStarter, Shop, SilentBackend, frontend_command
 
 SERVICES = [
     ("catalog", ()),
@@ -70,17 +70,8 @@ def test_bad_backend_address_is_a_usage_error_naming_the_value() -> None:
 def test_sigterm_lets_an_in_flight_request_finish_before_exiting(
     shop: Shop, start: ServiceStarter, silent_backend: SilentBackend
 ) -> None:
-    frontend = start(
-        "frontend",
-        "--catalog",
-        silent_backend.address,
-        "--reviews",
-        shop.reviews_v1.address,
-        "--ratings",
-        shop.ratings.address,
-        "--backend-timeout",
-        "1",
-    )
+    backends = (silent_backend.address, shop.reviews_v1.address, shop.ratings.address)
+    frontend = start(*frontend_command(*backends, "--backend-timeout", "1"))
     with socket.create_connection((frontend.host, frontend.port), timeout=5) as client:
         client.sendall(b"GET /product/1 HTTP/1.1\r\nHost: f\r\n\r\n")
         assert silent_backend.accepted.wait(5), "the frontend never called the catalog"
