@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from waypoint.http1 import Http1Error, Request, RequestParser, serialize_response_head
 from waypoint.telemetry import WaypointMetrics
@@ -21,6 +21,8 @@ READ_TIMEOUT_S = 10.0
 
 
 Dump = Callable[[], dict[str, object]]
+# With worker processes: the whole waypoint's metrics, gathered from them when scraped.
+Gather = Callable[[], Awaitable[WaypointMetrics]]
 
 
 def answer(
@@ -57,11 +59,16 @@ class AdminServer:
     """Serves `answer()` on a TCP listener."""
 
     def __init__(
-        self, metrics: WaypointMetrics, ready: Callable[[], bool], dump: Dump | None = None
+        self,
+        metrics: WaypointMetrics,
+        ready: Callable[[], bool],
+        dump: Dump | None = None,
+        gather: Gather | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
         self.dump = dump
+        self.gather = gather
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 15020) -> tuple[str, int]:
@@ -82,7 +89,10 @@ class AdminServer:
                 events = parser.feed(data) if data else parser.feed_eof()
                 request = next((e for e in events if isinstance(e, Request)), None)
                 if request is not None:
-                    writer.write(answer(request, self.metrics, self.ready(), self.dump))
+                    metrics = self.metrics
+                    if self.gather is not None and request.target.startswith("/metrics"):
+                        metrics = await self.gather()
+                    writer.write(answer(request, metrics, self.ready(), self.dump))
                     await writer.drain()
                     return
                 if not data:

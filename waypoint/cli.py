@@ -28,6 +28,7 @@ from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid
 from waypoint.telemetry import BufferedLog, RequestRecord, access_log_line
+from waypoint.workers import Supervisor, default_workers, reserve_port, serve_control
 from weft.errors import UnavailableError, UsageError, WeftError
 from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.resources import parse_documents, read_documents
@@ -117,12 +118,24 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
         help="a request head must arrive within this once it started, else 408 (slowloris)",
     )  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no access log on stdout")
+    run.add_argument(
+        "--workers", type=_worker_count, default=None, metavar="N",
+        help="processes sharing --listen with SO_REUSEPORT, one event loop each (default: one "
+        "per CPU with -f, as haproxy runs a thread per CPU; 1 with --controller or --hbone)",
+    )  # fmt: skip
+    run.add_argument("--worker-control-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     show = verbs.add_parser("compile", help="print the compiled configuration and endpoints")
     common(show)
     show.add_argument("-o", "--output", choices=("json",), default="json")
     show.set_defaults(func=_compile)
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {text!r}")
+    return int(text)
 
 
 def _address(text: str, flag: str) -> tuple[str, int]:
@@ -201,6 +214,7 @@ class _ServeOptions:
     max_seconds: float | None
     quiet: bool
     request_headers_timeout_s: float = 10.0
+    worker_control_fd: int | None = None  # set in a worker process started by --workers
 
 
 def _read(path: str, flag: str) -> bytes:
@@ -286,7 +300,9 @@ def _run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         quiet=args.quiet,
         request_headers_timeout_s=args.request_headers_timeout,
+        worker_control_fd=args.worker_control_fd,
     )
+    workers = _workers(args, controller is not None)
     try:
         import uvloop  # the event loop the data path is measured with (design.md §9)
 
@@ -299,7 +315,91 @@ def _run(args: argparse.Namespace) -> int:
         )
         return int(runner(_serve_from_controller(controller, options)))
     assert compiled is not None
+    if workers > 1:
+        return int(asyncio.run(_supervise(args, options, workers)))
     return int(runner(_serve(compiled, options)))
+
+
+def _workers(args: argparse.Namespace, controller: bool) -> int:
+    """How many processes serve: --workers, else one per CPU where workers can share the work
+    (a static configuration on the plain listener), else one."""
+    if args.worker_control_fd is not None:
+        return 1  # this is a worker
+    reasons = [
+        reason
+        for reason, applies in (
+            ("--controller (each worker would need its own discovery stream)", controller),
+            ("--hbone (the HBONE listener runs in one process)", args.hbone != "off"),
+            ("-f - (stdin can be read only once)", "-" in (args.filename or ())),
+            ("--listen off (workers share the plain listener)", args.listen == "off"),
+        )
+        if applies
+    ]
+    if args.workers is None:
+        return 1 if reasons else default_workers()
+    if args.workers > 1 and reasons:
+        raise UsageError(
+            f"--workers {args.workers} cannot be used with {reasons[0]}",
+            hint="drop --workers (one process) or serve the plain listener from files",
+        )
+    return int(args.workers)
+
+
+def _worker_argv(args: argparse.Namespace, listen: tuple[str, int]) -> list[str]:
+    """The command line of one worker: this waypoint, one process, no admin endpoint."""
+    argv = [sys.executable, "-m", "weft.cli", "waypoint", "run"]
+    for path in args.filename:
+        argv += ["-f", path]
+    argv += ["--name", args.name, "--namespace", args.namespace]
+    for endpoint in args.endpoint:
+        argv += ["--endpoint", endpoint]
+    host = f"[{listen[0]}]" if ":" in listen[0] else listen[0]
+    argv += ["--listen", f"{host}:{listen[1]}", "--admin", "off", "--workers", "1"]
+    argv += ["--request-headers-timeout", str(args.request_headers_timeout)]
+    return [*argv, "--quiet"] if args.quiet else argv
+
+
+async def _supervise(args: argparse.Namespace, options: _ServeOptions, count: int) -> int:
+    """The parent of `count` worker processes (workers.py): admin endpoint, restarts, stop."""
+    assert options.listen is not None
+    try:
+        reserved = reserve_port(*options.listen)
+    except OSError as error:
+        raise UsageError(
+            f"--listen {options.listen[0]}:{options.listen[1]}: {error.strerror}",
+            hint="pick a free port, or stop what listens there",
+        ) from None
+    listen = reserved.getsockname()[:2]
+    supervisor = Supervisor(_worker_argv(args, listen), count)
+    admin = supervisor.admin()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if options.admin is not None:
+            host, port = await admin.start(*options.admin)
+            print(f"waypoint: metrics on http://{host}:{port}/metrics", file=sys.stderr)
+        try:
+            await supervisor.start()
+        except RuntimeError as error:
+            raise UnavailableError(str(error), hint="see the worker's message above") from None
+        pids = ", ".join(str(worker.pid) for worker in supervisor.workers)
+        print(
+            f"waypoint: {count} workers (pids {pids}) serving on {listen[0]}:{listen[1]}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), options.max_seconds)
+    finally:
+        codes = await supervisor.stop()
+        await admin.close()
+        reserved.close()
+    failed = [code for code in codes if code not in (0, None)]
+    if failed:
+        print(f"waypoint: workers stopped with codes {codes}", file=sys.stderr)
+    return 0
 
 
 async def _serve_from_controller(controller: ControllerOptions, options: _ServeOptions) -> int:
@@ -337,7 +437,9 @@ async def _serve(
         compiled.config,
         compiled.endpoints,
         access_log=log,
+        access_log_buffer=None if options.quiet else access_log,
         request_headers_timeout_s=options.request_headers_timeout_s,
+        reuse_port=options.worker_control_fd is not None,
     )
     feed = None
     if controller is not None and svid is not None:
@@ -356,6 +458,7 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
     services = ", ".join(f"{s.hostname}:{s.port}" for s in compiled.config.services)
     following: asyncio.Task[None] | None = None
+    control: asyncio.Task[None] | None = None
     try:
         if options.admin is not None:
             host, port = await admin.start(*options.admin)
@@ -375,6 +478,9 @@ async def _serve(
             await inbound.start(*options.hbone)  # raises HboneError (a WeftError) if taken
             print(f"waypoint: HBONE (mTLS) on {options.hbone[0]}:{inbound.port}", file=sys.stderr)
         listening = True
+        if options.worker_control_fd is not None:
+            fd = options.worker_control_fd
+            control = loop.create_task(serve_control(fd, proxy.metrics, stop))
         if feed is not None:
             following = asyncio.get_running_loop().create_task(feed.run(stop))
         with contextlib.suppress(TimeoutError):
@@ -389,5 +495,7 @@ async def _serve(
         if feed is not None:
             await feed.close()
         await admin.close()
+        if control is not None:
+            control.cancel()
         access_log.flush()
     return 0
