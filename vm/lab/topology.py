@@ -559,22 +559,19 @@ class _Parser:
     def check_netns_names(self, topology: Topology) -> None:
         """Netns names are built by joining names with '-', so distinct names can collide."""
         taken = {FABRIC_NETNS: "the fabric"}
-        for i, node in enumerate(topology.nodes):
-            if node.netns in taken:
+        owners = [
+            (f"nodes[{i}].name", n.name, n.netns, f"node '{n.name}'")
+            for i, n in enumerate(topology.nodes)
+        ] + [
+            (f"demo.workloads[{i}].name", w.name, w.netns, f"workload '{w.name}'")
+            for i, w in enumerate(topology.demo.workloads)
+        ]
+        for path, name, netns, owner in owners:
+            if netns in taken:
                 raise self.fail(
-                    f"nodes[{i}].name",
-                    f"a name whose netns {node.netns} is not also {taken[node.netns]}'s",
-                    node.name,
+                    path, f"a name whose netns {netns} is not also {taken[netns]}'s", name
                 )
-            taken[node.netns] = f"node '{node.name}'"
-        for i, w in enumerate(topology.demo.workloads):
-            if w.netns in taken:
-                raise self.fail(
-                    f"demo.workloads[{i}].name",
-                    f"a name whose netns {w.netns} is not also {taken[w.netns]}'s",
-                    w.name,
-                )
-            taken[w.netns] = f"workload '{w.name}'"
+            taken[netns] = owner
 
 
 def _join(path: str, key: str) -> str:
