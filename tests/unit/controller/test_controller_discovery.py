@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -23,7 +23,7 @@ from controller.admin_client import AdminClient
 from controller.server import Controller
 from weft.api.convert import ConfigUpdate
 from weft.controller_client import ControllerClient, Credentials
-from weft.model import Kind, ResourceKey
+from weft.model import AgentReport, Kind, ResourceKey
 from weft.resources import Document
 
 
@@ -154,6 +154,17 @@ def test_workload_that_stops_being_an_endpoint_is_removed(
     }
 
 
+def only_agent_status(mesh: Controller, until: Callable[[AgentReport], bool]) -> AgentReport:
+    """`weft status`'s row of the one agent, asked again (for up to 5 s) until `until(row)`."""
+    with AdminClient(grpc_address(mesh), admin_credentials(mesh)) as admin:
+        deadline = time.monotonic() + 5
+        while True:
+            [agent] = admin.status().agents
+            if until(agent) or time.monotonic() > deadline:
+                return agent
+            time.sleep(0.02)
+
+
 def test_nack_is_visible_in_status_and_cleared_by_a_later_ack(
     mesh: Controller, n1_watch: WatchThread
 ) -> None:
@@ -162,29 +173,17 @@ def test_nack_is_visible_in_status_and_cleared_by_a_later_ack(
     n1_watch.nack_versions.add(bad_revision)
     apply(mesh, workload_doc("front-2", "n1", app="front", ip="10.1.1.2"))
     n1_watch.wait_for(2)
-    with AdminClient(grpc_address(mesh), admin_credentials(mesh)) as admin:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            [agent] = admin.status().agents
-            if agent.nacked_version:
-                break
-            time.sleep(0.02)
-        assert agent.node == "n1"
-        assert agent.nacked_version == bad_revision
-        assert "unknown backend" in agent.nack_error
-        assert agent.acked_version < bad_revision
-        assert agent.lag >= 1
+    agent = only_agent_status(mesh, lambda a: a.nacked_version != 0)
+    assert agent.node == "n1"
+    assert agent.nacked_version == bad_revision
+    assert "unknown backend" in agent.nack_error
+    assert agent.acked_version < bad_revision
+    assert agent.lag >= 1
     apply(mesh, workload_doc("front-3", "n1", app="front", ip="10.1.1.3"))
     n1_watch.wait_for(3)
-    with AdminClient(grpc_address(mesh), admin_credentials(mesh)) as admin:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            [agent] = admin.status().agents
-            if not agent.nacked_version:
-                break
-            time.sleep(0.02)
-        assert agent.nacked_version == 0
-        assert agent.lag == 0
+    agent = only_agent_status(mesh, lambda a: a.nacked_version == 0)
+    assert agent.nacked_version == 0
+    assert agent.lag == 0
 
 
 def test_reconnect_resyncs_from_a_snapshot(mesh: Controller, n1_watch: WatchThread) -> None:
