@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import h2.config
@@ -66,6 +66,19 @@ _NO_FLAGS = hyperframe.flags.Flags(hyperframe.frame.DataFrame.defined_flags)
 _END_STREAM_FLAGS = hyperframe.flags.Flags(hyperframe.frame.DataFrame.defined_flags)
 _END_STREAM_FLAGS.add("END_STREAM")
 _MAX_STREAM_ID = 2**31 - 1
+# The states in which DATA may be received / sent on a stream without any state change (RFC
+# 9113 5.1), and those of a connection that has not sent or received GOAWAY.
+_RECEIVING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL})
+_SENDING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE})
+_CONNECTION_OPEN = frozenset(
+    {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
+)
+# A DATA frame up to this size is queued as one bytes object (header + a copy of the payload),
+# so that a small message leaves in one transport write; larger payloads are queued uncopied.
+_JOIN_LIMIT = 16 * 1024
+
+# on_data(stream_id, data, flow_controlled_length): see HboneConnection.on_data.
+DataCallback = Callable[[int, bytes, int], None]
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,10 @@ class HboneConnection:
         self._closed = False
         self._outbound: list[bytes | bytearray | memoryview] = []
         self._inbound = bytearray()  # a frame whose end has not arrived yet
+        # If set, DATA on an established stream is handed to this callback as it is parsed,
+        # instead of as a DataReceived event (a dataclass and a dispatch per message). Only when
+        # no event of the same read is still waiting, so the order of events never changes.
+        self.on_data: DataCallback | None = None
         self._h2.initiate_connection()
         self._h2.update_settings(
             {
@@ -152,23 +169,25 @@ class HboneConnection:
             self._outbound.append(self._h2._data_to_send)
             self._h2._data_to_send = bytearray()
 
-    def receive_data(self, data: bytes | bytearray) -> list[Event]:
-        """Process bytes from the peer; never raises: a protocol error becomes ConnectionClosed."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Process bytes from the peer; never raises: a protocol error becomes ConnectionClosed.
+
+        The core keeps no reference to `data` (a reused read buffer may be passed).
+        """
         if self._closed:
             return []
+        events: list[Event] = []
         try:
-            h2_events = self._receive_frames(data)
+            self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as error:
             # h2 has queued a GOAWAY with the right code already.
             self._closed = True
-            return [ConnectionClosed(int(error.error_code), 0, str(error), remote=False)]
+            events.append(ConnectionClosed(int(error.error_code), 0, str(error), remote=False))
+            return events
         except Exception as error:
             # A bug in a parser must close one connection, never the agent or the waypoint.
             log.exception("HBONE core failed on received data; closing the connection")
-            return self._fail(INTERNAL_ERROR, f"internal error: {error!r}")
-        events: list[Event] = []
-        for h2_event in h2_events:
-            events.extend(self._translate(h2_event))
+            return events + self._fail(INTERNAL_ERROR, f"internal error: {error!r}")
         # h2 checks a frame's length only once the whole frame has arrived, so a peer declaring
         # a 16 MiB frame would make us buffer 16 MiB. What h2 leaves buffered is at most one
         # partial frame: more than a maximal frame means the declared length is too long.
@@ -179,47 +198,44 @@ class HboneConnection:
     # Class-level switch so that a test can compare the fast path with h2's own parser.
     fast_data_path = True
 
-    def _receive_frames(self, data: bytes | bytearray) -> list[h2.events.Event]:
-        """h2.receive_data(), with the framing done here and DATA frames parsed here.
+    def _receive_frames(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
+        """h2.receive_data(), with the framing done here and DATA frames handled here.
 
         h2 copies every received byte into its frame buffer, parses a Frame out of it and then
         deletes it from the buffer; for the DATA frames that make up a tunnel that was a third
         of the CPU of a 1 KiB request/response and a large share of bulk. Here the byte stream
-        is cut into whole frames without copying; an unpadded DATA frame becomes a DataFrame
-        handed to h2's own frame handler (so state machines, flow control and errors are h2's),
-        and every other frame is given to h2.receive_data() whole. test_hbone_connection
-        checks that the result is the same as h2's on random traffic.
+        is cut into whole frames without copying. DATA on an established stream is accounted
+        and delivered here (_receive_stream_data); other DATA frames become a DataFrame handed
+        to h2's own frame handler, and every other frame is given to h2.receive_data() whole.
+        test_hbone_connection checks that the result is the same as h2's on random traffic.
         """
         connection = self._h2
         if not self.fast_data_path:
-            return connection.receive_data(data)
+            self._translate_all(connection.receive_data(data), events)
+            return
         view = memoryview(data)
-        events: list[h2.events.Event] = []
         preface_left = connection.incoming_buffer._preamble_len
         if preface_left:  # the server's first 24 bytes: h2 checks them
-            events += connection.receive_data(view[:preface_left])
+            self._translate_all(connection.receive_data(view[:preface_left]), events)
             view = view[preface_left:]
         if self._inbound:  # the rest of a frame that began in an earlier read
             rest = self._complete_inbound_frame(view, events)
             if rest is None:
-                return events
+                return
             view = rest
         offset, end = 0, len(view)
         while end - offset >= 9:
             length = self._frame_length(view[offset : offset + 3])
             if end - offset - 9 < length:
                 break
-            events += self._receive_frame(view[offset : offset + 9 + length])
+            self._receive_frame(view[offset : offset + 9 + length], events)
             offset += 9 + length
         if offset < end:
             self._inbound += view[offset:]
             if len(self._inbound) >= 9:
                 self._frame_length(self._inbound[:3])  # refuse an oversized frame right away
-        return events
 
-    def _complete_inbound_frame(
-        self, view: memoryview, events: list[h2.events.Event]
-    ) -> memoryview | None:
+    def _complete_inbound_frame(self, view: memoryview, events: list[Event]) -> memoryview | None:
         """Add bytes to the buffered partial frame; process it once whole. None: need more."""
         if len(self._inbound) < 9:
             taken = min(9 - len(self._inbound), len(view))
@@ -233,7 +249,7 @@ class HboneConnection:
             return None
         self._inbound += view[:missing]
         frame, self._inbound = self._inbound, bytearray()
-        events += self._receive_frame(memoryview(frame))
+        self._receive_frame(memoryview(frame), events)
         return view[missing:]
 
     def _frame_length(self, header: memoryview | bytearray) -> int:
@@ -246,7 +262,7 @@ class HboneConnection:
             )
         return length
 
-    def _receive_frame(self, frame: memoryview) -> list[h2.events.Event]:
+    def _receive_frame(self, frame: memoryview, events: list[Event]) -> None:
         """Process one whole frame (header included)."""
         connection = self._h2
         stream_id = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
@@ -256,7 +272,10 @@ class HboneConnection:
             or not stream_id
             or connection.incoming_buffer._headers_buffer  # must be CONTINUATION: h2 says so
         ):
-            return connection.receive_data(frame)
+            self._translate_all(connection.receive_data(frame), events)
+            return
+        if not frame[4] and self._receive_stream_data(stream_id, frame, events):
+            return
         # What DataFrame(stream_id) then parse_body() would give, without their per-frame
         # setup (a third of this method's cost): the attributes h2 reads, set directly.
         data_frame = _ReceivedDataFrame.__new__(_ReceivedDataFrame)
@@ -266,10 +285,48 @@ class HboneConnection:
         data_frame.data = frame[9:].tobytes()
         data_frame.body_len = len(frame) - 9
         try:
-            return connection._receive_frame(data_frame)
+            self._translate_all(connection._receive_frame(data_frame), events)
         except h2.exceptions.ProtocolError as error:
             connection._terminate_connection(error.error_code)  # as h2.receive_data does
             raise
+
+    def _receive_stream_data(self, stream_id: int, frame: memoryview, events: list[Event]) -> bool:
+        """A DATA frame without flags on an established stream, handled without h2's machinery.
+
+        h2 would run two state machines (whose transitions change nothing here), consume both
+        windows, make a DataReceived event and trace the frame; we do what of that changes
+        state (the windows, the received length), after checking everything h2 would check.
+        False: anything unusual (closed or half-closed stream, no response yet, a window
+        overrun, a GOAWAY): h2 handles the frame and its errors as usual.
+        """
+        connection = self._h2
+        length = len(frame) - 9
+        stream = connection.streams.get(stream_id)
+        if (
+            not length
+            or stream is None
+            or stream.state_machine.state not in _RECEIVING
+            or not stream.state_machine.headers_received
+            or stream._expected_content_length is not None
+            or connection.state_machine.state not in _CONNECTION_OPEN
+        ):
+            return False
+        connection_window = connection._inbound_flow_control_window_manager
+        stream_window = stream._inbound_window_manager
+        if (
+            length > connection_window.current_window_size
+            or length > stream_window.current_window_size
+        ):
+            return False
+        connection_window.current_window_size -= length
+        stream_window.current_window_size -= length
+        stream._actual_content_length += length
+        data = frame[9:].tobytes()
+        if self.on_data is not None and not events:
+            self.on_data(stream_id, data, length)
+        else:
+            events.append(DataReceived(stream_id, data, length))
+        return True
 
     def send_window(self, stream_id: int) -> int:
         """How many bytes send_data() would accept now on `stream_id`."""
@@ -281,16 +338,52 @@ class HboneConnection:
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of `data` as the flow-control windows allow; return how much that was.
 
-        This is h2's send_data without its copies: h2 copies a DATA payload five times on the
-        way out (memoryview.tobytes, body join, header concat, frame join, buffer append), which
-        cost about a third of the CPU of a bulk tunnel. We run the same state-machine inputs and
-        flow-control accounting, and queue header and payload (a view, not a copy) after the
-        frames h2 has pending.
+        This is h2's send_data without its copies and state machines: h2 copies a DATA payload
+        five times on the way out (memoryview.tobytes, body join, header concat, frame join,
+        buffer append), which cost about a third of the CPU of a bulk tunnel, and runs two
+        state machines whose transitions change nothing on an open stream. We check the same
+        states, do the same flow-control accounting, and queue header and payload (a view, not
+        a copy, unless it is small) after the frames h2 has pending.
         test_hbone_connection checks the bytes are identical to h2's.
         """
         connection = self._h2
+        stream = connection.streams.get(stream_id)
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING
+            or connection.state_machine.state not in _CONNECTION_OPEN
+        ):
+            return self._send_data_checked(stream_id, data)
+        allowed = min(
+            len(data), connection.outbound_flow_control_window, stream.outbound_flow_control_window
+        )
+        if allowed <= 0:
+            return 0
+        if connection._data_to_send:
+            self._take_h2_output()
+        frame_size = connection.max_outbound_frame_size
+        outbound = self._outbound
+        if allowed <= _JOIN_LIMIT and allowed <= frame_size:
+            outbound.append(
+                _DATA_FRAME_HEADER.pack(allowed >> 8, allowed & 0xFF, 0, 0, stream_id)
+                + data[:allowed]
+            )
+        else:
+            for offset in range(0, allowed, frame_size):
+                length = min(frame_size, allowed - offset)
+                outbound.append(
+                    _DATA_FRAME_HEADER.pack(length >> 8, length & 0xFF, 0, 0, stream_id)
+                )
+                outbound.append(data[offset : offset + length])
+        stream.outbound_flow_control_window -= allowed
+        connection.outbound_flow_control_window -= allowed
+        return allowed
+
+    def _send_data_checked(self, stream_id: int, data: bytes | memoryview) -> int:
+        """send_data() through h2's state machines: they raise on a closed stream or connection."""
+        connection = self._h2
         try:
-            allowed = min(len(data), connection.local_flow_control_window(stream_id))
+            allowed = max(0, min(len(data), connection.local_flow_control_window(stream_id)))
             stream = connection.streams[stream_id]
             frame_size = connection.max_outbound_frame_size
             for offset in range(0, allowed, frame_size):
@@ -341,6 +434,10 @@ class HboneConnection:
     def _fail(self, error_code: int, reason: str) -> list[Event]:
         self.close(error_code)
         return [ConnectionClosed(error_code, 0, reason, remote=False)]
+
+    def _translate_all(self, h2_events: list[h2.events.Event], events: list[Event]) -> None:
+        for h2_event in h2_events:
+            events.extend(self._translate(h2_event))
 
     def _translate(self, event: h2.events.Event) -> Iterable[Event]:
         if isinstance(event, h2.events.DataReceived):

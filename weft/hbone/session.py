@@ -32,10 +32,17 @@ log = logging.getLogger(__name__)
 WRITE_BUFFER_HIGH = 1024 * 1024
 # Below this many queued bytes, frames are joined into one TLS record before writing.
 COALESCE_LIMIT = 64 * 1024
+# Decrypted bytes are read into one buffer of this size per connection (see get_buffer()).
+RECEIVE_BUFFER = 256 * 1024
 
 
-class TunnelSession(asyncio.Protocol):
-    """One TLS connection carrying many tunnels; the asyncio shell around an HboneConnection."""
+class TunnelSession(asyncio.BufferedProtocol):
+    """One TLS connection carrying many tunnels; the asyncio shell around an HboneConnection.
+
+    A BufferedProtocol: the TLS transport decrypts into a buffer this session keeps. With a
+    plain Protocol, uvloop's TLS layer asks OpenSSL for a new 256 KiB bytes object per read,
+    which glibc maps and unmaps (mmap, mremap, munmap and a page fault) for every small message.
+    """
 
     def __init__(
         self,
@@ -44,6 +51,7 @@ class TunnelSession(asyncio.Protocol):
         | None = None,
     ) -> None:
         self.core = core
+        core.on_data = self._on_stream_data
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, HboneStream] = {}
         self._on_tunnel_requested = on_tunnel_requested
@@ -53,6 +61,8 @@ class TunnelSession(asyncio.Protocol):
         self._flush_scheduled = False
         self._lost = False
         self._transport_closed = False
+        self._buffer = bytearray(RECEIVE_BUFFER)
+        self._buffer_view = memoryview(self._buffer)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -63,7 +73,14 @@ class TunnelSession(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self._flush()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The core copies what it keeps: the buffer is reused by the next read.
+        self.data_received(self._buffer_view[:nbytes])
+
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
         self._dispatch(self.core.receive_data(data))
         if self.core.has_output:  # SETTINGS/PING ACKs, 400s, RST_STREAMs, GOAWAY
             self._flush()
@@ -220,6 +237,14 @@ class TunnelSession(asyncio.Protocol):
         if self.core.closed and not self.streams and self.transport is not None:
             self._flush()
             self._close_transport()
+
+    def _on_stream_data(self, stream_id: int, data: bytes, flow_controlled_length: int) -> None:
+        """DATA as the core parses it (HboneConnection.on_data): straight to the stream."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.core.acknowledge(stream_id, flow_controlled_length)
+        else:
+            stream.on_data(data, flow_controlled_length)
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:

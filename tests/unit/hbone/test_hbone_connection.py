@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import hpack
 import hyperframe.frame as hf
 import pytest
@@ -12,6 +14,7 @@ from weft.hbone.connection import ClientConnection, HboneConnection, ServerConne
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import (
     CONNECT_ERROR,
+    FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
@@ -441,3 +444,62 @@ def test_data_inside_an_unfinished_header_block_is_a_connection_error() -> None:
     [closed] = server.receive_data(hf.DataFrame(stream_id, data=b"x").serialize())
     assert isinstance(closed, ConnectionClosed)
     assert closed.error_code == PROTOCOL_ERROR
+
+
+def _appender(timeline: list[Event]) -> Callable[[int, bytes, int], None]:
+    return lambda *args: timeline.append(DataReceived(*args))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(tunnel_traffic())
+def test_data_callback_keeps_the_order_of_events(chunks: list[bytes]) -> None:
+    """DATA handed to on_data as it is parsed comes in the same order as h2's events."""
+    outcomes = []
+    for callback in (True, False):
+        client, server = connected()
+        server.fast_data_path = callback
+        tunnel(client, server)
+        timeline: list[Event] = []
+        if callback:
+            server.on_data = _appender(timeline)
+        for chunk in chunks:
+            timeline += server.receive_data(chunk)
+        outcomes.append((timeline, server.data_to_send(), server.closed, server.open_streams))
+    if not outcomes[1][2]:
+        assert outcomes[0] == outcomes[1]
+
+
+def test_data_callback_gets_data_on_an_open_stream_and_h2_the_rest() -> None:
+    client, server = connected()
+    stream_id = tunnel(client, server)
+    delivered: list[tuple[int, bytes, int]] = []
+    server.on_data = lambda *args: delivered.append(args)
+    client.send_data(stream_id, b"x" * 1024)
+    assert pump(client, server) == []
+    assert delivered == [(stream_id, b"x" * 1024, 1024)]
+    # A read that starts with another event: the DATA after it waits in the event list.
+    client.reset_stream(client.open_tunnel("10.0.0.7:9081"))
+    client.send_data(stream_id, b"y")
+    events = pump(client, server)
+    assert events[-1] == DataReceived(stream_id, b"y", 1)
+    assert len(delivered) == 1
+    # The half-close (an empty DATA frame with END_STREAM) goes through h2 as an event.
+    client.send_data(stream_id, b"z")
+    client.end_stream(stream_id)
+    assert pump(client, server)[-1] == StreamEnded(stream_id)
+    assert delivered[-1] == (stream_id, b"z", 1)
+
+
+def test_data_over_the_stream_window_is_a_flow_control_error_with_the_fast_path() -> None:
+    client, server = connected()
+    stream_id = tunnel(client, server)
+    delivered: list[int] = []
+    server.on_data = lambda _, data, length: delivered.append(length)
+    frame = 256 * 1024  # the maximal frame; the stream window is 16 of them
+    header = frame.to_bytes(3, "big") + b"\x00\x00" + stream_id.to_bytes(4, "big")
+    events = server.receive_data((header + bytes(frame)) * 17)
+    assert sum(delivered) == 4 * 1024 * 1024
+    [closed] = events
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.error_code == FLOW_CONTROL_ERROR
+    assert server.closed
