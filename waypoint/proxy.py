@@ -159,6 +159,7 @@ class WaypointProxy:
         self.fast_path = fast_path  # common HTTP/1.1 requests on the listener: fastpath.py
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the listen port
         self.fast_fronts: set[FastFront] = set()
+        self.general_connections = 0  # listener connections the general path took over
         self._fast_plan: FastPlan | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -177,6 +178,7 @@ class WaypointProxy:
 
     def accepted(self, channel: SocketChannel) -> None:
         """Serve a connection on the general path (from the start, or from the fast path)."""
+        self.general_connections += 1
         task = asyncio.get_running_loop().create_task(self._serve_plain_tcp(channel))
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
