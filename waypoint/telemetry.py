@@ -8,6 +8,7 @@ their own: the waypoint serves it on its metrics endpoint, and tests read it wit
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import select
@@ -203,27 +204,46 @@ def access_log_line(request: RequestRecord) -> str:
     return _format_line(request)
 
 
-def _line_formatter() -> Callable[[RequestRecord], str]:
+def line_formatter(
+    expressions: Mapping[str, str] | None = None, names: Mapping[str, Any] | None = None
+) -> Callable[[Any], str]:
+    """Generate a function that writes the access-log line of its argument `r`.
+
+    By default `r` is a RequestRecord. With `expressions` (field -> Python expression over `r`
+    and `names`, in double quotes only), `r` is whatever those read, and a field not listed
+    is written as its default: how the fast path formats its plain tuples at the log flush,
+    building no record per request.
+    """
     parts = []
     for field in sorted(fields(RequestRecord), key=lambda f: f.name):
         name = field.name
+        if expressions is not None and name not in expressions:
+            default = field.default
+            text = (
+                encode_basestring_ascii(default)
+                if isinstance(default, str)
+                else json.dumps(list(default) if isinstance(default, tuple) else default)
+            )
+            parts.append(f'"{name}":' + text.replace("{", "{{").replace("}", "}}"))
+            continue
+        expression = f"r.{name}" if expressions is None else f"({expressions[name]})"
         if name == "audit_policies":
-            value = '[{",".join(map(esc, r.audit_policies))}]'
+            value = '[{",".join(map(esc, ' + expression + "))}]"
         elif name == "duration_ms":
-            value = "{round(r.duration_ms, 3)!r}"
+            value = "{round(" + expression + ", 3)!r}"
         elif field.type == "int":
-            value = "{int(r." + name + ")}"
+            value = "{int(" + expression + ")}"
         else:
-            value = "{esc(r." + name + ")}"
+            value = "{esc(" + expression + ")}"
         parts.append(f'"{name}":{value}')
     source = "def line(r):\n    return f'{{" + ",".join(parts) + "}}'\n"
-    namespace: dict[str, Any] = {"esc": encode_basestring_ascii}
+    namespace: dict[str, Any] = {"esc": encode_basestring_ascii, **(names or {})}
     exec(compile(source, "<access_log_line>", "exec"), namespace)
-    formatter: Callable[[RequestRecord], str] = namespace["line"]
+    formatter: Callable[[Any], str] = namespace["line"]
     return formatter
 
 
-_format_line = _line_formatter()
+_format_line = line_formatter()
 
 
 class BufferedLog:
@@ -324,11 +344,9 @@ class RandomPool:
 
 def uuid4_text(random_bytes: RandomBytes) -> str:
     """A random (version 4, RFC 4122 variant) UUID in its text form, as uuid.uuid4() gives."""
-    value = (int.from_bytes(random_bytes(16)) & ~(0xF000 << 64) & ~(0xC << 60)) | (
-        0x4000 << 64 | 0x8 << 60
-    )
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = random_bytes(16).hex()
+    variant = "89ab"[int(text[16], 16) & 3]
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:]}"
 
 
 _second_text: tuple[int, str] = (-1, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -20,11 +21,15 @@ from waypoint.fastpath import (
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
+    FastFacts,
+    FastService,
+    fast_log_line,
+    fast_record,
     recognize_request,
     recognize_response,
 )
 from waypoint.proxy import WaypointProxy
-from waypoint.telemetry import RequestRecord
+from waypoint.telemetry import RequestRecord, access_log_line
 
 V1 = BackendRef(name="reviews-v1", port=9080, namespace="default")
 ROUTES = (Route(name="default/reviews/0", backends=(V1,)),)
@@ -354,3 +359,15 @@ def test_backend_is_unreachable_gives_503_connect_failure() -> None:
             await proxy.close()
 
     asyncio.run(main())
+
+
+def test_fast_log_line_is_the_line_of_its_record() -> None:
+    service = FastService(ServiceConfig(hostname=HOST, port=9080, routes=ROUTES))
+    for endpoint, agent, host in (("127.0.0.1:9", 'a "b" \\ é\t', ""), ("-", "-", "h:1")):
+        facts: FastFacts = (
+            service, "default/reviews/0", V1.authority, endpoint, 1_700_000_000.1234, "GET",
+            '/p?q="1"', host, 200, "-", 0.12345, 3, 4, "id", "-", agent,
+        )  # fmt: skip
+        line = fast_log_line(facts)
+        assert line == access_log_line(fast_record(facts))
+        assert json.loads(line)["user_agent"] == agent
