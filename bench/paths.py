@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from bench.peer_configs import haproxy_config, stunnel_client_config, stunnel_se
 from bench.pki import create_peer_pki
 from bench.priority import prioritized
 from bench.testbed import BenchLayout, Testbed
+from waypoint.workers import default_workers
+from weft.errors import UnavailableError
 
 ALL_LOADS = frozenset({"bulk", "rr", "connrate", "http1", "http16", "grpc"})  # stream1m: proxies
 HTTP_LOADS = frozenset({"http1", "http16", "grpc"})
@@ -279,10 +282,14 @@ class WeftWaypointPath(BenchPath):
     """`weft waypoint run` as one L7 hop on the server's node, where haproxy runs its hop: the
     same backend, the same nodes, HTTP/1.1 keep-alive both sides, routed by Host with a
     compiled HTTPRoute. Its access log is on (one JSON line per request, as deployed);
-    haproxy's default configuration logs nothing."""
+    haproxy's default configuration logs nothing. Both run with their defaults on the same
+    CPUs: haproxy a thread per CPU, the waypoint a worker process per CPU (`--workers`); the
+    CPU each used is measured over its whole process tree."""
 
     name = "weft-waypoint"
-    description = "Weft L7 waypoint hop on the server's node (HTTPRoute by Host, HTTP/1.1)"
+    description = (
+        "Weft L7 waypoint hop on the server's node (HTTPRoute by Host, HTTP/1.1, a worker per CPU)"
+    )
     peer = "haproxy"
     loads = frozenset({"http1", "http16", "stream1m"})
     HTTP_PORT = 22180
@@ -305,9 +312,27 @@ class WeftWaypointPath(BenchPath):
         self.record_process(testbed, pid, "bench-waypoint")
         # Python and its imports start in seconds on a quiet machine, slower on a busy one.
         wait_listening(testbed, [self.HTTP_PORT], node=layout.server_node, timeout=60.0)
+        self._wait_for_workers(testbed, layout.server_node, default_workers(), timeout=60.0)
         return PathTarget(
             layout.client, {"http": (node_ip, self.HTTP_PORT)}, http_host=WAYPOINT_SERVICE
         )
+
+    def _wait_for_workers(self, testbed: Testbed, node: str, count: int, timeout: float) -> None:
+        """Until every worker listens: SO_REUSEPORT gives a connection only to those that do,
+        and the loads open theirs once, at the start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            argv = ["ss", "-Hltn", f"sport = :{self.HTTP_PORT}"]
+            listening = testbed.node_exec(node, argv, check=False).stdout.splitlines()
+            if len(listening) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"{len(listening)} of {count} waypoint workers listen on node {node} "
+                    f"after {timeout:.0f} s",
+                    hint="look at the waypoint's log in the lab's log directory",
+                )
+            time.sleep(0.1)
 
 
 class WeftWaypointMeshPath(MeshPath):
