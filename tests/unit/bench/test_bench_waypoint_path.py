@@ -24,6 +24,7 @@ from bench.runner import Figure
 from bench.targets import TARGETS, Measure, check_target
 from bench.testbed import BenchLayout
 from waypoint.compiler import compile_resources
+from waypoint.workers import default_workers
 from weft.resources import parse_documents, read_documents
 
 
@@ -127,8 +128,9 @@ class _SpawnRecorder:
     def node_exec(
         self, node: str, argv: list[str], **_: object
     ) -> subprocess.CompletedProcess[str]:
+        # One listening socket per worker process (SO_REUSEPORT), as `ss` shows them.
         listening = f"LISTEN 0 128 10.88.0.3:{WeftWaypointPath.HTTP_PORT} 0.0.0.0:*\n"
-        return subprocess.CompletedProcess(argv, 0, listening, "")
+        return subprocess.CompletedProcess(argv, 0, listening * default_workers(), "")
 
 
 def test_setup_starts_the_waypoint_on_the_server_node_and_names_the_service_in_host(
