@@ -107,7 +107,18 @@ def recognize_request(head: bytes) -> FastRequest | None:
     if _REQUEST_HEAD.fullmatch(head) is None:
         return None
     lowered = head.lower()
-    if _SLOW_REQUEST_FIELD.search(lowered) is not None or lowered.count(b"\r\nhost:") != 1:
+    if _SLOW_REQUEST_FIELD.search(lowered) is not None:
+        # `Connection: keep-alive` (what HTTP/1.1 means anyway) is dropped as hop-by-hop;
+        # any other hop-by-hop field needs the general path.
+        connection = _value(lowered, lowered, b"\r\nconnection:")
+        if connection != b"keep-alive" or lowered.count(b"\r\nconnection:") != 1:
+            return None
+        head, lowered = _without_line(head, lowered, b"\r\nconnection:")
+        while b"\r\nkeep-alive:" in lowered:
+            head, lowered = _without_line(head, lowered, b"\r\nkeep-alive:")
+        if _SLOW_REQUEST_FIELD.search(lowered) is not None:
+            return None
+    if lowered.count(b"\r\nhost:") != 1:
         return None
     length = 0
     counted = lowered.count(b"\r\ncontent-length:")

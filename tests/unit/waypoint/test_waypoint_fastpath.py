@@ -57,6 +57,13 @@ def test_a_common_request_head_is_taken_with_its_facts() -> None:
     )
 
 
+def test_connection_keep_alive_is_dropped_as_hop_by_hop() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\nKeep-Alive: t=5\r\nX: 1\r\n\r\n"
+    recognized = recognize_request(head)
+    assert recognized is not None
+    assert recognized[-1] == b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n"
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -76,6 +83,9 @@ def test_a_common_request_head_is_taken_with_its_facts() -> None:
         b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
         b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",  # absolute form
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTE: trailers\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: t=1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\n",
