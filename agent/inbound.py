@@ -17,9 +17,10 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from agent.certs.manager import CertificateManager
-from agent.policy import ConnectionAttributes, decide
+from agent.policy import ConnectionAttributes, DecisionCache
 from agent.state import NodeState
 from agent.telemetry import ConnectionRecord, Telemetry
+from agent.tunnel.connect import open_from
 from weft.hbone import HboneServer, RelayResult
 from weft.identity import Identity
 from weft.model import Workload
@@ -27,6 +28,7 @@ from weft.model import Workload
 log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
+CONNECT_TIMEOUT = 5.0
 
 # authorize() and connect() of one tunnel run in the same task: the record passes between them.
 _current: contextvars.ContextVar[ConnectionRecord | None] = contextvars.ContextVar(
@@ -102,6 +104,7 @@ class Inbound:
         self.agent_address = agent_address
         self.port = port
         self.servers: dict[IPv4Address, tuple[Identity, HboneServer]] = {}
+        self._decisions = DecisionCache()
 
     async def sync(self) -> None:
         """Listen for every local in-mesh workload that has an SVID; stop for departed ones."""
@@ -149,8 +152,11 @@ class Inbound:
         if services:
             s = services[0]
             record.destination_service = f"{s.metadata.name}.{s.metadata.namespace}"
-        decision = decide(
-            state.authorization_policies(target), ConnectionAttributes(source, source_ip, port)
+        decision = self._decisions.decide(
+            state,
+            target.address,
+            lambda: state.authorization_policies(target),
+            ConnectionAttributes(source, source_ip, port),
         )
         record.policy = decision.policy
         record.rule = "" if decision.rule is None else str(decision.rule)
@@ -202,9 +208,7 @@ class Inbound:
         record = _current.get() or ConnectionRecord("inbound", "?", authority)
         record.endpoint = authority
         try:
-            connection = await asyncio.open_connection(
-                str(address), port, local_addr=(str(self.agent_address), 0)
-            )
+            connection = await open_from(self.agent_address, address, port)
         except OSError as err:
             record.outcome, record.reason = "unavailable", repr(err)
             self._telemetry.connection_closed(record)
@@ -236,12 +240,8 @@ class Inbound:
         if not self._judge(endpoint, source, source_ip, port, record):
             return None
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(
-                    str(endpoint.address), port, local_addr=(str(self.agent_address), 0)
-                ),
-                5,
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await open_from(self.agent_address, endpoint.address, port)
         except (OSError, TimeoutError) as err:
             record.outcome, record.reason = "unavailable", repr(err)
             return None

@@ -17,9 +17,10 @@ import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from agent.policy import ConnectionAttributes, decide
+from agent.policy import ConnectionAttributes, DecisionCache
 from agent.state import NodeState
 from agent.telemetry import ConnectionRecord, Telemetry
+from agent.tunnel.connect import open_from
 from agent.tunnel.pipe import pipe
 from weft.hbone.relay import abort_tcp
 from weft.model import MutualTLSMode, Workload
@@ -72,6 +73,7 @@ class PlaintextInbound:
         self.agent_address = agent_address
         self.port = port
         self._server: asyncio.Server | None = None
+        self._decisions = DecisionCache()
 
     async def start(self, host: str) -> None:
         """Listen on `host`:port; transparent, as TPROXY delivers foreign destinations to it."""
@@ -130,8 +132,11 @@ class PlaintextInbound:
             record.destination_service = (
                 f"{services[0].metadata.name}.{services[0].metadata.namespace}"
             )
-        decision = decide(
-            state.authorization_policies(target), ConnectionAttributes(None, source_ip, port)
+        decision = self._decisions.decide(
+            state,
+            target.address,
+            lambda: state.authorization_policies(target),
+            ConnectionAttributes(None, source_ip, port),
         )
         record.policy = decision.policy
         record.rule = "" if decision.rule is None else str(decision.rule)
@@ -142,12 +147,8 @@ class PlaintextInbound:
             return
         record.endpoint = f"{address}:{port}"
         try:
-            upstream = await asyncio.wait_for(
-                asyncio.open_connection(
-                    str(address), port, local_addr=(str(self.agent_address), 0)
-                ),
-                CONNECT_TIMEOUT,
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                upstream = await open_from(self.agent_address, address, port)
         except (OSError, TimeoutError) as err:
             record.outcome, record.reason = "unavailable", repr(err)
             abort_tcp(writer)

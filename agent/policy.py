@@ -10,7 +10,7 @@ a DENY policy it denies whatever its L7 part says.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
@@ -79,6 +79,35 @@ def decide(policies: Sequence[AuthorizationPolicy], conn: ConnectionAttributes) 
             return Decision(Verdict.ALLOW, _name(policy), rule, "ALLOW policy matched", audited)
     names = ",".join(_name(p) for p in allows)
     return Decision(Verdict.DENY, names, None, "no ALLOW rule matched", audited)
+
+
+class DecisionCache:
+    """decide()'s answers per (destination workload, connection attributes), kept while the node
+    state they were computed from is in force: a client pod opening many connections to one
+    workload is judged once per config version, not once per connection."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit  # distinct (workload, source, IP, port) answers kept at most
+        self._state: object = None
+        self._answers: dict[tuple[Hashable, ConnectionAttributes], Decision] = {}
+
+    def decide(
+        self,
+        state: object,
+        workload: Hashable,
+        policies: Callable[[], Sequence[AuthorizationPolicy]],
+        conn: ConnectionAttributes,
+    ) -> Decision:
+        """The decision for `conn` to `workload` (a key naming it) under `state`'s policies."""
+        if state is not self._state:
+            self._state, self._answers = state, {}
+        key = (workload, conn)
+        found = self._answers.get(key)
+        if found is None:
+            if len(self._answers) >= self.limit:
+                self._answers.clear()
+            found = self._answers[key] = decide(policies(), conn)
+        return found
 
 
 def _name(policy: AuthorizationPolicy) -> str:

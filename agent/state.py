@@ -3,12 +3,15 @@
 Pure: `NodeState.apply(update)` returns the next state or raises StateRejectedError (the agent NACKs
 and keeps the last good state). Lookups answer the questions the data path asks: which local
 workload owns this address, which service owns this VIP:port, is a destination in the mesh.
+A state never changes, so the data path's lookups are answered from indexes built once per
+state (on first use) instead of scanning and sorting every resource per connection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address
 
 from weft.api.convert import ConfigUpdate
@@ -82,21 +85,34 @@ class NodeState:
                 )
 
     # --- lookups --------------------------------------------------------------------------
+    # Built once per state on first use (the state is immutable); the lists returned are shared:
+    # callers must not change them.
+
+    @cached_property
+    def _by_kind(self) -> dict[Kind, list[object]]:
+        by_kind: dict[Kind, list[object]] = {}
+        for key, resource in sorted(self.resources.items()):
+            by_kind.setdefault(key.kind, []).append(resource)
+        return by_kind
+
+    @cached_property
+    def _index(self) -> _Index:
+        return _Index(self)
 
     def of_kind(self, kind: Kind) -> list[object]:
-        return [r for k, r in sorted(self.resources.items()) if k.kind == kind]
+        return self._by_kind.get(kind, [])
 
     def workloads(self) -> list[Workload]:
-        return [r for r in self.of_kind(Kind.WORKLOAD) if isinstance(r, Workload)]
+        return self._index.workloads
 
     def services(self) -> list[Service]:
-        return [r for r in self.of_kind(Kind.SERVICE) if isinstance(r, Service)]
+        return self._index.services
 
     def local_workloads(self) -> list[Workload]:
-        return [w for w in self.workloads() if w.node == self.node]
+        return self._index.local_workloads
 
     def workload_at(self, address: IPv4Address) -> Workload | None:
-        return next((w for w in self.workloads() if w.address == address), None)
+        return self._index.by_address.get(address)
 
     def namespace(self, name: str) -> Namespace | None:
         found = self.resources.get(ResourceKey(Kind.NAMESPACE, "", name))
@@ -110,20 +126,15 @@ class NodeState:
         return not workload.meshed_opt_out
 
     def identity(self, workload: Workload) -> Identity:
-        return workload.identity(self.trust_domain)
+        known = self._index.identities.get(id(workload))
+        # Identity() validates its parts with regular expressions: made once per workload.
+        return known if known is not None else workload.identity(self.trust_domain)
 
     def local_identities(self) -> set[Identity]:
         return {self.identity(w) for w in self.local_workloads() if self.in_mesh(w)}
 
     def service_target(self, address: IPv4Address, port: int) -> ServiceTarget | None:
-        for service in self.services():
-            if service.vip != address:
-                continue
-            for service_port in service.ports:
-                if service_port.port == port:
-                    endpoints = tuple(w for w in self.workloads() if service.selects(w))
-                    return ServiceTarget(service, service_port, endpoints)
-        return None
+        return self._index.service_targets.get((address, port))
 
     def waypoint_for(self, service: Service) -> Waypoint | None:
         """The waypoint a service uses (its label, else its namespace's), if it exists."""
@@ -139,21 +150,41 @@ class NodeState:
         return None
 
     def services_of(self, workload: Workload) -> list[Service]:
-        return [s for s in self.services() if s.selects(workload)]
+        cache = self._index.services_of
+        found = cache.get(id(workload))
+        if found is None or found[0] is not workload:
+            found = cache[id(workload)] = (
+                workload, [s for s in self.services() if s.selects(workload)]
+            )  # fmt: skip
+        return found[1]
 
     def authorization_policies(self, workload: Workload) -> list[AuthorizationPolicy]:
         """Policies in force for `workload`: the root namespace's, then its own namespace's."""
-        return [
-            p
-            for p in self.of_kind(Kind.AUTHORIZATION_POLICY)
-            if isinstance(p, AuthorizationPolicy)
-            and not p.target_refs
-            and _applies(p.metadata.namespace, p.selector, workload)
-        ]
+        cache = self._index.policies_of
+        found = cache.get(id(workload))
+        if found is None or found[0] is not workload:
+            found = cache[id(workload)] = (
+                workload,
+                [
+                    p
+                    for p in self.of_kind(Kind.AUTHORIZATION_POLICY)
+                    if isinstance(p, AuthorizationPolicy)
+                    and not p.target_refs
+                    and _applies(p.metadata.namespace, p.selector, workload)
+                ],
+            )
+        return found[1]
 
     def mtls_mode(self, workload: Workload, port: int) -> MutualTLSMode:
         """PeerAuthentication: workload-selected beats namespace-wide beats mesh-wide; the
         default is PERMISSIVE, as in Istio."""
+        cache = self._index.mtls_modes
+        found = cache.get((id(workload), port))
+        if found is None or found[0] is not workload:
+            found = cache[(id(workload), port)] = (workload, self._mtls_mode(workload, port))
+        return found[1]
+
+    def _mtls_mode(self, workload: Workload, port: int) -> MutualTLSMode:
         candidates = [
             p
             for p in self.of_kind(Kind.PEER_AUTHENTICATION)
@@ -171,6 +202,37 @@ class NodeState:
             if mode is not None:
                 return mode
         return MutualTLSMode.PERMISSIVE
+
+
+class _Index:
+    """The lookups of one NodeState, computed once. Per-workload answers are keyed by the
+    workload object's id() and hold the object, so a stale id is never mistaken for another."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.workloads = [r for r in state.of_kind(Kind.WORKLOAD) if isinstance(r, Workload)]
+        self.services = [r for r in state.of_kind(Kind.SERVICE) if isinstance(r, Service)]
+        self.local_workloads = [w for w in self.workloads if w.node == state.node]
+        self.by_address: dict[IPv4Address, Workload] = {}
+        self.identities: dict[int, Identity] = {}
+        for workload in self.workloads:
+            self.by_address.setdefault(workload.address, workload)
+            self.identities[id(workload)] = workload.identity(state.trust_domain)
+        self.service_targets: dict[tuple[IPv4Address, int], ServiceTarget] = {}
+        for service in self.services:
+            if service.vip is None:
+                continue
+            endpoints: tuple[Workload, ...] | None = None
+            for service_port in service.ports:
+                key = (service.vip, service_port.port)
+                if key in self.service_targets:
+                    continue  # the first service (in resource order) owns a VIP:port
+                if endpoints is None:
+                    endpoints = tuple(w for w in self.workloads if service.selects(w))
+                self.service_targets[key] = ServiceTarget(service, service_port, endpoints)
+        # Filled as the data path asks: id(workload) -> (workload, answer).
+        self.services_of: dict[int, tuple[Workload, list[Service]]] = {}
+        self.policies_of: dict[int, tuple[Workload, list[AuthorizationPolicy]]] = {}
+        self.mtls_modes: dict[tuple[int, int], tuple[Workload, MutualTLSMode]] = {}
 
 
 def _applies(namespace: str, selector: WorkloadSelector | None, workload: Workload) -> bool:

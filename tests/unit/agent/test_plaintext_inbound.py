@@ -7,6 +7,7 @@ the redirect itself is exercised in the lab (tests/e2e/test_mesh_features.py).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from ipaddress import IPv4Address
 
@@ -48,7 +49,7 @@ async def exchange(state: NodeState, workload_ip: str) -> tuple[bytes, Telemetry
     """Send b'weft' * 1000 through a PlaintextInbound to an echo server at `workload_ip`."""
     pod = await asyncio.start_server(echo, workload_ip, 0)
     pod_port = pod.sockets[0].getsockname()[1]
-    telemetry = Telemetry()
+    telemetry = Telemetry(io.StringIO())
     inbound = PlaintextInbound(
         lambda: state,
         telemetry,
@@ -77,8 +78,10 @@ def run(state: NodeState, ip: str) -> tuple[bytes, Telemetry]:
     return asyncio.run(asyncio.wait_for(exchange(state, ip), 20))
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "weft.access")
+def access_lines(telemetry: Telemetry) -> str:
+    """What the agent wrote to its access log (turned on by the weft.access logger's level)."""
+    assert isinstance(telemetry.access.stream, io.StringIO)
+    return telemetry.access.stream.getvalue()
 
 
 def test_a_permissive_workload_gets_plaintext_through_the_agent_counted_as_insecure(
@@ -91,16 +94,16 @@ def test_a_permissive_workload_gets_plaintext_through_the_agent_counted_as_insec
     assert 'connection_security_policy="none"' in metrics
     assert 'destination_workload="catalog"' in metrics
     assert 'source_workload="legacy-client"' in metrics
-    assert '"route": "plaintext"' in access_lines(caplog)
+    assert '"route": "plaintext"' in access_lines(telemetry)
 
 
 def test_policy_applies_with_no_identity_a_principal_rule_never_admits_plaintext(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "weft.access")
-    data, _ = run(node_state("node2", CLUSTER, CATALOG_CALLERS), "127.0.0.2")
+    data, telemetry = run(node_state("node2", CLUSTER, CATALOG_CALLERS), "127.0.0.2")
     assert data == b""
-    log = access_lines(caplog)
+    log = access_lines(telemetry)
     assert '"outcome": "denied"' in log
     assert '"policy": "shop/catalog-callers"' in log
 
@@ -114,9 +117,9 @@ def test_a_strict_workload_takes_no_plaintext_even_if_it_reaches_the_listener(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "weft.access")
-    data, _ = run(node_state("node2", CLUSTER), "127.0.0.4")
+    data, telemetry = run(node_state("node2", CLUSTER), "127.0.0.4")
     assert data == b""
-    assert "takes no plaintext" in access_lines(caplog)
+    assert "takes no plaintext" in access_lines(telemetry)
 
 
 def test_only_local_meshed_permissive_workloads_are_redirected() -> None:
