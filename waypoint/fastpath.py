@@ -289,7 +289,8 @@ class FastPool:
         idle = self.idle[endpoint]
         while idle:
             upstream = idle.pop()
-            if upstream.alive:
+            transport = upstream.transport
+            if upstream.alive and transport is not None and not transport.is_closing():
                 return upstream
         return None
 
@@ -581,7 +582,8 @@ class FastFront(SocketChannel):
     def _to_upstream(self, data: bytes) -> None:
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+            if not upstream.transport.is_closing():  # else its connection_lost answers
+                upstream.transport.write(data)
         else:
             self._pending += data
 
@@ -1000,6 +1002,7 @@ class FastUpstream(asyncio.Protocol):
             front.upstream_aborted()
 
     def eof_received(self) -> bool:
+        self.alive = False  # never taken from the pool again
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
