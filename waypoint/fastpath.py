@@ -77,6 +77,10 @@ _SLOW_REQUEST_FIELD = re.compile(
 _RESPONSE_HOP_FIELD = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|http2-settings|expect):"
 )
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(?:transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|upgrade"
+    rb"|http2-settings|expect):"
+)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\x09\x20-\x7e\x80-\xff]*)?\r\n")
 _MAX_CHUNK_LINE = 4096
 
@@ -165,6 +169,14 @@ def recognize_response(head: bytes, head_only: bool) -> FastResponse | None:
     status = int(matched.group(2))
     lowered = head.lower()
     lengths = lowered.count(b"\r\ncontent-length:")
+    if lengths == 1 and matched.group(1) == b"1" and _RESPONSE_SPECIAL.search(lowered) is None:
+        # The common answer: HTTP/1.1, one Content-Length, nothing hop-by-hop to remove.
+        text = _value(head, lowered, b"\r\ncontent-length:")
+        if text is None or not text.isdigit() or len(text) > 18:
+            return None
+        if head_only or status in (204, 304) or status < 200:
+            return status, NO_BODY, int(text), True, head
+        return status, LENGTH, int(text), True, head
     encoding = _value(head, lowered, b"\r\ntransfer-encoding:")
     connection = (_value(head, lowered, b"\r\nconnection:") or b"").lower()
     tokens = {token.strip() for token in connection.split(b",")}
@@ -309,6 +321,10 @@ class FastPool:
             idle.clear()
 
 
+# (service, route, the pool of its one backend or None when it has weighted backends)
+Decision = tuple[FastService, Route, "FastPool | None"]
+
+
 class FastPlan:
     """The fast path's tables for one configuration: services by Host, pools by backend."""
 
@@ -325,6 +341,7 @@ class FastPlan:
         self._random = random
         self._services: dict[str, FastService | None] = {}
         self._by_hostname: dict[str, FastService | None] = {}
+        self._decided: dict[tuple[str, str, str], Decision | None] = {}
         self.pools: dict[str, FastPool | None] = {}
 
     def service(self, host: str) -> FastService | None:
@@ -340,6 +357,29 @@ class FastPlan:
         if len(self._services) < 1024:  # bounded against clients sending endless Hosts
             self._services[host] = fast
         return fast
+
+    def decide(self, host: str, method: str, path: str) -> Decision | None:
+        """The service, route and (for a route with one backend) pool of a request, or None if
+        the general path must serve it; remembered per (Host, method, path) while the
+        configuration lasts (bounded: cleared when full)."""
+        key = (host, method, path)
+        decided = self._decided.get(key, self)
+        if decided is not self:
+            return decided  # type: ignore[return-value]
+        result: Decision | None = None
+        service = self.service(host)
+        route = None if service is None else service.match(method, path)
+        if service is not None and route is not None:
+            backends = route.backends
+            if len(backends) == 1:
+                pool = self.pool(backends[0]) if backends[0].weight else None
+                result = None if pool is None else (service, route, pool)
+            else:
+                result = (service, route, None)
+        if len(self._decided) >= 4096:
+            self._decided.clear()
+        self._decided[key] = result
+        return result
 
     def pool(self, ref: BackendRef) -> FastPool | None:
         """The backend's pool, or None when its DestinationRule asks for what the general path
@@ -507,17 +547,18 @@ class FastFront(SocketChannel):
         if recognized is None:
             return False
         method, target, host, length, request_id, traceparent, agent, head = recognized
-        service = plan.service(host)
-        if service is None or "%" in target or "/." in target:
+        if "%" in target or "/." in target:
             return False  # percent-escapes and dot segments: the general path normalizes
         path = target.partition("?")[0]
-        route = service.match(method, path)
-        if route is None:
+        decided = plan.decide(host, method, path)
+        if decided is None:
             return False
-        ref = choose(route, proxy.random)
-        pool = None if ref is None else plan.pool(ref)
-        if pool is None:
-            return False
+        service, route, pool = decided
+        if pool is None:  # weighted backends: drawn per request
+            ref = choose(route, proxy.random)
+            pool = None if ref is None else plan.pool(ref)
+            if pool is None:
+                return False
         # The request is ours: ids, the head to forward, what follows it.
         random_bytes = proxy.random_bytes
         extra = b""
