@@ -70,15 +70,14 @@ _MAX_STREAM_ID = 2**31 - 1
 # 9113 5.1), and those of a connection that has not sent or received GOAWAY.
 _RECEIVING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL})
 _SENDING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE})
-_CONNECTION_OPEN = frozenset(
-    {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
-)
 # A DATA frame up to this size is queued as one bytes object (header + a copy of the payload),
 # so that a small message leaves in one transport write; larger payloads are queued uncopied.
 _JOIN_LIMIT = 16 * 1024
 
 # on_data(stream_id, data, flow_controlled_length): see HboneConnection.on_data.
 DataCallback = Callable[[int, bytes, int], None]
+# What one read produced so far, in order: h2's events, and DATA the core parsed itself.
+_Pending = list[h2.events.Event | DataReceived]
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,13 @@ class HboneConnection:
             normalize_inbound_headers=client_side,
         )
         self._h2 = h2.connection.H2Connection(config)
+        # The state of a connection with no GOAWAY either way; compared by identity (Enum's hash
+        # is a Python function and the check runs for every message).
+        self._open_state = (
+            h2.connection.ConnectionState.CLIENT_OPEN
+            if client_side
+            else h2.connection.ConnectionState.SERVER_OPEN
+        )
         # h2 dispatches on the frame's exact class: ours is handled as the DATA frame it is.
         dispatch = self._h2._frame_dispatch_table
         dispatch[_ReceivedDataFrame] = dispatch[hyperframe.frame.DataFrame]
@@ -159,7 +165,8 @@ class HboneConnection:
 
     def buffers_to_send(self) -> list[bytes | bytearray | memoryview]:
         """data_to_send() as a list of buffers, for transport.writelines(): payloads uncopied."""
-        self._take_h2_output()
+        if self._h2._data_to_send:
+            self._take_h2_output()
         buffers, self._outbound = self._outbound, []
         return buffers
 
@@ -176,18 +183,26 @@ class HboneConnection:
         """
         if self._closed:
             return []
-        events: list[Event] = []
+        # h2's events are translated (and the server's answers to bad requests sent) once the
+        # whole read is parsed, as h2.receive_data() would; DATA the fast path parsed while
+        # events were waiting is queued among them as our DataReceived, in order.
+        pending: list[h2.events.Event | DataReceived] = []
         try:
-            self._receive_frames(data, events)
+            self._receive_frames(data, pending)
         except h2.exceptions.ProtocolError as error:
             # h2 has queued a GOAWAY with the right code already.
             self._closed = True
-            events.append(ConnectionClosed(int(error.error_code), 0, str(error), remote=False))
-            return events
+            return [ConnectionClosed(int(error.error_code), 0, str(error), remote=False)]
         except Exception as error:
             # A bug in a parser must close one connection, never the agent or the waypoint.
             log.exception("HBONE core failed on received data; closing the connection")
-            return events + self._fail(INTERNAL_ERROR, f"internal error: {error!r}")
+            return self._fail(INTERNAL_ERROR, f"internal error: {error!r}")
+        events: list[Event] = []
+        for event in pending:
+            if isinstance(event, DataReceived):  # ours, not h2.events.DataReceived
+                events.append(event)
+            else:
+                events.extend(self._translate(event))
         # h2 checks a frame's length only once the whole frame has arrived, so a peer declaring
         # a 16 MiB frame would make us buffer 16 MiB. What h2 leaves buffered is at most one
         # partial frame: more than a maximal frame means the declared length is too long.
@@ -198,7 +213,7 @@ class HboneConnection:
     # Class-level switch so that a test can compare the fast path with h2's own parser.
     fast_data_path = True
 
-    def _receive_frames(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
+    def _receive_frames(self, data: bytes | bytearray | memoryview, events: _Pending) -> None:
         """h2.receive_data(), with the framing done here and DATA frames handled here.
 
         h2 copies every received byte into its frame buffer, parses a Frame out of it and then
@@ -211,12 +226,12 @@ class HboneConnection:
         """
         connection = self._h2
         if not self.fast_data_path:
-            self._translate_all(connection.receive_data(data), events)
+            events += connection.receive_data(data)
             return
         view = memoryview(data)
         preface_left = connection.incoming_buffer._preamble_len
         if preface_left:  # the server's first 24 bytes: h2 checks them
-            self._translate_all(connection.receive_data(view[:preface_left]), events)
+            events += connection.receive_data(view[:preface_left])
             view = view[preface_left:]
         if self._inbound:  # the rest of a frame that began in an earlier read
             rest = self._complete_inbound_frame(view, events)
@@ -224,18 +239,25 @@ class HboneConnection:
                 return
             view = rest
         offset, end = 0, len(view)
+        max_length = connection.max_inbound_frame_size
         while end - offset >= 9:
-            length = self._frame_length(view[offset : offset + 3])
-            if end - offset - 9 < length:
+            length = int.from_bytes(view[offset : offset + 3], "big")
+            if length > max_length:
+                self._frame_length(view[offset : offset + 3])  # raises
+            stop = offset + 9 + length
+            if stop > end:
                 break
-            self._receive_frame(view[offset : offset + 9 + length], events)
-            offset += 9 + length
+            frame = view[offset:stop]
+            # The common case first: DATA without flags on an established stream.
+            if frame[3] or frame[4] or not self._receive_stream_data(frame, events):
+                self._receive_frame(frame, events)
+            offset = stop
         if offset < end:
             self._inbound += view[offset:]
             if len(self._inbound) >= 9:
                 self._frame_length(self._inbound[:3])  # refuse an oversized frame right away
 
-    def _complete_inbound_frame(self, view: memoryview, events: list[Event]) -> memoryview | None:
+    def _complete_inbound_frame(self, view: memoryview, events: _Pending) -> memoryview | None:
         """Add bytes to the buffered partial frame; process it once whole. None: need more."""
         if len(self._inbound) < 9:
             taken = min(9 - len(self._inbound), len(view))
@@ -249,7 +271,9 @@ class HboneConnection:
             return None
         self._inbound += view[:missing]
         frame, self._inbound = self._inbound, bytearray()
-        self._receive_frame(memoryview(frame), events)
+        view_of_frame = memoryview(frame)
+        if frame[3] or frame[4] or not self._receive_stream_data(view_of_frame, events):
+            self._receive_frame(view_of_frame, events)
         return view[missing:]
 
     def _frame_length(self, header: memoryview | bytearray) -> int:
@@ -262,7 +286,7 @@ class HboneConnection:
             )
         return length
 
-    def _receive_frame(self, frame: memoryview, events: list[Event]) -> None:
+    def _receive_frame(self, frame: memoryview, events: _Pending) -> None:
         """Process one whole frame (header included)."""
         connection = self._h2
         stream_id = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
@@ -272,9 +296,7 @@ class HboneConnection:
             or not stream_id
             or connection.incoming_buffer._headers_buffer  # must be CONTINUATION: h2 says so
         ):
-            self._translate_all(connection.receive_data(frame), events)
-            return
-        if not frame[4] and self._receive_stream_data(stream_id, frame, events):
+            events += connection.receive_data(frame)
             return
         # What DataFrame(stream_id) then parse_body() would give, without their per-frame
         # setup (a third of this method's cost): the attributes h2 reads, set directly.
@@ -285,30 +307,32 @@ class HboneConnection:
         data_frame.data = frame[9:].tobytes()
         data_frame.body_len = len(frame) - 9
         try:
-            self._translate_all(connection._receive_frame(data_frame), events)
+            events += connection._receive_frame(data_frame)
         except h2.exceptions.ProtocolError as error:
             connection._terminate_connection(error.error_code)  # as h2.receive_data does
             raise
 
-    def _receive_stream_data(self, stream_id: int, frame: memoryview, events: list[Event]) -> bool:
+    def _receive_stream_data(self, frame: memoryview, events: _Pending) -> bool:
         """A DATA frame without flags on an established stream, handled without h2's machinery.
 
         h2 would run two state machines (whose transitions change nothing here), consume both
         windows, make a DataReceived event and trace the frame; we do what of that changes
         state (the windows, the received length), after checking everything h2 would check.
         False: anything unusual (closed or half-closed stream, no response yet, a window
-        overrun, a GOAWAY): h2 handles the frame and its errors as usual.
+        overrun, a GOAWAY, an unfinished header block): _receive_frame() and h2 handle the
+        frame and its errors as usual.
         """
         connection = self._h2
         length = len(frame) - 9
-        stream = connection.streams.get(stream_id)
+        stream = connection.streams.get(int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF)
         if (
             not length
             or stream is None
             or stream.state_machine.state not in _RECEIVING
             or not stream.state_machine.headers_received
             or stream._expected_content_length is not None
-            or connection.state_machine.state not in _CONNECTION_OPEN
+            or connection.state_machine.state is not self._open_state
+            or connection.incoming_buffer._headers_buffer  # must be CONTINUATION: h2 says so
         ):
             return False
         connection_window = connection._inbound_flow_control_window_manager
@@ -323,9 +347,9 @@ class HboneConnection:
         stream._actual_content_length += length
         data = frame[9:].tobytes()
         if self.on_data is not None and not events:
-            self.on_data(stream_id, data, length)
+            self.on_data(stream.stream_id, data, length)
         else:
-            events.append(DataReceived(stream_id, data, length))
+            events.append(DataReceived(stream.stream_id, data, length))
         return True
 
     def send_window(self, stream_id: int) -> int:
@@ -351,7 +375,7 @@ class HboneConnection:
         if (
             stream is None
             or stream.state_machine.state not in _SENDING
-            or connection.state_machine.state not in _CONNECTION_OPEN
+            or connection.state_machine.state is not self._open_state
         ):
             return self._send_data_checked(stream_id, data)
         allowed = min(
@@ -369,12 +393,13 @@ class HboneConnection:
                 + data[:allowed]
             )
         else:
+            view = memoryview(data)  # slices of bytes would be copies
             for offset in range(0, allowed, frame_size):
                 length = min(frame_size, allowed - offset)
                 outbound.append(
                     _DATA_FRAME_HEADER.pack(length >> 8, length & 0xFF, 0, 0, stream_id)
                 )
-                outbound.append(data[offset : offset + length])
+                outbound.append(view[offset : offset + length])
         stream.outbound_flow_control_window -= allowed
         connection.outbound_flow_control_window -= allowed
         return allowed
@@ -434,10 +459,6 @@ class HboneConnection:
     def _fail(self, error_code: int, reason: str) -> list[Event]:
         self.close(error_code)
         return [ConnectionClosed(error_code, 0, reason, remote=False)]
-
-    def _translate_all(self, h2_events: list[h2.events.Event], events: list[Event]) -> None:
-        for h2_event in h2_events:
-            events.extend(self._translate(h2_event))
 
     def _translate(self, event: h2.events.Event) -> Iterable[Event]:
         if isinstance(event, h2.events.DataReceived):

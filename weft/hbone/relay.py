@@ -169,9 +169,17 @@ class _Splice(asyncio.Protocol):
             return
         if self._pending is not None:  # only between pause_reading() and its effect
             self._pending = memoryview(self._pending.tobytes() + data)
-        else:
-            self._pending = memoryview(data)
-        self._push()
+            self._push()
+            return
+        # The common case, a message the tunnel takes whole, without _push()'s bookkeeping.
+        try:
+            sent = self.stream.send_some(data)
+        except (HboneError, OSError):
+            self.abort_both()
+            return
+        if sent < len(data):
+            self._pending = memoryview(data)[sent:]
+            self._push()
 
     def eof_received(self) -> bool:
         self._tcp_eof = True

@@ -78,11 +78,11 @@ class TunnelSession(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         # The core copies what it keeps: the buffer is reused by the next read.
-        self.data_received(self._buffer_view[:nbytes])
-
-    def data_received(self, data: bytes | bytearray | memoryview) -> None:
-        self._dispatch(self.core.receive_data(data))
-        if self.core.has_output:  # SETTINGS/PING ACKs, 400s, RST_STREAMs, GOAWAY
+        core = self.core
+        events = core.receive_data(self._buffer_view[:nbytes])
+        if events:
+            self._dispatch(events)
+        if core.has_output:  # SETTINGS/PING ACKs, 400s, RST_STREAMs, GOAWAY
             self._flush()
 
     def eof_received(self) -> bool:
@@ -202,7 +202,7 @@ class TunnelSession(asyncio.BufferedProtocol):
         if self._lost:
             raise StreamClosedError("the HBONE connection is closed")
 
-    def send_data(self, stream_id: int, data: memoryview) -> int:
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         sent = self.core.send_data(stream_id, data)
         if sent:
             # Straight to TLS: waiting a loop iteration to coalesce would add latency to every

@@ -114,16 +114,18 @@ class HboneStream:
         elif self._remote_ended:
             sink.on_remote_end()
 
-    def send_some(self, data: memoryview) -> int:
+    def send_some(self, data: bytes | memoryview) -> int:
         """Send as much of `data` as the windows and the TLS buffer take now, without waiting.
 
         0 means wait for the sink's on_writable(). The caller keeps `data` unchanged until the
         transport has taken it (the core queues views of it).
         """
-        self._check_writable()
-        if not self.session.writable:
+        if self._reset_code is not None or self._local_ended:
+            self._check_writable()  # raises
+        session = self.session
+        if session._paused or session._lost:  # not session.writable, without a property call
             return 0
-        sent = self.session.send_data(self.stream_id, data)
+        sent = session.send_data(self.stream_id, data)
         self.bytes_sent += sent
         return sent
 
