@@ -21,6 +21,12 @@ size limit and it accepts obs-fold; h11 is strict but 2.5x slower than this modu
 parse a pipelined request before the previous response is sent. At ~11 us the parser is a
 small share of a waypoint hop (TLS dominates, design.md §9), so Weft uses its own codec: no
 dependency, every rule above under our control and tested byte for byte.
+
+On the plain listener, common requests do not come here: fastpath.py accepts a head only when
+one regular expression over its bytes finds it plainly valid (a common method, origin-form
+target, HTTP/1.1, `token: value` lines without control characters, one Host, at most one
+decimal Content-Length, no Transfer-Encoding, Upgrade or Expect) and hands anything else, with
+its connection, to this codec, so every rule above still decides what is refused.
 """
 
 from __future__ import annotations

@@ -199,7 +199,8 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
 
     def ready(self) -> bool:
-        return all(worker.ready for worker in self.workers)
+        """Serving: some worker listens (while one restarts, the others still take the port)."""
+        return any(worker.ready for worker in self.workers)
 
     async def gather(self) -> WaypointMetrics:
         """The whole waypoint's series: every worker's now, plus those of exited processes."""
@@ -217,7 +218,7 @@ class Supervisor:
         for worker in self.workers:
             await worker.start()
         deadline = time.monotonic() + ready_timeout_s
-        while not self.ready():
+        while not all(worker.ready for worker in self.workers):
             for worker in self.workers:
                 process = worker.process
                 if process is not None and process.returncode is not None:
