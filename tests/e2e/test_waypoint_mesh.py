@@ -218,6 +218,113 @@ def test_grpc_unary_and_streaming_keep_status_codes_and_trailers_through_the_way
     assert after - before == 4  # all four calls went through the ratings waypoint
 
 
+# Unary GetRating calls carrying demo.ratings' failure knob (x-demo-unavailable: F: of the calls
+# carrying it, the fraction F answer UNAVAILABLE, evenly: F = 0.5 is every second one), then one
+# WatchRatings stream the knob fails after its first message; prints {"unary": [code, ...],
+# "stream": [sequence..., code]}.
+GRPC_KNOB_PROBE = r"""
+import json, sys, grpc
+from demo import ratings_pb2, ratings_pb2_grpc
+target, count, fraction = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {"unary": [], "stream": []}
+with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
+    stub = ratings_pb2_grpc.RatingsStub(channel)
+    for _ in range(count):
+        try:
+            stub.GetRating(ratings_pb2.GetRatingRequest(product_id=1), timeout=5,
+                           metadata=(("x-demo-unavailable", fraction),))
+            out["unary"].append("OK")
+        except grpc.RpcError as e:
+            out["unary"].append(e.code().name)
+    try:
+        for m in stub.WatchRatings(ratings_pb2.WatchRatingsRequest(product_id=2, count=3),
+                                   timeout=5, metadata=(("x-demo-unavailable", "1"),)):
+            out["stream"].append(m.sequence)
+    except grpc.RpcError as e:
+        out["stream"].append(e.code().name)
+print(json.dumps(out))
+"""
+RATINGS_WITHOUT_GRPC_RETRY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ratings, namespace: ratings}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings, port: 9090}]
+  rules:
+  - backendRefs: [{name: ratings, port: 9090}]
+    retry: {attempts: 3, codes: [503], backoff: 10ms}
+"""
+
+
+def waypoint_version(lab: Lab, namespace: str) -> int:
+    wp = next(w for w in DEMO_WAYPOINTS if w.namespace == namespace)
+    status, body = waypoint_http(lab, wp.workload, "/config_dump")
+    assert status == 200, body
+    return int(json.loads(body)["version"])
+
+
+def apply_to_ratings_waypoint(lab: Lab, path: Path) -> None:
+    """`weft apply -f path`, then wait until ratings' waypoint runs a newer configuration."""
+    before = waypoint_version(lab, "ratings")
+    weft_on_control(lab, "apply", "-f", str(path))
+    wait_until(lambda: waypoint_version(lab, "ratings") > before, 10)
+
+
+def knob_failures(lab: Lab) -> int:
+    """How many calls the ratings service failed on purpose so far (its log says each)."""
+    return (lab.store.log_dir / "ratings.log").read_text().count("UNAVAILABLE (knob)")
+
+
+def test_grpc_retry_on_unavailable_turns_a_half_failing_ratings_into_success(
+    lab: Lab, mesh: MeshInfo, tmp_path: Path
+) -> None:
+    labels = {"reporter": "waypoint", "destination_service": "ratings.ratings.svc.cluster.local"}
+
+    def unavailable_and_ok() -> tuple[float, float]:
+        text = waypoint_metrics(lab, "ratings")
+        return (
+            counter_total(text, "istio_requests_total", grpc_response_status="14", **labels),
+            counter_total(text, "istio_requests_total", grpc_response_status="0", **labels),
+        )
+
+    def knob_probe() -> dict[str, list[object]]:
+        argv = [sys.executable, "-c", GRPC_KNOB_PROBE, RATINGS, "40", "0.5"]
+        return dict(json.loads(lab.exec("loadgen", argv, timeout=60).stdout))
+
+    # Retries on 503 only: a gRPC UNAVAILABLE travels in an HTTP 200, so every second call fails.
+    plain_route = tmp_path / "ratings-no-grpc-retry.yaml"
+    plain_route.write_text(RATINGS_WITHOUT_GRPC_RETRY)
+    apply_to_ratings_waypoint(lab, plain_route)
+    try:
+        before = unavailable_and_ok()
+        plain = knob_probe()
+        after = unavailable_and_ok()
+    finally:
+        apply_to_ratings_waypoint(lab, DEMO_WAYPOINT_RESOURCES)
+    assert plain["unary"].count("UNAVAILABLE") == 20, plain
+    assert plain["unary"].count("OK") == 20, plain
+    # every call counted once, with its grpc-status as Istio's grpc_response_status label
+    assert (after[0] - before[0], after[1] - before[1]) == (20 + 1, 20), (before, after)
+
+    # The demo's route (retryOn: unavailable,reset,connect-failure): every call succeeds, each
+    # failing first try being tried again; the stream's status after its first message is final.
+    failed_before = knob_failures(lab)
+    before = unavailable_and_ok()
+    retried = knob_probe()
+    after = unavailable_and_ok()
+    assert retried["unary"] == ["OK"] * 40, retried
+    assert retried["stream"] == [1, "UNAVAILABLE"], retried
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 40), (before, after)
+    # the backend really failed: at least half the calls' first tries (with retries, the knob
+    # sees more calls: 20 to 40 of the 40 failed once), and the stream
+    wait_until(lambda: knob_failures(lab) - failed_before >= 21, 5)
+    assert knob_failures(lab) - failed_before <= 41
+    print(
+        f"ratings behind its waypoint, half of the calls failing: {plain['unary'].count('OK')}/40"
+        f" OK without gRPC retries, {retried['unary'].count('OK')}/40 with retryOn: unavailable"
+    )
+
+
 # --- resilience, against a backend the tests control ---------------------------------------------
 
 # A small HTTP/1.1 server (stdlib only) run as two lab workloads, flaky-a and flaky-b, behind the
