@@ -12,22 +12,12 @@ from itertools import combinations
 
 import pytest
 
+from tests.e2e.lab_checks import weft
 from vm.lab.lab import Lab
 from vm.lab.probes import connect_probe_argv, listener_argv
 from vm.lab.state import WorkloadInfo
 
 IDLE_PORT = 5000
-
-
-def weft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the `weft` CLI as a separate process, as an operator would."""
-    return subprocess.run(
-        [sys.executable, "-m", "weft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def demo_workloads(lab: Lab) -> list[WorkloadInfo]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.lab_checks import weft
 from vm.lab.cleanup import BPF_PINS, find_leftovers
 from vm.lab.lab import Lab
 from vm.lab.probes import connect_probe_argv, listener_argv
@@ -28,16 +29,6 @@ pytestmark = [pytest.mark.lab_lifecycle, pytest.mark.usefixtures("lab_lock")]
 
 STATE_FILE = DEFAULT_STATE_DIR / "state.json"
 LOG_DIR = DEFAULT_STATE_DIR / "logs"
-
-
-def weft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "weft.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def recorded_pids() -> list[int]:

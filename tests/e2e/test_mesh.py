@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.mesh_checks import (
+from tests.e2e.lab_checks import (
     CATALOG,
     ECHO_VIP,
     access_log,

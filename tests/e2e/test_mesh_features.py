@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from controller.ca_files import CAFiles
-from tests.e2e.mesh_checks import (
+from tests.e2e.lab_checks import (
     CATALOG,
     CATALOG_VIP,
     ECHO_VIP,

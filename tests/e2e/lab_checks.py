@@ -1,8 +1,9 @@
-"""Helpers of the lab's mesh tests: calls from inside workloads, agent metrics and logs, policy."""
+"""Helpers of the lab's e2e tests: the weft CLI, calls from workloads, agent metrics, policy."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,17 @@ from vm.lab.mesh import agent_http, weft_on_control
 CATALOG_VIP = "10.96.0.11"
 ECHO_VIP = "10.96.0.21"
 CATALOG = f"http://{CATALOG_VIP}:8080/products"
+
+
+def weft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the `weft` CLI as a separate process, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "weft.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> float:
