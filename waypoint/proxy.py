@@ -218,6 +218,9 @@ class WaypointProxy:
         flight finish under the config they started with; new ones see the new one."""
         self.config = config
         self.endpoints = endpoints
+        if self._fast_plan is not None:  # its idle connections close now, busy ones when done
+            self._fast_plan.retire()
+            self._fast_plan = None
         for authority, backend in list(self._backends.items()):
             if backend.policy != config.traffic_policy_for(authority):
                 del self._backends[authority]  # rebuilt on next use with the new policy

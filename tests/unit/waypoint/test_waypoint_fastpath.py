@@ -381,3 +381,26 @@ def test_fast_log_line_is_the_line_of_its_record() -> None:
         line = fast_log_line(facts)
         assert line == access_log_line(fast_record(facts))
         assert json.loads(line)["user_agent"] == agent
+
+
+def test_new_endpoints_from_discovery_take_the_next_requests() -> None:
+    async def main() -> None:
+        first, second = RawBackend({}), RawBackend({})
+        ports = [await first.start(), await second.start()]
+        service = ServiceConfig(hostname=HOST, port=9080, routes=ROUTES)
+        config = WaypointConfig(services=(service,))
+        proxy = WaypointProxy(config, {V1.authority: [f"127.0.0.1:{ports[0]}"]})
+        _, port = await proxy.start()
+        try:
+            await exchange(port, request("/one"), until=b"ok")
+            proxy.update(config, {V1.authority: [f"127.0.0.1:{ports[1]}"]})
+            await exchange(port, request("/two"), until=b"ok")
+            assert [r.split(b" ")[1] for r in first.received] == [b"/one"]
+            assert [r.split(b" ")[1] for r in second.received] == [b"/two"]
+            assert proxy.general_connections == 0
+        finally:
+            await proxy.close()
+            await first.stop()
+            await second.stop()
+
+    asyncio.run(main())
