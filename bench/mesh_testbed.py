@@ -14,7 +14,9 @@ and tunnelled to the waypoint, which tunnels each request on to the server's age
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ import yaml
 
 from bench.loads.catalog import SERVICE_PORTS
 from bench.native import build_tools
+from bench.priority import NICE
 from bench.servers import start_servers
 from bench.testbed import CONNECTION_RATE_SYSCTLS, BenchLayout, Testbed
 from vm.lab.lab import Lab
@@ -151,6 +154,8 @@ def _start_mesh(lab: Lab, layout: BenchLayout) -> BenchMesh:
         for pid in server_pids:
             lab.stop(pid)
         raise
+    for pid in info.agent_pids.values():
+        _prioritize(pid)
     resources = mesh_dir(lab) / "bench-mesh.yaml"
     resources.write_text(yaml.safe_dump_all(bench_resources(meshed)))
     mesh = BenchMesh(lab, info, meshed, server_pids, resources)
@@ -166,6 +171,19 @@ def _start_mesh(lab: Lab, layout: BenchLayout) -> BenchMesh:
         release_mesh(mesh, "setup")
         raise
     return mesh
+
+
+def _prioritize(pid: int) -> None:
+    """Give a process, every thread and child of it, the bench's priority (bench.priority).
+
+    vm.lab.mesh starts the agents (the same way for the tests), not through `prioritized`, so
+    without this they ran at nice 0 against stunnel's -5 on a machine shared with other work.
+    """
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.setpriority(os.PRIO_PROCESS, int(task.name), NICE)
+            for child in (task / "children").read_text().split():
+                _prioritize(int(child))
 
 
 def bench_resources(meshed: BenchLayout) -> list[dict[str, Any]]:
