@@ -19,6 +19,7 @@ import hyperframe.flags
 import hyperframe.frame
 
 from weft.hbone import frame_flags, frame_repr
+from weft.hbone.connect_block import send_connect
 from weft.hbone.errors import StreamClosedError
 from weft.hbone.events import (
     CANCEL,
@@ -527,10 +528,8 @@ class ClientConnection(HboneConnection):
         parse_authority(authority)
         try:
             stream_id = self._h2.get_next_available_stream_id()
-            self._h2.send_headers(
-                stream_id, [(":method", "CONNECT"), (":authority", authority), *headers]
-            )
-        except h2.exceptions.H2Error as error:
+            send_connect(self._h2, stream_id, authority, tuple(headers))  # a cached block
+        except (h2.exceptions.H2Error, ValueError) as error:
             raise StreamClosedError(f"cannot open a stream on this connection: {error}") from error
         return stream_id
 
