@@ -20,7 +20,7 @@ from typing import Protocol
 
 from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
-from agent.telemetry import ConnectionRecord, Telemetry
+from agent.telemetry import ConnectionRecord, Telemetry, accounted
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
@@ -31,6 +31,32 @@ from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Work
 log = logging.getLogger(__name__)
 
 HBONE_PORT = 15008
+
+# Client and destination addresses repeat from connection to connection, and ipaddress parses
+# and formats in Python (a few microseconds each): both are remembered, up to a bound.
+_ADDRESS_CACHE_LIMIT = 4096
+_parsed: dict[str, IPv4Address] = {}
+_texts: dict[IPv4Address, str] = {}
+
+
+def parse_address(text: str) -> IPv4Address:
+    """IPv4Address(text), remembered."""
+    found = _parsed.get(text)
+    if found is None:
+        if len(_parsed) >= _ADDRESS_CACHE_LIMIT:
+            _parsed.clear()
+        found = _parsed[text] = IPv4Address(text)
+    return found
+
+
+def address_text(address: IPv4Address) -> str:
+    """str(address), remembered."""
+    found = _texts.get(address)
+    if found is None:
+        if len(_texts) >= _ADDRESS_CACHE_LIMIT:
+            _texts.clear()
+        found = _texts[address] = str(address)
+    return found
 
 
 class RouteKind(StrEnum):
@@ -172,14 +198,12 @@ class OutboundProxy:
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
         record = ConnectionRecord("outbound", f"{peer[0]}:{peer[1]}", "?")
-        try:
-            await self._serve(reader, writer, (peer[0], peer[1]), (local[0], local[1]), record)
-        except Exception as err:  # one connection's failure must not cost the listener
-            log.exception("outbound connection from %s failed", record.src)
-            record.outcome, record.reason = "error", repr(err)
-            abort_tcp(writer)
-        finally:
-            self._telemetry.connection_closed(record)
+        await accounted(
+            self._telemetry,
+            record,
+            writer,
+            self._serve(reader, writer, (peer[0], peer[1]), (local[0], local[1]), record),
+        )
 
     async def _serve(
         self,
@@ -195,9 +219,10 @@ class OutboundProxy:
             abort_tcp(writer)
             return
         address, port, cgroup_id = original
-        record.dst = f"{address}:{port}"
+        record.dst = f"{address_text(address)}:{port}"
         state = self._state()
-        source = state.workload_at(IPv4Address(peer[0]))
+        source_ip = parse_address(peer[0])
+        source = state.workload_at(source_ip)
         if source is None or source.node != state.node:
             record.outcome, record.reason = "error", "source is not a workload of this node"
             abort_tcp(writer)
@@ -206,10 +231,10 @@ class OutboundProxy:
         record.source_workload = source.metadata.name
         record.source_namespace = source.metadata.namespace
         record.source_principal = source_identity.uri
-        route = plan_route(state, self.balancer, address, port, IPv4Address(peer[0]))
+        route = plan_route(state, self.balancer, address, port, source_ip)
         record.route = route.kind.value
         record.destination_service = route.service
-        record.endpoint = f"{route.address}:{route.port}"
+        record.endpoint = f"{address_text(route.address)}:{route.port}"
         if route.endpoint is not None:
             record.destination_workload = route.endpoint.metadata.name
             record.destination_namespace = route.endpoint.metadata.namespace
@@ -225,7 +250,7 @@ class OutboundProxy:
             record.security = "mutual_tls"  # authorized as if it had crossed HBONE
             record.destination_principal = state.identity(route.endpoint).uri
             upstream = await self._local.connect_local(
-                route.endpoint, source_identity, IPv4Address(peer[0]), route.port, record
+                route.endpoint, source_identity, source_ip, route.port, record
             )
             if upstream is None:
                 abort_tcp(writer)
@@ -293,7 +318,7 @@ class OutboundProxy:
             destination = state.identity(route.endpoint)
         record.security = "mutual_tls"
         record.destination_principal = destination.uri
-        authority = f"{route.address}:{route.port}"
+        authority = record.endpoint  # the route's address:port
         # baggage names the source workload for the destination's telemetry, as ztunnel's does:
         # the destination node is not told about workloads that are no service's endpoint.
         headers = (

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address
 
 from agent.policy import ConnectionAttributes, DecisionCache
 from agent.state import NodeState
-from agent.telemetry import ConnectionRecord, Telemetry
+from agent.telemetry import ConnectionRecord, Telemetry, accounted
 from agent.tunnel.connect import open_from
 from agent.tunnel.pipe import pipe
 from weft.hbone.relay import abort_tcp
@@ -95,14 +95,7 @@ class PlaintextInbound:
         local = self._original_destination(writer.get_extra_info("sockname")[:2])
         record = ConnectionRecord("inbound", f"{peer[0]}:{peer[1]}", f"{local[0]}:{local[1]}")
         record.route, record.security = "plaintext", "none"
-        try:
-            await self._serve(reader, writer, record)
-        except Exception as err:  # one connection's failure must not cost the listener
-            log.exception("plaintext inbound connection from %s failed", record.src)
-            record.outcome, record.reason = "error", repr(err)
-            abort_tcp(writer)
-        finally:
-            self._telemetry.connection_closed(record)
+        await accounted(self._telemetry, record, writer, self._serve(reader, writer, record))
 
     async def _serve(
         self,

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from weft.hbone.pool import PoolStats
+from weft.hbone.relay import abort_tcp
 
 TCP_LABELS = (
     "reporter",
@@ -43,6 +44,7 @@ TCP_LABELS = (
 )
 
 access_log = logging.getLogger("weft.access")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -233,6 +235,24 @@ class Telemetry:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def accounted(
+    telemetry: Telemetry,
+    record: ConnectionRecord,
+    writer: asyncio.StreamWriter,
+    serve: Coroutine[Any, Any, None],
+) -> None:
+    """Run one accepted connection's `serve`, then count and log it: the frame every listener
+    puts around a connection. A failure costs this connection (reset), never the listener."""
+    try:
+        await serve
+    except Exception as err:
+        log.exception("%s connection from %s failed", record.direction, record.src)
+        record.outcome, record.reason = "error", repr(err)
+        abort_tcp(writer)
+    finally:
+        telemetry.connection_closed(record)
 
 
 class _PoolCollector(Collector):

@@ -80,7 +80,9 @@ class HbonePool:
         connection = self._connection_with_room(key) or self._dial(key)
         connection.reserve()
         try:
-            session = await asyncio.shield(connection.ready)
+            session = connection.session  # set once the handshake is done
+            if session is None:  # shielded: one caller's cancel must not cancel the handshake
+                session = await asyncio.shield(connection.ready)
             # asyncio.timeout, unlike wait_for, costs no extra task per tunnel.
             async with asyncio.timeout(self.response_timeout):
                 stream = await session.open_tunnel(authority, headers)
