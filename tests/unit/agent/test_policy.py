@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from agent.policy import ConnectionAttributes, Verdict, decide
+from agent.policy import ConnectionAttributes, DecisionCache, Verdict, decide
 from tests.resource_yaml import CATALOG_CALLERS
 from tests.unit.agent.mesh_config import node_state
 from weft.identity import Identity
@@ -124,3 +125,31 @@ def test_policies_of_other_namespaces_and_selectors_do_not_apply() -> None:
     assert policies(elsewhere) == []
     other_app = CATALOG_CALLERS.replace("app: catalog", "app: reviews")
     assert policies(other_app) == []
+
+
+def test_cached_decisions_follow_a_new_state_and_keep_answers_per_connection_attributes() -> None:
+    before = node_state("node2")
+    after = node_state("node2", extra=CATALOG_CALLERS)
+    catalog = IPv4Address("10.88.2.2")
+    cache = DecisionCache()
+    evaluated: list[str] = []
+
+    def policies_of(state: object) -> Callable[[], list[AuthorizationPolicy]]:
+        def policies() -> list[AuthorizationPolicy]:
+            evaluated.append("x")
+            assert isinstance(state, type(before))
+            workload = state.workload_at(catalog)
+            assert workload is not None
+            return state.authorization_policies(workload)
+
+        return policies
+
+    assert cache.decide(before, catalog, policies_of(before), conn(LOADGEN)).allowed
+    assert cache.decide(before, catalog, policies_of(before), conn(LOADGEN)).allowed
+    assert len(evaluated) == 1  # the second answer came from the cache
+    # a new config version: judged again, now under the ALLOW policy that omits loadgen
+    assert not cache.decide(after, catalog, policies_of(after), conn(LOADGEN)).allowed
+    assert cache.decide(after, catalog, policies_of(after), conn(FRONTEND)).allowed
+    assert len(evaluated) == 3
+    assert not cache.decide(after, catalog, policies_of(after), conn(LOADGEN)).allowed
+    assert len(evaluated) == 3

@@ -88,3 +88,38 @@ spec: {selector: {matchLabels: {app: frontend}}, mtls: {mode: PERMISSIVE}}
     assert NodeState("node1").apply(snapshot(SHOP)).mtls_mode(reviews, 1) == (
         MutualTLSMode.PERMISSIVE
     )
+
+
+def test_lookups_answer_for_the_state_they_were_built_from_after_a_delta() -> None:
+    """The indexes are built once per state: a delta's state answers from its own."""
+    state = node_state("node1")
+    catalog_vip = IPv4Address("10.96.0.11")
+    before = state.service_target(catalog_vip, 8080)
+    assert before is not None
+    assert state.workload_at(IPv4Address("10.88.2.2")) is not None
+    delta = ConfigUpdate(2, False, (), (ResourceKey(Kind.WORKLOAD, "shop", "catalog"),))
+    after = state.apply(delta)
+    assert after.workload_at(IPv4Address("10.88.2.2")) is None
+    target = after.service_target(catalog_vip, 8080)
+    assert target is not None
+    assert target.endpoints == ()
+    assert [w.metadata.name for w in before.endpoints] == ["catalog"]  # the old state's answer
+    reviews = state.workload_at(IPv4Address("10.88.1.3"))
+    assert reviews is not None
+    assert state.identity(reviews).uri == "spiffe://cluster.local/ns/shop/sa/reviews"
+    assert [s.metadata.name for s in state.services_of(reviews)] == ["reviews"]
+
+
+def test_a_vip_port_two_services_claim_goes_to_the_first_in_resource_order() -> None:
+    second = """\
+apiVersion: v1
+kind: Service
+metadata: {name: zz-shadow, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: reviews}
+  ports: [{name: http, port: 8080, targetPort: 9090}]
+"""
+    target = node_state("node1", SHOP, second).service_target(IPv4Address("10.96.0.11"), 8080)
+    assert target is not None
+    assert target.service.metadata.name == "catalog"
