@@ -1,13 +1,16 @@
 """The Vagrant lab on real VMs (vm/vagrant/): qemu-emulated controller + 2 nodes, meshed by Weft.
 
 Builds the Debian box when absent (cached after), starts libvirtd in the lab's netns, boots and
-provisions the VMs from what the host ships, and proves a meshed call from node1 to node2 on
-the VMs' private network. Prints each phase's duration. Slow by nature (software emulation):
-the whole file stays under 20 minutes on a fresh machine of the CI kind.
+provisions the VMs from what the host ships (the waypoint shop/waypoint as a unit on node2,
+joined with its own token), and proves on the same VMs a meshed call from node1 to node2 on the
+VMs' private network and an HTTP call from node1 through the waypoint. Prints each phase's
+duration. Slow by nature (software emulation): the whole file stays under 20 minutes on a fresh
+machine of the CI kind.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -15,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from vm.vagrant import lab, libvirt
+from vm.vagrant import lab, libvirt, waypointcall
 from vm.vagrant.meshcall import meshed_call
 from vm.vagrant.steps import StepError
+from vm.vagrant.waypointcall import BACKENDS, FRONTEND, WaypointCallResult
 
 WORKERS = ("node1", "node2")
 
@@ -81,8 +85,14 @@ def test_meshed_call_between_vms_crosses_the_private_network_as_tls(clean_slate:
         )
         journal = lab.guest("control", "journalctl -u weft-controller --no-pager -n 50").stdout
         assert journal.strip(), "journalctl shows the controller's log"
+    with timings.measure("waypoint demo workloads started", _progress):
+        # Started now, so that their servers start while the meshed call runs.
+        waypointcall.start()
     with timings.measure("meshed call node1 -> node2", _progress):
         result = meshed_call("node1", "node2")
+    with timings.measure("call through the waypoint", _progress):
+        through = waypointcall.call_through_waypoint()
+        _check_waypoint(through)
     with timings.measure("agents checked", _progress):
         for node in WORKERS:
             assert lab.guest(node, "systemctl is-active weft-agent").stdout.strip() == "active"
@@ -109,3 +119,29 @@ def test_meshed_call_between_vms_crosses_the_private_network_as_tls(clean_slate:
     assert result.plaintext_hits == 0, f"the marker crossed the fabric in clear ({result.pcap})"
     assert result.direct_segments == 0, f"the echo port was reached directly ({result.pcap})"
     assert os.path.getsize(result.pcap) > 0
+
+
+def _check_waypoint(result: WaypointCallResult) -> None:
+    """The waypoint's unit, state dir and journal on its VM, and what it did with the calls."""
+    wp = result.waypoint
+    assert lab.guest(wp.node, f"systemctl is-active {wp.unit}").stdout.strip() == "active"
+    modes = lab.guest(
+        wp.node, f"stat -c '%a %U' /var/lib/weft/waypoints/{wp.instance} "
+        f"/var/lib/weft/waypoints/{wp.instance}/svid.pem /etc/weft/waypoint-{wp.instance}.token",
+    ).stdout.split("\n")  # fmt: skip
+    assert modes[:3] == ["700 root", "600 root", "600 root"], modes
+    reply = result.reply
+    version = reply.headers.get("x-demo-version")
+    assert (reply.status, version in ("v1", "v2")) == (200, True), reply
+    document = json.loads(reply.body)
+    product = int(result.path.split("/")[-1])
+    assert (document["product_id"], document["version"]) == (product, version)
+    # The demo's AuthorizationPolicy, enforced by the waypoint: the frontend may only GET.
+    assert result.denied.status == 403, result.denied
+    assert "RBAC: access denied" in result.denied.body
+    assert result.requests_after >= result.requests_before + 1, result
+    line = result.access_log
+    backend = next(b for b in BACKENDS if b.labels["version"] == version)
+    assert (line["response_code"], line["upstream_host"]) == (200, f"{backend.ip}:8080"), line
+    assert line["source_principal"] == f"spiffe://cluster.local/ns/shop/sa/{FRONTEND.name}", line
+    assert line["connection_security_policy"] == "mutual_tls", line

@@ -267,7 +267,9 @@ def _unit_root(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("unit", ["weft-agent.service", "weft-controller.service"])
+@pytest.mark.parametrize(
+    "unit", ["weft-agent.service", "weft-controller.service", "weft-waypoint@shop-waypoint.service"]
+)
 def test_systemd_unit_verifies_cleanly(tmp_path: Path, unit: str) -> None:
     root = _unit_root(tmp_path)
     result = subprocess.run(
@@ -301,6 +303,79 @@ def test_agent_unit_runs_the_agent_cli_with_node_controller_token_roots_and_cgro
         "--workloads-cgroup": "/sys/fs/cgroup/weft/workloads",
     }
     assert "CGROUPS=/sys/fs/cgroup/weft/workloads" in (PROVISION / "workload.sh").read_text()
+
+
+def test_waypoint_unit_runs_the_waypoint_in_its_netns_with_its_token_roots_and_state_dir() -> None:
+    argv = _exec_start("weft-waypoint@.service").split()
+    # weft-workload's `run`: its own netns at the Waypoint's address, the waypoint in front.
+    assert argv[:5] == [
+        "/usr/local/sbin/weft-workload", "run", "%i", "${WEFT_WAYPOINT_ADDRESS}", "--",
+    ]  # fmt: skip
+    assert argv[5:8] == ["/opt/weft/venv/bin/weft", "waypoint", "run"]
+    flags = dict(zip(argv[8::2], argv[9::2], strict=True))
+    assert flags == {
+        "--name": "${WEFT_WAYPOINT_NAME}",
+        "--namespace": "${WEFT_WAYPOINT_NAMESPACE}",
+        "--service-account": "${WEFT_WAYPOINT_SERVICE_ACCOUNT}",
+        "--controller": "${WEFT_CONTROLLER}",
+        # Written by the Vagrantfile's waypoint trigger (the bundle by its join trigger).
+        "--join-token": "/etc/weft/waypoint-%i.token",
+        "--trust-bundle": "/etc/weft/trust-bundle.pem",
+        "--state-dir": "/var/lib/weft/waypoints/%i",
+        "--hbone": "0.0.0.0:15008",
+        "--listen": "off",
+        "--admin": "0.0.0.0:15020",
+    }
+    text = (PROVISION / "systemd" / "weft-waypoint@.service").read_text()
+    # systemd makes the state dir, root-only: the saved SVID's key lives there.
+    assert "StateDirectory=weft/waypoints/%i\nStateDirectoryMode=0700\n" in text
+    assert "ExecStopPost=/usr/local/sbin/weft-workload stop %i\n" in text
+
+
+def test_the_waypoint_is_started_on_its_worker_after_that_worker_joined(
+    tmp_path: Path, vagrant_home: Path
+) -> None:
+    triggers = {
+        m["name"]: m["triggers_after"]
+        for m in describe_machines(VM_DIR, _vagrant_env(tmp_path, vagrant_home))
+    }
+    assert triggers == {
+        "control": [],
+        "node1": ["weft: join node1 to the controller on control"],
+        "node2": [
+            "weft: join node2 to the controller on control",
+            "weft: start waypoint shop/waypoint on node2",
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        (
+            "{address: 10.88.2.20, node: control}",
+            "document 2 (kind Waypoint).spec.node: expected a worker of",
+        ),
+        (
+            "{address: 10.88.1.20, node: node2}",
+            "document 2 (kind Waypoint).spec.address: expected an IPv4 address in node2's "
+            "podCIDR 10.88.2.0/24",
+        ),
+    ],
+    ids=["not-a-worker", "address-outside-podCIDR"],
+)
+def test_a_misplaced_waypoint_is_refused_naming_file_and_field(
+    tmp_path: Path, vagrant_home: Path, spec: str, named: str
+) -> None:
+    vm_dir = lab_copy(tmp_path, TOPOLOGY.read_text())
+    waypoints = vm_dir / "provision" / "waypoint.yaml"
+    waypoints.write_text(
+        "kind: Namespace\nmetadata: {name: shop}\n---\n"
+        f"kind: Waypoint\nmetadata: {{name: waypoint, namespace: shop}}\nspec: {spec}\n"
+    )
+    result = run_vagrant(["validate"], vm_dir, _vagrant_env(tmp_path, vagrant_home))
+    assert result.returncode != 0
+    assert f"{waypoints}: {named}" in result.stderr
 
 
 def test_controller_unit_runs_the_controller_cli() -> None:
@@ -377,7 +452,7 @@ def test_staging_packs_the_project_without_virtualenv_or_vagrant_state(tmp_path:
     assert (ship / "wheelhouse" / "placeholder-0-py3-none-any.whl").exists()
 
 
-def test_each_worker_routes_the_other_workers_pod_cidrs_to_them(
+def test_each_node_routes_the_other_workers_pod_cidrs_to_them(
     tmp_path: Path, vagrant_home: Path
 ) -> None:
     machines = {
@@ -389,9 +464,6 @@ def test_each_worker_routes_the_other_workers_pod_cidrs_to_them(
         (weft,) = [p for p in machines[node["name"]]["provisioners"] if p["name"] == "weft"]
         args = weft["args"]
         routes = {args[i + 1] for i, arg in enumerate(args) if arg == "--route"}
-        expected = (
-            {f"{w['podCIDR']}={w['ip']}" for w in workers if w["name"] != node["name"]}
-            if node["role"] == "worker"
-            else set()
-        )
+        # The control node too: a waypoint reaches the controller from its pod IP.
+        expected = {f"{w['podCIDR']}={w['ip']}" for w in workers if w["name"] != node["name"]}
         assert routes == expected, node["name"]

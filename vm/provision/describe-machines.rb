@@ -24,6 +24,7 @@ machines = env.machine_names.map do |name|
     cpus: libvirt.cpus,
     synced_folders: machine.config.vm.synced_folders
                            .reject { |_, options| options[:disabled] }.keys,
+    triggers_after: machine.config.trigger.after_triggers.map(&:name).uniq,
     provisioners: machine.config.vm.provisioners.map do |p|
       { name: p.name, type: p.type.to_s, args: p.type.to_s == "shell" ? Array(p.config.args) : nil }
     end,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provisions one lab VM offline: unpacks the shipped project, runs the project's own setup
-# (scripts/setup.sh) against the shipped wheelhouse, and installs the node's systemd unit.
+# (scripts/setup.sh) against the shipped wheelhouse, and installs the node's systemd units
+# (the controller; or the agent and the waypoint template, weft-waypoint@.service).
 #
 # usage: node.sh --ship DIR --node NAME --role control|worker --address IP [--prefix LEN]
 #                --controller IP:PORT [--route CIDR=VIA]...
@@ -99,7 +100,8 @@ say "hostname $node, eth1 $address/$prefix${routes[*]:+, routes ${routes[*]}}"
 hostnamectl set-hostname "$node" 2>/dev/null || { echo "$node" >/etc/hostname; hostname "$node"; }
 sed -i "/^127\.0\.1\.1 /d" /etc/hosts && echo "127.0.1.1 $node" >>/etc/hosts
 # HBONE goes to the destination pod's own address on 15008 (as in Istio ambient): each worker
-# routes the other workers' podCIDRs to them.
+# routes the other workers' podCIDRs to them; the control node routes them all (a waypoint
+# talks to the controller from its own pod address).
 {
   printf '# The lab fabric (written by vm/provision/node.sh).\n[Match]\nName=eth1\n\n'
   printf '[Network]\nAddress=%s/%s\n' "$address" "$prefix"
@@ -128,6 +130,8 @@ if [ "$role" = control ]; then
   systemctl restart weft-controller.service
 else
   install -m 0644 "$SRC/vm/provision/systemd/weft-agent.service" "$UNIT_DIR/"
+  # Instances (weft-waypoint@NAMESPACE-NAME) are started by the Vagrantfile's waypoint trigger.
+  install -m 0644 "$SRC/vm/provision/systemd/weft-waypoint@.service" "$UNIT_DIR/"
   printf 'WEFT_NODE=%s\nWEFT_CONTROLLER=%s\n' "$node" "$controller" >"$ETC/agent.env"
   systemctl daemon-reload
   # The agent starts once the host trigger has written its join token (the unit waits for it).

@@ -27,7 +27,8 @@ def vagrant_up(args: argparse.Namespace) -> int:
     console.print(timings.report())
     console.print(
         "[green]Vagrant lab up[/]: VMs control, node1, node2 (weft-controller and weft-agent "
-        f"units); log {lab.log_file()}\n"
+        "units; waypoint shop/waypoint as weft-waypoint@shop-waypoint on node2); "
+        f"log {lab.log_file()}\n"
         f"next: cd vm && sudo nsenter --net=/run/netns/{libvirt.NETNS} env "
         f"VAGRANT_HOME={lab.VAGRANT_HOME} VAGRANT_DOTFILE_PATH={lab.STATE_DIR}/dotfile "
         "vagrant ssh node1; 'sudo weft lab down --vagrant' removes it all"

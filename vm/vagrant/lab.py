@@ -1,4 +1,5 @@
-"""`weft lab up|down --vagrant`: the box, libvirt in the lab netns, and `vagrant up|destroy`.
+"""`weft lab up|down --vagrant`: the box, libvirt in the lab netns, `vagrant up|destroy`, and
+the waypoints' readiness (vm/vagrant/waypoint.py).
 
 Each step is named and logs under RUN_DIR; a failing `up` tears down everything it started (VMs,
 libvirt networks and volumes, daemons, the netns) before it raises the step's error.
@@ -176,6 +177,11 @@ def up(progress: Progress = _quiet, up_timeout: float = UP_TIMEOUT) -> Timings:
                         "(each guest's console: virsh console, serial log in the libvirt log)",
                     ) from None
                 raise
+        # Imported here: vm.vagrant.waypoint runs its checks through guest() below.
+        from vm.vagrant import waypoint
+
+        with timings.measure("waypoints ready", progress):
+            waypoint.wait_ready(progress)
     except BaseException:
         progress("failed: removing what was started")
         down(progress=_quiet)

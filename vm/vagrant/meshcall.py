@@ -131,19 +131,27 @@ def wait_agents_ready(nodes: list[str]) -> None:
         )
 
 
-def start_workloads(specs: list[WorkloadSpec], control: str) -> None:
-    for w in specs:
-        command = " ".join(shlex.quote(part) for part in w.command)
-        guest(
-            w.node, f"weft-workload stop {w.name}; weft-workload start {w.name} {w.ip} -- {command}"
-        )
-    documents = yaml.safe_dump_all(resources(specs))
+def start_process(node: str, name: str, ip: str, command: tuple[str, ...]) -> None:
+    """(Re)start guest workload `name` on `node` (weft-workload, detached)."""
+    argv = " ".join(shlex.quote(part) for part in command)
+    guest(node, f"weft-workload stop {name}; weft-workload start {name} {ip} -- {argv}")
+
+
+def apply(control: str, documents: list[dict[str, object]], name: str) -> None:
+    """`weft apply` of `documents` on the control VM, as the controller's admin."""
+    text = yaml.safe_dump_all(documents)
     guest(
         control,
-        f"cat > /tmp/vmlab.yaml <<'EOF'\n{documents}EOF\n"
-        f"weft apply -f /tmp/vmlab.yaml --controller {CONTROLLER} "
+        f"cat > /tmp/{name}.yaml <<'EOF'\n{text}EOF\n"
+        f"weft apply -f /tmp/{name}.yaml --controller {CONTROLLER} "
         f"--admin-credential {CONTROLLER_STATE}/admin.pem",
     )
+
+
+def start_workloads(specs: list[WorkloadSpec], control: str) -> None:
+    for w in specs:
+        start_process(w.node, w.name, w.ip, w.command)
+    apply(control, resources(specs), "vmlab")
 
 
 def agent_config(node: str) -> dict[str, Any]:
