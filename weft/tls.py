@@ -7,6 +7,7 @@ import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from weft.errors import UnavailableError, WeftError
 from weft.identity import Identity, InvalidIdentityError
@@ -74,8 +75,26 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> Identity:
         ) from error
 
 
+class _DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose read, write and pending are the C object's methods themselves.
+
+    uvloop's and asyncio's TLS transports call them for every record (pending twice a read);
+    ssl.SSLObject's are Python functions that only forward to the C object, a frame each.
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> _DirectSSLObject:
+        self: _DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        c_object = self._sslobj  # type: ignore[attr-defined]
+        self.read = c_object.read  # type: ignore[method-assign]
+        self.write = c_object.write  # type: ignore[method-assign]
+        self.pending = c_object.pending  # type: ignore[method-assign]
+        return self
+
+
 def _base_context(protocol: int, svid: Svid, trust_bundle_pem: bytes) -> ssl.SSLContext:
     context = ssl.SSLContext(protocol)
+    context.sslobject_class = _DirectSSLObject
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     # SVIDs name workloads, not hosts: the SPIFFE ID is checked after the handshake instead.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import socket
 import ssl
@@ -194,3 +195,33 @@ def test_svid_repr_never_shows_the_key(root: Root) -> None:
     assert b"PRIVATE KEY" in svid.key_pem
     assert "PRIVATE" not in repr(svid)
     assert "redacted" in repr(svid)
+
+
+def _pump(source: ssl.MemoryBIO, sink: ssl.MemoryBIO) -> None:
+    sink.write(source.read())
+
+
+def test_memory_bio_objects_read_and_write_through_the_c_methods(root: Root) -> None:
+    """What uvloop's TLS transport drives: wrap_bio objects whose hot methods skip ssl.py."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    server = server_context(root.issue(AGENT.uri), root.pem).wrap_bio(
+        bios[0], bios[1], server_side=True
+    )
+    client = client_context(root.issue(FRONTEND.uri), root.pem).wrap_bio(bios[2], bios[3])
+    for method in ("read", "write", "pending"):
+        assert getattr(client, method).__self__ is client._sslobj  # type: ignore[attr-defined]
+    for _ in range(4):  # TLS 1.3 with a client certificate: a few flights each way
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        _pump(bios[3], bios[0])
+        _pump(bios[1], bios[2])
+    assert peer_identity(server) == FRONTEND
+    assert client.write(b"hello") == 5
+    _pump(bios[3], bios[0])
+    buffer = bytearray(64)
+    assert server.read(64, buffer) == 5
+    assert bytes(buffer[:5]) == b"hello"
+    assert server.pending() == 0
+    with pytest.raises(ssl.SSLWantReadError):
+        server.read(64)
