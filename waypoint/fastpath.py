@@ -743,6 +743,10 @@ class FastFront(SocketChannel):
         assert self._on_connect is not None
         self._on_connect(self)
 
+    def body_pending(self) -> bool:
+        """Part of the request body has not reached the backend yet."""
+        return bool(self._body_left or self._pending)
+
     def idle(self) -> bool:
         """Between requests, with nothing of the next one received."""
         return self._state is IDLE and not self._buf
@@ -1020,6 +1024,8 @@ class FastUpstream(asyncio.Protocol):
     def _done(self) -> None:
         front, self._front = self._front, None
         self._state = FREE
+        if front is not None and front.body_pending():
+            self._reusable = False  # answered before the request body ended: framing lost
         if self._client_paused and front is not None:
             front.resume_client_reading()
         self._client_paused = False

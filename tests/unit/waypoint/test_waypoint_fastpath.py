@@ -148,9 +148,10 @@ class RawBackend:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                body = await reader.readexactly(length) if length else b""
-                self.received.append(head + body)
                 path = head.split(b" ")[1].decode()
+                early = path.startswith("/early")  # answer without reading the body
+                body = await reader.readexactly(length) if length and not early else b""
+                self.received.append(head + body)
                 answer = self.script.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 writer.write(answer)
                 await writer.drain()
@@ -404,3 +405,23 @@ def test_new_endpoints_from_discovery_take_the_next_requests() -> None:
             await second.stop()
 
     asyncio.run(main())
+
+
+def test_an_answer_before_the_request_body_ended_closes_both_connections() -> None:
+    script = {"/early": b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"}
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backend: RawBackend, records: list[RequestRecord]
+    ) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"POST /early HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100000\r\n\r\n"
+        writer.write(head.encode() + b"x" * 10)
+        answer = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), TEST_TIMEOUT_S):
+            answer += chunk  # until the waypoint closes: the body's framing is lost
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        await exchange(port, request("/next"), until=b"ok")
+        assert backend.connections == 2  # the first backend connection was not reused
+
+    run(scenario, script)
