@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
+from agent.addresses import parse_address
 from agent.certs.manager import CertificateManager
 from agent.policy import ConnectionAttributes, DecisionCache
 from agent.state import NodeState
@@ -45,7 +46,7 @@ def forwarded_for(headers: Headers) -> IPv4Address | None:
             key, _, raw = part.strip().partition("=")
             if key.lower() == "for":
                 try:
-                    return IPv4Address(raw.strip('"').split(":")[0])
+                    return parse_address(raw.strip('"').split(":")[0])
                 except ValueError:
                     return None
     return None
@@ -79,7 +80,7 @@ def split_authority(authority: str) -> tuple[IPv4Address, int]:
     """`ip:port` -> (ip, port); LookupError (answered 503) for anything else."""
     host, _, port = authority.rpartition(":")
     try:
-        address, number = IPv4Address(host), int(port)
+        address, number = parse_address(host), int(port)
     except ValueError:
         raise LookupError(f"authority {authority!r} is not ip:port") from None
     if not 0 < number < 65536:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import Protocol
 
+from agent.addresses import address_text, parse_address
 from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
 from agent.telemetry import ConnectionRecord, Telemetry, accounted
@@ -31,32 +32,6 @@ from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Work
 log = logging.getLogger(__name__)
 
 HBONE_PORT = 15008
-
-# Client and destination addresses repeat from connection to connection, and ipaddress parses
-# and formats in Python (a few microseconds each): both are remembered, up to a bound.
-_ADDRESS_CACHE_LIMIT = 4096
-_parsed: dict[str, IPv4Address] = {}
-_texts: dict[IPv4Address, str] = {}
-
-
-def parse_address(text: str) -> IPv4Address:
-    """IPv4Address(text), remembered."""
-    found = _parsed.get(text)
-    if found is None:
-        if len(_parsed) >= _ADDRESS_CACHE_LIMIT:
-            _parsed.clear()
-        found = _parsed[text] = IPv4Address(text)
-    return found
-
-
-def address_text(address: IPv4Address) -> str:
-    """str(address), remembered."""
-    found = _texts.get(address)
-    if found is None:
-        if len(_texts) >= _ADDRESS_CACHE_LIMIT:
-            _texts.clear()
-        found = _texts[address] = str(address)
-    return found
 
 
 class RouteKind(StrEnum):

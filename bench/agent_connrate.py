@@ -141,7 +141,8 @@ def _agent_process(
     loop.run_until_complete(setup())
     profiler = cProfile.Profile() if profile else None
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: profiler and profiler.enable())
+    if profiler is not None:
+        profiler.enable()  # from here on: the connections, not the setup
     report.send(os.getpid())
     loop.run_forever()
     if profiler is not None:
@@ -187,9 +188,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"the {side} agent did not start")
             pids.append(parent.recv())
             pipes.append(parent)
-        if args.profile:
-            for pid in pids:
-                os.kill(pid, signal.SIGUSR1)
         print(f"agents: inbound pid {pids[0]}, outbound pid {pids[1]}; load {os.getloadavg()}")
         rows = []
         for _ in range(args.repeat):
