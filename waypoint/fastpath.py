@@ -39,7 +39,6 @@ from waypoint.http1 import LAST_CHUNK, encode_chunk
 from waypoint.resilience import Balancer, Failure, RandomSource, make_balancer
 from waypoint.routing import choose_backend, precedence
 from waypoint.telemetry import (
-    RandomBytes,
     RequestRecord,
     Series,
     labels_for,
@@ -47,7 +46,6 @@ from waypoint.telemetry import (
     observe,
     parse_traceparent,
     utc_timestamp,
-    uuid4_text,
 )
 
 if TYPE_CHECKING:
@@ -560,13 +558,14 @@ class FastFront(SocketChannel):
             if pool is None:
                 return False
         # The request is ours: ids, the head to forward, what follows it.
-        random_bytes = proxy.random_bytes
-        extra = b""
+        fresh = proxy.random_bytes(40).hex()  # one draw: trace id, span id, request id
+        trace_id, value = _trace(traceparent, fresh)
         if request_id is None:
-            request_id = uuid4_text(random_bytes)
-            extra = b"x-request-id: " + request_id.encode() + b"\r\n"
-        trace_id, value = _trace(traceparent, random_bytes)
-        extra += b"traceparent: " + value.encode() + b"\r\n\r\n"
+            request_id = _uuid4(fresh[48:])
+            extra = ("x-request-id: " + request_id + "\r\ntraceparent: " + value).encode()
+        else:
+            extra = ("traceparent: " + value).encode()
+        extra += b"\r\n\r\n"
         start = end + 4
         body = buf[start : start + length] if length else b""
         self._buf = buf[start + len(body) :]
@@ -758,12 +757,11 @@ class FastFront(SocketChannel):
             self._transport.close()
 
 
-def _trace(traceparent: str | None, random_bytes: RandomBytes) -> tuple[str, str]:
+def _trace(traceparent: str | None, fresh: str) -> tuple[str, str]:
     """(trace id, the traceparent to send): the caller's trace continued with this hop's span,
-    or a new sampled one (as telemetry.propagate decides, with one draw of random bytes)."""
+    or a new sampled one (as telemetry.propagate decides), from `fresh` random hex digits."""
     incoming = parse_traceparent(traceparent) if traceparent is not None else None
-    fresh = random_bytes(24).hex()
-    span = fresh[32:] if fresh[32:].strip("0") else "1" + fresh[33:]
+    span = fresh[32:48] if fresh[32:48].strip("0") else "1" + fresh[33:48]
     if incoming is not None:
         trace, flags = incoming.trace_id, incoming.flags
     else:
@@ -777,6 +775,12 @@ def _trace(traceparent: str | None, random_bytes: RandomBytes) -> tuple[str, str
 FastFacts = tuple[
     FastService, str, str, str, float, str, str, str, int, str, float, int, int, str, str, str
 ]
+
+
+def _uuid4(text: str) -> str:
+    """32 random hex digits as a version 4, RFC 4122 variant UUID (as uuid.uuid4() prints)."""
+    variant = "89ab"[int(text[16], 16) & 3]
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:32]}"
 
 
 def fast_record(facts: FastFacts) -> RequestRecord:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -221,8 +223,13 @@ def test_common_requests_stay_on_the_fast_path_on_one_backend_connection() -> No
         assert proxy.general_connections == 0
         assert backend.connections == 1  # kept alive and reused across client connections
         first, second, _ = backend.received
-        assert b"\r\nx-request-id: " in first
-        assert b"\r\ntraceparent: 00-" in first
+        generated = first.split(b"\r\nx-request-id: ")[1].split(b"\r\n")[0].decode()
+        assert uuid.UUID(generated).version == 4
+        assert str(uuid.UUID(generated)) == generated
+        trace = first.split(b"\r\ntraceparent: ")[1].split(b"\r\n")[0].decode()
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", trace)
+        assert records[0].trace_id == trace[3:35]
+        assert records[0].request_id == generated
         # The caller's request id is kept, its trace continued (same trace, flags kept).
         assert second.count(b"X-Request-Id: mine") == 1
         assert b"x-request-id" not in second
