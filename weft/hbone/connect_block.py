@@ -60,10 +60,15 @@ def send_connect(
             stream_id, [(":method", "CONNECT"), (":authority", authority), *headers]
         )
         return
-    if stream_id not in connection.streams:
-        limit = connection.remote_settings.max_concurrent_streams
-        if connection.open_outbound_streams + 1 > limit:
-            raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}")
+    streams = connection.streams
+    limit = connection.remote_settings.max_concurrent_streams
+    # h2 counts open streams by walking them all; len() bounds that count from above.
+    if (
+        stream_id not in streams
+        and len(streams) >= limit
+        and connection.open_outbound_streams + 1 > limit
+    ):
+        raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}")
     connection.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
     stream = connection._get_or_create_stream(
         stream_id, h2.connection.AllowedStreamIDs(connection.config.client_side)

@@ -6,7 +6,12 @@ import hpack
 import pytest
 
 from weft.hbone.connect_block import header_block
-from weft.hbone.connection import ClientConnection, HboneConnection, ServerConnection
+from weft.hbone.connection import (
+    ClientConnection,
+    HboneConnection,
+    ServerConnection,
+    TunnelSettings,
+)
 from weft.hbone.errors import StreamClosedError
 from weft.hbone.events import Event, TunnelEstablished, TunnelRequested
 
@@ -51,3 +56,14 @@ def test_a_header_h2_would_refuse_is_refused(header: tuple[str, str]) -> None:
     client = ClientConnection()
     with pytest.raises(StreamClosedError):
         client.open_tunnel("10.0.0.7:9080", [header])
+
+
+def test_the_peers_stream_limit_still_refuses_one_more_tunnel() -> None:
+    client, server = ClientConnection(), ServerConnection(TunnelSettings(max_concurrent_streams=2))
+    pump(client, server)
+    pump(server, client)
+    pump(client, server)
+    client.open_tunnel("10.0.0.7:9080")
+    client.open_tunnel("10.0.0.7:9080")
+    with pytest.raises(StreamClosedError):
+        client.open_tunnel("10.0.0.7:9080")
