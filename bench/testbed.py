@@ -14,10 +14,12 @@ BENCH_NAMESPACE = "bench"
 
 # Connection-rate loads open tens of thousands of connections a minute; TIME_WAIT sockets would
 # exhaust the ephemeral ports. Reusing them for new outgoing connections (safe with TCP
-# timestamps) and a wide port range keep the load measuring connection setup, not port scarcity.
+# timestamps) keeps the load measuring connection setup, not port scarcity. Set in the lab's own
+# namespaces (the bench client's, the nodes'), which go with the lab. The port range stays the
+# kernel's: the wide one (1024-65000) this once set outlived the bench in a shared lab (low
+# ports then showed up as sources in later tests), and nothing connecting here binds a port.
 CONNECTION_RATE_SYSCTLS: Mapping[str, str] = {
     "net.ipv4.tcp_tw_reuse": "1",
-    "net.ipv4.ip_local_port_range": "1024 65000",
 }
 
 
