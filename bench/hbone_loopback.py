@@ -12,7 +12,9 @@ per second. Every load loop stops after --seconds (and a count); everything runs
 every process it starts is stopped at the end. Ratios are against the same run, never a constant.
 
     .venv/bin/python -m bench.hbone_loopback --seconds 3
-    .venv/bin/python -m bench.hbone_loopback --only hbone --read-size 65536
+    .venv/bin/python -m bench.hbone_loopback --only hbone --only stunnel --repeat 5
+
+Request/response is timed by bench/tools/rr_client.c (built with gcc, as `weft bench` does).
 """
 
 from __future__ import annotations
@@ -413,8 +415,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure_rr(port: int, seconds: float, count: int = 20_000) -> tuple[float, float]:
-    """(p50, p99) microseconds of 1 KiB request -> 1 KiB response on one connection."""
+def measure_rr(
+    port: int, seconds: float, count: int = 20_000, rr_client: Path | None = None
+) -> tuple[float, float, int]:
+    """(p50 us, p99 us, exchanges) of 1 KiB request -> 1 KiB response on one connection.
+
+    With `rr_client` (bench/tools/rr_client.c, as `weft bench` runs it) the client is C: a
+    Python client adds tens of microseconds per exchange and hides differences between relays.
+    """
+    if rr_client is not None:
+        return _measure_rr_native(rr_client, port, seconds, count)
     message = os.urandom(RR_SIZE)
     latencies: list[float] = []
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
@@ -432,9 +442,22 @@ def measure_rr(port: int, seconds: float, count: int = 20_000) -> tuple[float, f
             latencies.append(time.perf_counter() - start)
             if start > deadline:
                 break
+    exchanges = len(latencies)
     latencies = latencies[10:]  # the first exchanges include connection setup
     quantiles = statistics.quantiles(latencies, n=100)
-    return quantiles[49] * 1e6, quantiles[98] * 1e6
+    return quantiles[49] * 1e6, quantiles[98] * 1e6, exchanges
+
+
+def _measure_rr_native(
+    rr_client: Path, port: int, seconds: float, count: int
+) -> tuple[float, float, int]:
+    from bench.loads.request_response import parse_rr_output
+
+    argv = [str(rr_client), LOOPBACK, str(port), str(RR_SIZE), str(seconds), str(count)]
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 20, check=True)
+    latencies = [ns / 1000 for ns in parse_rr_output(output.stdout)]
+    quantiles = statistics.quantiles(latencies[10:], n=100)
+    return quantiles[49], quantiles[98], len(latencies)
 
 
 def measure_connections(port: int, seconds: float, concurrency: int = 4) -> float:
@@ -479,6 +502,8 @@ class Result:
     relay_cpu_s_per_gb: float
     rr_p50_us: float
     rr_p99_us: float
+    # CPU the two relays spend per 1 KiB round trip: the RR figure a busy host moves least.
+    relay_cpu_us_per_rr: float
     connections_per_s: float
 
 
@@ -486,7 +511,8 @@ def _describe(result: Result) -> str:
     return (
         f"{result.variant:>10}: {result.bulk_gbit_s:6.2f} Gbit/s  "
         f"relays {result.relay_cpu_s_per_gb:5.2f} CPU-s/GB  "
-        f"1KiB RR p50 {result.rr_p50_us:6.0f} us p99 {result.rr_p99_us:6.0f} us  "
+        f"1KiB RR p50 {result.rr_p50_us:6.0f} us p99 {result.rr_p99_us:6.0f} us "
+        f"relays {result.relay_cpu_us_per_rr:4.0f} CPU-us/RR  "
         f"{result.connections_per_s:7.0f} conn/s"
     )
 
@@ -496,13 +522,25 @@ def _median(results: list[Result]) -> Result:
         results[0].variant,
         *(
             statistics.median(getattr(result, name) for result in results)
-            for name in ("bulk_gbit_s", "relay_cpu_s_per_gb", "rr_p50_us", "rr_p99_us")
+            for name in (
+                "bulk_gbit_s",
+                "relay_cpu_s_per_gb",
+                "rr_p50_us",
+                "rr_p99_us",
+                "relay_cpu_us_per_rr",
+            )
         ),
         statistics.median(result.connections_per_s for result in results),
     )
 
 
-def run(variants: list[str], seconds: float, read_size: int, repeat: int = 1) -> list[Result]:
+def run(
+    variants: list[str],
+    seconds: float,
+    read_size: int,
+    repeat: int = 1,
+    rr_client: Path | None = None,
+) -> list[Result]:
     processes = Processes()
     results = []
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as workdir:
@@ -532,16 +570,21 @@ def run(variants: list[str], seconds: float, read_size: int, repeat: int = 1) ->
             for round_number in range(repeat):
                 for variant in variants:
                     sink, echo = entries[variant]
-                    measure_rr(echo, 0.2, 200)  # warm up: the pool's one handshake is here
+                    measure_rr(echo, 0.2, 200, rr_client)  # warm up: the pool's handshake
                     cpu_before = cpu_seconds(relay_pids[variant])
                     gbit_s, delivered = measure_bulk(sink, seconds)
                     relay_cpu = cpu_seconds(relay_pids[variant]) - cpu_before
+                    cpu_before = cpu_seconds(relay_pids[variant])
+                    p50, p99, exchanges = measure_rr(echo, seconds, 200_000, rr_client)
+                    rr_cpu = cpu_seconds(relay_pids[variant]) - cpu_before
                     rounds[variant].append(
                         Result(
                             variant,
                             gbit_s,
                             relay_cpu / (delivered / 1e9),
-                            *measure_rr(echo, seconds),
+                            p50,
+                            p99,
+                            rr_cpu / exchanges * 1e6,
                             measure_connections(echo, seconds),
                         )
                     )
@@ -568,6 +611,7 @@ def print_ratios(results: list[Result]) -> None:
             f"hbone / {baseline:<9}: bulk {hbone.bulk_gbit_s / other.bulk_gbit_s:5.2f}x  "
             f"relay CPU/GB {_ratio(hbone.relay_cpu_s_per_gb, other.relay_cpu_s_per_gb)}  "
             f"RR p50 {hbone.rr_p50_us / other.rr_p50_us:5.2f}x  "
+            f"relay CPU/RR {_ratio(hbone.relay_cpu_us_per_rr, other.relay_cpu_us_per_rr)}  "
             f"conn/s {hbone.connections_per_s / other.connections_per_s:5.2f}x"
         )
 
@@ -584,14 +628,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-size", type=int, default=256 * 1024, help="relay read size")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--python-rr-client",
+        action="store_true",
+        help="time request/response from Python instead of bench/tools/rr_client.c",
+    )
     args = parser.parse_args(argv)
     seconds = min(max(args.seconds, 0.5), 30.0)
     variants = args.only or list(VARIANTS)
     if "stunnel" in variants and not (shutil.which("stunnel4") or shutil.which("stunnel")):
         print("stunnel not installed: skipping that baseline", file=sys.stderr)
         variants.remove("stunnel")
+    rr_client = None
+    if not args.python_rr_client:
+        from bench.native import build_tools
+
+        rr_client = build_tools().rr_client
     print(f"{os.cpu_count()} cores, {seconds:g} s per measurement, read size {args.read_size}")
-    results = run(variants, seconds, args.read_size, min(max(args.repeat, 1), 10))
+    results = run(variants, seconds, args.read_size, min(max(args.repeat, 1), 10), rr_client)
     print_ratios(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
