@@ -27,6 +27,7 @@ from weft.hbone import (
     TunnelRefusedError,
     TunnelUnavailableError,
 )
+from weft.hbone.relay import relay
 from weft.hbone.request import MalformedRequestError, parse_authority
 from weft.hbone.server import IP_TRANSPARENT
 from weft.identity import Identity
@@ -744,5 +745,36 @@ def test_transparent_listener_sets_ip_transparent_before_bind(
             assert sock.getsockopt(socket.SOL_IP, IP_TRANSPARENT) == 1
         finally:
             await server.close()
+
+    run(main)
+
+
+def test_request_response_through_relays_on_both_ends_is_byte_exact(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    """The agent's per-message path: app -> relay -> HBONE -> relay -> echo, 1 KiB at a time."""
+    rounds, size = 300, 1024
+
+    async def main() -> None:
+        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+            relayed: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
+
+            async def outbound(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                relayed.set_result(await relay(await mesh.open(), reader, writer))
+
+            listener = await asyncio.start_server(outbound, LOOPBACK, 0)
+            reader, writer = await asyncio.open_connection(
+                LOOPBACK, listener.sockets[0].getsockname()[1]
+            )
+            for index in range(rounds):
+                message = index.to_bytes(4, "big") * (size // 4)
+                writer.write(message)
+                assert await reader.readexactly(size) == message
+            writer.write_eof()
+            assert await reader.read() == b""
+            writer.close()
+            assert await relayed == RelayResult(rounds * size, rounds * size, reset=False)
+            listener.close()
+            await listener.wait_closed()
 
     run(main)
