@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -37,6 +38,9 @@ _current: contextvars.ContextVar[ConnectionRecord | None] = contextvars.ContextV
 )
 
 
+# A source agent sends the same few header blocks again and again: each is parsed once (a
+# bounded cache: a block is at most 16 KiB, so at most 4 MiB are held).
+@functools.lru_cache(maxsize=256)
 def forwarded_for(headers: Headers) -> IPv4Address | None:
     """The original client address from `forwarded: for=<ip>` (RFC 7239), if any."""
     for name, value in headers:
@@ -52,6 +56,7 @@ def forwarded_for(headers: Headers) -> IPv4Address | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def baggage_workload(headers: Headers, peer: Identity) -> str:
     """The source workload's name from the W3C `baggage` the source agent sends (as ztunnel
     does), or "" when absent. Believed only for the namespace the peer's certificate proves."""
