@@ -66,18 +66,20 @@ _RESPONSE_HEAD = re.compile(
     rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
     rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 )
-# Request fields the fast path does not act on: their requests take the general path.
-_SLOW_REQUEST_FIELD = re.compile(
-    rb"\r\n(?:transfer-encoding|upgrade|expect|te|trailer|proxy-connection|http2-settings"
-    rb"|keep-alive|connection):"
+# The request fields the fast path reads or acts on (the framing and hop-by-hop ones send the
+# request to the general path, but Connection: keep-alive); a match spans "\r\nname:value".
+_REQUEST_FIELD = re.compile(
+    rb"\r\n(host|content-length|x-request-id|traceparent|user-agent|connection|keep-alive"
+    rb"|transfer-encoding|upgrade|expect|te|trailer|proxy-connection|http2-settings):([^\r]*)"
 )
 # Response fields that are hop-by-hop (RFC 9110 §7.6.1): dropped before the client sees them.
 _RESPONSE_HOP_FIELD = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|http2-settings|expect):"
 )
-_RESPONSE_SPECIAL = re.compile(
-    rb"\r\n(?:transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|upgrade"
-    rb"|http2-settings|expect):"
+# The response fields that decide its framing or are removed (lowercase copy; name and value).
+_RESPONSE_FIELD = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade|http2-settings|expect):([^\r]*)"
 )
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\x09\x20-\x7e\x80-\xff]*)?\r\n")
 _MAX_CHUNK_LINE = 4096
@@ -105,45 +107,64 @@ def _without_line(head: bytes, lowered: bytes, key: bytes) -> tuple[bytes, bytes
 
 def recognize_request(head: bytes) -> FastRequest | None:
     """What the fast path needs of a request head (the bytes up to and with its empty line),
-    or None when the head is anything but the common, plainly valid shape."""
+    or None when the head is anything but the common, plainly valid shape.
+
+    One expression validates the head whole; one scan of its lowercase copy finds the fields
+    that matter (most requests carry one or two of them), each with its value's position in
+    the original bytes."""
     if _REQUEST_HEAD.fullmatch(head) is None:
         return None
-    lowered = head.lower()
-    if _SLOW_REQUEST_FIELD.search(lowered) is not None:
-        # `Connection: keep-alive` (what HTTP/1.1 means anyway) is dropped as hop-by-hop;
-        # any other hop-by-hop field needs the general path.
-        connection = _value(lowered, lowered, b"\r\nconnection:")
-        if connection != b"keep-alive" or lowered.count(b"\r\nconnection:") != 1:
+    host = length = request_id = traceparent = agent = None
+    drop: list[tuple[int, int]] = []  # lines not forwarded: traceparent, keep-alive hop fields
+    for found in _REQUEST_FIELD.finditer(head.lower()):
+        name = found.group(1)
+        value = head[found.start(2) : found.end(2)].strip(b" \t")
+        if name == b"host":
+            if host is not None:
+                return None
+            host = value
+        elif name == b"content-length":
+            if length is not None or not value.isdigit() or len(value) > 18:
+                return None
+            length = int(value)
+        elif name == b"x-request-id":
+            if request_id is not None:
+                return None
+            request_id = value
+            if not value:  # empty: replaced by a generated one, as the general path does
+                drop.append(found.span())
+        elif name == b"traceparent":
+            if traceparent is not None:
+                return None
+            traceparent = value
+            drop.append(found.span())
+        elif name == b"user-agent":
+            agent = agent or value
+        elif name == b"connection":
+            # `Connection: keep-alive` (what HTTP/1.1 means anyway) is dropped as hop-by-hop;
+            # any other token, like any other hop-by-hop field, needs the general path.
+            if value.lower() != b"keep-alive":
+                return None
+            drop.append(found.span())
+        elif name == b"keep-alive":
+            drop.append(found.span())
+        else:  # Transfer-Encoding, Upgrade, Expect, TE, Trailer, ...
             return None
-        head, lowered = _without_line(head, lowered, b"\r\nconnection:")
-        while b"\r\nkeep-alive:" in lowered:
-            head, lowered = _without_line(head, lowered, b"\r\nkeep-alive:")
-        if _SLOW_REQUEST_FIELD.search(lowered) is not None:
-            return None
-    if lowered.count(b"\r\nhost:") != 1:
+    if host is None:
         return None
-    length = 0
-    counted = lowered.count(b"\r\ncontent-length:")
-    if counted:
-        text = _value(head, lowered, b"\r\ncontent-length:")
-        if counted > 1 or text is None or not text.isdigit() or len(text) > 18:
-            return None
-        length = int(text)
-    if lowered.count(b"\r\nx-request-id:") > 1 or lowered.count(b"\r\ntraceparent:") > 1:
-        return None
-    request_id = _value(head, lowered, b"\r\nx-request-id:")
-    traceparent = _value(head, lowered, b"\r\ntraceparent:")
-    if traceparent is not None:
-        head, lowered = _without_line(head, lowered, b"\r\ntraceparent:")
-    host = _value(head, lowered, b"\r\nhost:")
-    agent = _value(head, lowered, b"\r\nuser-agent:")
+    if drop:
+        kept, start = [], 0
+        for begin, end in drop:
+            kept.append(head[start:begin])
+            start = end
+        kept.append(head[start:])
+        head = b"".join(kept)
     method, _, rest = head.partition(b" ")
-    target = rest[: rest.index(b" ")]
     return (
         method.decode(),
-        target.decode("latin-1"),
-        host.decode("latin-1") if host is not None else "",
-        length,
+        rest[: rest.index(b" ")].decode("latin-1"),
+        host.decode("latin-1"),
+        length or 0,
         request_id.decode("latin-1") if request_id else None,
         traceparent.decode("latin-1") if traceparent is not None else None,
         agent.decode("latin-1") if agent is not None else None,
@@ -166,15 +187,16 @@ def recognize_response(head: bytes, head_only: bool) -> FastResponse | None:
         return None
     status = int(matched.group(2))
     lowered = head.lower()
-    lengths = lowered.count(b"\r\ncontent-length:")
-    if lengths == 1 and matched.group(1) == b"1" and _RESPONSE_SPECIAL.search(lowered) is None:
+    found = _RESPONSE_FIELD.findall(lowered)
+    if len(found) == 1 and found[0][0] == b"content-length" and matched.group(1) == b"1":
         # The common answer: HTTP/1.1, one Content-Length, nothing hop-by-hop to remove.
-        text = _value(head, lowered, b"\r\ncontent-length:")
-        if text is None or not text.isdigit() or len(text) > 18:
+        text = found[0][1].strip(b" \t")
+        if not text.isdigit() or len(text) > 18:
             return None
         if head_only or status in (204, 304) or status < 200:
             return status, NO_BODY, int(text), True, head
         return status, LENGTH, int(text), True, head
+    lengths = lowered.count(b"\r\ncontent-length:")
     encoding = _value(head, lowered, b"\r\ntransfer-encoding:")
     connection = (_value(head, lowered, b"\r\nconnection:") or b"").lower()
     tokens = {token.strip() for token in connection.split(b",")}

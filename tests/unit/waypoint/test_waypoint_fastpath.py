@@ -64,6 +64,13 @@ def test_connection_keep_alive_is_dropped_as_hop_by_hop() -> None:
     recognized = recognize_request(head)
     assert recognized is not None
     assert recognized[-1] == b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n"
+    alone = recognize_request(b"GET / HTTP/1.1\r\nKeep-Alive: t=1\r\nHost: a\r\n\r\n")
+    assert alone is not None
+    assert alone[-1] == b"GET / HTTP/1.1\r\nHost: a\r\n"
+    empty_id = recognize_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id:\r\n\r\n")
+    assert empty_id is not None
+    assert empty_id[4] is None  # a new one is generated, the empty line not forwarded
+    assert empty_id[-1] == b"GET / HTTP/1.1\r\nHost: a\r\n"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +94,6 @@ def test_connection_keep_alive_is_dropped_as_hop_by_hop() -> None:
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nTE: trailers\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: t=1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\n",
