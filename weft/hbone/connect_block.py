@@ -1,4 +1,5 @@
-"""A CONNECT request's HEADERS frame, HPACK-encoded once per (authority, headers) and reused.
+"""A CONNECT request's HEADERS frame, HPACK-encoded once per (authority, headers) and reused;
+the server's 200 answer as one constant frame.
 
 A source agent sends the same few CONNECT requests over and over (one per application
 connection to a destination); h2's send_headers() validated and HPACK-encoded each one, a
@@ -82,6 +83,23 @@ def send_connect(
         + stream_id.to_bytes(4, "big")
     )
     connection._data_to_send += frame_header + block
+
+
+# `:status: 200` is entry 8 of HPACK's static table: the whole block is one byte.
+_STATUS_200 = b"\x88"
+
+
+def send_ok(connection: h2.connection.H2Connection, stream_id: int) -> None:
+    """What connection.send_headers(stream_id, [(":status", "200")]) does, without encoding."""
+    stream = connection.streams.get(stream_id)
+    if stream is None:  # closed and forgotten: h2 raises what it raises for that
+        connection.send_headers(stream_id, [(b":status", b"200")])
+        return
+    connection.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+    stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+    connection._data_to_send += (
+        b"\x00\x00\x01" + bytes((_HEADERS_FRAME, _END_HEADERS)) + stream_id.to_bytes(4, "big")
+    ) + _STATUS_200
 
 
 def _encode(fields: Iterable[tuple[str, str]]) -> bytes:

@@ -19,7 +19,7 @@ import hyperframe.flags
 import hyperframe.frame
 
 from weft.hbone import frame_flags, frame_repr
-from weft.hbone.connect_block import send_connect
+from weft.hbone.connect_block import send_connect, send_ok
 from weft.hbone.errors import StreamClosedError
 from weft.hbone.events import (
     CANCEL,
@@ -551,7 +551,7 @@ class ServerConnection(HboneConnection):
     def accept(self, stream_id: int) -> None:
         """Answer 200: the tunnel is open."""
         try:
-            self._h2.send_headers(stream_id, [(b":status", b"200")])
+            send_ok(self._h2, stream_id)  # a constant frame
         except h2.exceptions.H2Error as error:
             raise StreamClosedError(f"HBONE stream {stream_id} is closed: {error}") from error
 

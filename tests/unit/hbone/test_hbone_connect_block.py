@@ -67,3 +67,30 @@ def test_the_peers_stream_limit_still_refuses_one_more_tunnel() -> None:
     client.open_tunnel("10.0.0.7:9080")
     with pytest.raises(StreamClosedError):
         client.open_tunnel("10.0.0.7:9080")
+
+
+def test_the_constant_200_is_the_frame_h2_would_send_and_a_reset_stream_refuses_it() -> None:
+    sent = []
+    for use_h2 in (True, False):
+        client, server = ClientConnection(), ServerConnection()
+        pump(client, server)
+        pump(server, client)
+        pump(client, server)
+        stream_id = client.open_tunnel("10.0.0.7:9080")
+        pump(client, server)
+        if use_h2:
+            server._h2.send_headers(stream_id, [(b":status", b"200")])
+        else:
+            server.accept(stream_id)
+        sent.append(server.data_to_send())
+        assert client.receive_data(sent[-1]) == [TunnelEstablished(stream_id)]
+    assert sent[0] == sent[1]
+    client, server = ClientConnection(), ServerConnection()
+    pump(client, server)
+    pump(server, client)
+    stream_id = client.open_tunnel("10.0.0.7:9080")
+    pump(client, server)
+    client.reset_stream(stream_id)
+    pump(client, server)
+    with pytest.raises(StreamClosedError):
+        server.accept(stream_id)
