@@ -138,18 +138,39 @@ def _agent_process(
         await outbound.start(AGENT_ADDRESS, OUTBOUND_PORT)
         return outbound
 
-    loop.run_until_complete(setup())
+    agent = loop.run_until_complete(setup())
     profiler = cProfile.Profile() if profile else None
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     if profiler is not None:
         profiler.enable()  # from here on: the connections, not the setup
     report.send(os.getpid())
     loop.run_forever()
+    _report_state(side, agent)
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(f"{profile}/{side}.prof")
         report.send(sum(calls for _, calls, *_ in pstats.Stats(profiler).stats.values()))
     os._exit(0)
+
+
+def _report_state(side: str, agent: object) -> None:
+    """What the agent still holds after the load (a growing count is a leak), on stderr."""
+    import gc
+
+    sessions = []
+    if side == "outbound":
+        pool = agent._pool  # type: ignore[attr-defined]
+        sessions = [c.session for group in pool._connections.values() for c in group if c.session]
+        connections = pool.connection_count()
+        print(f"outbound: pool {pool.stats}, {connections} connections", file=sys.stderr)
+    else:
+        for _, server in agent.servers.values():  # type: ignore[attr-defined]
+            sessions += list(server._sessions)
+    held = [(len(s.streams), len(s.core._h2.streams)) for s in sessions]
+    print(
+        f"{side}: sessions (streams, h2 streams) {held}, objects {len(gc.get_objects())}",
+        file=sys.stderr,
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
