@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from vm.vagrant import lab, libvirt, waypointcall
+from vm.vagrant import lab, libvirt, waypoint, waypointcall
 from vm.vagrant.meshcall import meshed_call
 from vm.vagrant.steps import StepError
+from vm.vagrant.waypoint import LabWaypoint
 from vm.vagrant.waypointcall import BACKENDS, FRONTEND, WaypointCallResult
 
 WORKERS = ("node1", "node2")
@@ -111,6 +112,9 @@ def test_meshed_call_between_vms_crosses_the_private_network_as_tls(clean_slate:
         ]
         assert opened, "node1's agent counted the client's connection"
 
+    with timings.measure("a waypoint that cannot start", _progress):
+        _check_a_waypoint_that_cannot_start_fails_its_step(through.waypoint)
+
     _progress("phases:\n" + timings.report())
     _progress(f"whole test so far: {time.monotonic() - started:.0f} s")
     assert result.reply.startswith(b"WEFT-VM-MARKER-")
@@ -145,3 +149,20 @@ def _check_waypoint(result: WaypointCallResult) -> None:
     assert (line["response_code"], line["upstream_host"]) == (200, f"{backend.ip}:8080"), line
     assert line["source_principal"] == f"spiffe://cluster.local/ns/shop/sa/{FRONTEND.name}", line
     assert line["connection_security_policy"] == "mutual_tls", line
+
+
+def _check_a_waypoint_that_cannot_start_fails_its_step(wp: LabWaypoint) -> None:
+    """Last, on the same VMs: the readiness step of `up` fails naming itself, the unit's
+    journal, and the lab log that has its last lines."""
+    lab.guest(
+        wp.node, f"sed -i 's/^WEFT_WAYPOINT_ADDRESS=.*/WEFT_WAYPOINT_ADDRESS=not-an-ip/' "
+        f"/etc/weft/waypoint-{wp.instance}.env && systemctl restart {wp.unit}",
+    )  # fmt: skip
+    with pytest.raises(StepError) as failure:
+        waypoint.wait_ready(_progress, timeout=120)
+    error = failure.value
+    assert error.step == f"waypoint {wp.reference} on {wp.node}"
+    assert f"journalctl -u {wp.unit}` on {wp.node}" in error.message
+    assert "restarts" in error.message, error.message
+    assert error.log == lab.log_file()
+    assert "'not-an-ip' is not an IPv4 address" in lab.log_file().read_text()
