@@ -148,7 +148,10 @@ def observe(series: Series, duration_ms: float) -> None:
 def request_labels(request: RequestRecord) -> tuple[str, ...]:
     """The label values of a request, in REQUEST_LABELS order."""
     values = {name: getattr(request, name, UNKNOWN) for name in REQUEST_LABELS}
-    values.update(reporter="waypoint", request_protocol="http")
+    # Istio reports gRPC as its own protocol; a gRPC request always has a grpc_response_status
+    values.update(
+        reporter="waypoint", request_protocol="grpc" if request.grpc_response_status else "http"
+    )
     values["response_code"] = str(request.response_code)
     return tuple(values[name] for name in REQUEST_LABELS)
 

@@ -131,6 +131,8 @@ def test_retry_on_unavailable_turns_half_failing_calls_into_success() -> None:
     assert [r.attempts for r in run_.records] == [1] + [2] * 19
     assert {r.grpc_response_status for r in run_.records} == {"0"}
     assert samples(run_.metrics, grpc_response_status="0", response_code="200") == 20
+    assert samples(run_.metrics, request_protocol="grpc") == 20
+    assert samples(run_.metrics, request_protocol="http") == 0
 
 
 def test_without_a_grpc_condition_half_the_calls_fail_and_are_counted_as_unavailable() -> None:
@@ -211,6 +213,7 @@ def test_grpc_response_status_is_empty_for_a_plain_http_request() -> None:
     lines = [line for line in run_.metrics.splitlines() if line.startswith("istio_requests_total{")]
     assert len(lines) == 1
     assert 'grpc_response_status=""' in lines[0]
+    assert 'request_protocol="http"' in lines[0]
     assert 'response_code="200"' in lines[0]
 
 
