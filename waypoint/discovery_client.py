@@ -94,7 +94,7 @@ class DiscoveryFeed:
         state_dir = options.state_dir
         if state_dir is not None:
             svid.on_renewed = lambda renewed: svid_store.save(state_dir, renewed)
-        self.outbound = HboneOutbound(self.pool, svid.identity, self._route)
+        self.outbound = HboneOutbound(self.pool, svid.identity, self._route, options.name)
 
     def _route(self, endpoint: str) -> EndpointRoute | None:
         return self.view.route_to(endpoint)  # the view in force when the connection is made

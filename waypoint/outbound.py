@@ -5,7 +5,9 @@ node's agent on 15008, with `:authority` = the endpoint's `ip:port`; the agent c
 against its L4 policy. Tunnels come from weft.hbone's pool, so many requests' connections share
 one TLS connection. The proxy reads and writes plain asyncio streams; a socket pair and
 weft.hbone's relay join such a stream to the tunnel. (The original client's address is not sent
-in `forwarded` yet: connect() learns only the endpoint.)
+in `forwarded` yet: connect() learns only the endpoint.) Each CONNECT carries W3C `baggage` naming
+the waypoint's namespace and workload, as source agents do, so destination agents label its
+connections with a source workload instead of "unknown".
 """
 
 from __future__ import annotations
@@ -34,10 +36,24 @@ ResolveEndpoint = Callable[[str], EndpointRoute | None]
 class HboneOutbound:
     """A `connect(endpoint)` for the proxy's upstream side that tunnels over HBONE."""
 
-    def __init__(self, pool: HbonePool, source: Identity, resolve: ResolveEndpoint) -> None:
+    def __init__(
+        self, pool: HbonePool, source: Identity, resolve: ResolveEndpoint, workload: str = ""
+    ) -> None:
         self.pool = pool
         self.source = source
         self.resolve = resolve
+        # the key ztunnel reads first for a workload's name; Istio names a waypoint's deployment
+        # after its Gateway, as the lab names a waypoint's workload after its Waypoint resource
+        self.headers: tuple[tuple[str, str], ...] = (
+            (
+                (
+                    "baggage",
+                    f"k8s.namespace.name={source.namespace},k8s.deployment.name={workload}",
+                ),
+            )
+            if workload
+            else ()
+        )
         self._relays: set[asyncio.Task[object]] = set()
 
     async def connect(self, endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -46,7 +62,7 @@ class HboneOutbound:
             raise LookupError(f"endpoint {endpoint} has no node agent known to this waypoint")
         try:
             stream = await self.pool.open_stream(
-                self.source, route.peer_identity, route.peer, endpoint
+                self.source, route.peer_identity, route.peer, endpoint, self.headers
             )
         except HboneError as error:
             raise ConnectionRefusedError(str(error)) from error

@@ -30,12 +30,14 @@ ROUTES = (Route("r", backends=(REVIEWS_V1,)),)
 def test_requests_reach_the_backend_through_the_destination_agent() -> None:
     ca = TestCa()
     tunnels: list[tuple[Identity, str]] = []
+    baggage: list[str] = []
     records: list[RequestRecord] = []
 
     async def authorize(
         peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]
     ) -> bool:
         tunnels.append((peer, authority))
+        baggage.extend(value for name, value in headers if name == "baggage")
         return True
 
     async def main() -> list[int]:
@@ -53,7 +55,7 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
         }
         svid = ca.issue(WAYPOINT_ID)
         pool = HbonePool(lambda source: client_context(svid, ca.bundle))
-        outbound = HboneOutbound(pool, WAYPOINT_ID, routes.get)
+        outbound = HboneOutbound(pool, WAYPOINT_ID, routes.get, "waypoint")
         statuses = []
         for endpoints in ([endpoint], ["10.9.9.9:80"], ["10.8.8.8:80"]):
             proxy = WaypointProxy(
@@ -79,6 +81,8 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
     assert statuses == [200, 503, 503]
     assert tunnels[0] == (WAYPOINT_ID, tunnels[0][1])
     assert tunnels[0][1].startswith("127.0.0.1:")
+    # named for the destination agent's telemetry, in the namespace its certificate proves
+    assert baggage[0] == f"k8s.namespace.name={WAYPOINT_ID.namespace},k8s.deployment.name=waypoint"
     assert [r.response_flags for r in records] == [
         "-",
         "upstream_connect_error",
