@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.lab_checks import metric_total
 from vm.lab.lab import Lab
 from vm.lab.mesh import WEFT, MeshInfo, down_mesh, up_mesh, weft_on_control
 from vm.lab.waypoints import (
@@ -115,15 +116,6 @@ def waypoint_metrics(lab: Lab, namespace: str) -> str:
     return body
 
 
-def counter_total(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus counter's samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_canary_splits_90_10_and_moves_to_v2_within_1_s_of_apply(
     lab: Lab, mesh: MeshInfo, tmp_path: Path
 ) -> None:
@@ -207,14 +199,14 @@ def test_grpc_unary_and_streaming_keep_status_codes_and_trailers_through_the_way
         "source_principal": "spiffe://cluster.local/ns/shop/sa/loadgen",
         "response_code": "200",  # gRPC statuses travel in trailers of an HTTP 200
     }
-    before = counter_total(waypoint_metrics(lab, "ratings"), "istio_requests_total", **labels)
+    before = metric_total(waypoint_metrics(lab, "ratings"), "istio_requests_total", **labels)
     result = lab.exec("loadgen", [sys.executable, "-c", GRPC_PROBE, RATINGS], timeout=30)
     out = json.loads(result.stdout)
     assert out["unary"] == ["OK", 1]
     assert out["missing"][0] == "NOT_FOUND"
     assert out["stream"] == [[1, 2, 3, 4, 5], "OK"]
     assert out["invalid"][0] == "INVALID_ARGUMENT"
-    after = counter_total(waypoint_metrics(lab, "ratings"), "istio_requests_total", **labels)
+    after = metric_total(waypoint_metrics(lab, "ratings"), "istio_requests_total", **labels)
     assert after - before == 4  # all four calls went through the ratings waypoint
 
 
@@ -283,8 +275,8 @@ def test_grpc_retry_on_unavailable_turns_a_half_failing_ratings_into_success(
     def unavailable_and_ok() -> tuple[float, float]:
         text = waypoint_metrics(lab, "ratings")
         return (
-            counter_total(text, "istio_requests_total", grpc_response_status="14", **labels),
-            counter_total(text, "istio_requests_total", grpc_response_status="0", **labels),
+            metric_total(text, "istio_requests_total", grpc_response_status="14", **labels),
+            metric_total(text, "istio_requests_total", grpc_response_status="0", **labels),
         )
 
     def knob_probe() -> dict[str, list[object]]:
