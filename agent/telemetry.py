@@ -6,27 +6,28 @@ the agent's own, so tests read it without global state.
 
 Both run for every connection, so both are cheap: a label set's four series are looked up once,
 the JSON line is made by a function generated from the record's fields (the text json.dumps
-would give, a fifth of its time), and lines go to the agent's stderr in the format of its log
-(`<time> INFO weft.access: {...}`) with one write per event-loop iteration, not through logging's
-per-record machinery (a line cost 45 us that way). The `weft.access` logger's level still turns
-them on and off (`/logging?logger=weft.access&level=warning`).
+would give, a fifth of its time; weft.access_log, shared with the waypoint), and lines go to the
+agent's stderr in the format of its log (`<time> INFO weft.access: {...}`) through a BufferedLog
+that writes once per event-loop iteration, not through logging's per-record machinery (a line
+cost 45 us that way); a stderr that cannot be written drops lines, never a connection. The
+`weft.access` logger's level still turns them on and off
+(`/logging?logger=weft.access&level=warning`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field, fields
-from json.encoder import encode_basestring_ascii
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from weft.access_log import PER_ITERATION, BufferedLog, json_line_formatter
 from weft.hbone.pool import PoolStats
 from weft.hbone.relay import abort_tcp
 
@@ -98,71 +99,27 @@ def access_line(record: ConnectionRecord) -> str:
     return _format_line(record)
 
 
-def _line_formatter() -> Callable[[ConnectionRecord], str]:
-    parts = []
-    for item in sorted(fields(ConnectionRecord), key=lambda f: f.name):
-        name = item.name
-        if name == "started":
-            continue
-        if item.type == "str":
-            parts.append(f"(f'\"{name}\": {{esc(r.{name})}}' if r.{name} else '')")
-        else:  # int and float: never left out; repr() is how json writes them
-            parts.append(f"f'\"{name}\": {{r.{name}!r}}'")
-    source = (
-        "def line(r):\n"
-        "    return '{' + ', '.join([p for p in (" + ", ".join(parts) + ",) if p]) + '}'\n"
-    )
-    namespace: dict[str, Any] = {"esc": encode_basestring_ascii}
-    exec(compile(source, "<access_line>", "exec"), namespace)
-    formatter: Callable[[ConnectionRecord], str] = namespace["line"]
-    return formatter
+_format_line = json_line_formatter(ConnectionRecord, omit_empty=True, exclude=("started",))
+
+_stamp: tuple[int, str] = (-1, "")
 
 
-_format_line = _line_formatter()
-
-
-class AccessLog:
-    """Access-log lines with the agent log's prefix, written once per event-loop iteration."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream  # None: sys.stderr at write time (where the agent logs)
-        self._lines: list[str] = []
-        self._scheduled = False
-        self._second = -1
-        self._stamp = ""
-
-    def write(self, line: str) -> None:
-        now = time.time()
-        second = int(now)
-        if second != self._second:  # logging's asctime, formatted once per second
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._lines.append(
-            f"{self._stamp},{int((now - second) * 1000):03d} INFO weft.access: {line}\n"
-        )
-        if self._scheduled:
-            return
-        try:
-            asyncio.get_running_loop().call_soon(self.flush)
-            self._scheduled = True
-        except RuntimeError:  # no loop running: write now
-            self.flush()
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if self._lines:
-            stream = self.stream or sys.stderr
-            text = "".join(self._lines)
-            self._lines.clear()
-            stream.write(text)
-            stream.flush()
+def log_prefix(now: float) -> str:
+    """`<time> INFO weft.access: ` as the agent's log format writes it (logging's asctime, with
+    the second formatted once while it lasts)."""
+    global _stamp
+    second = int(now)
+    if second != _stamp[0]:
+        _stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+    return f"{_stamp[1]},{int((now - second) * 1000):03d} INFO weft.access: "
 
 
 class Telemetry:
     """The agent's metrics registry and its access log."""
 
     def __init__(self, access_stream: TextIO | None = None) -> None:
-        self.access = AccessLog(access_stream)
+        # stderr (None: sys.stderr when written), where the agent logs; a write per loop turn
+        self.access = BufferedLog(access_stream, PER_ITERATION)
         self.registry = CollectorRegistry()
         self.opened = Counter(
             "istio_tcp_connections_opened",
@@ -204,7 +161,7 @@ class Telemetry:
 
     def connection_closed(self, record: ConnectionRecord) -> None:
         """Count bytes and the close, and write the connection's access-log line."""
-        record.duration_ms = round((time.monotonic() - record.started) * 1000, 3)
+        record.duration_ms = (time.monotonic() - record.started) * 1000  # rounded when written
         if record.outcome in ("denied", "unavailable", "error") and record.sent_bytes == 0:
             self.refused.labels(record.direction, record.outcome).inc()
         else:
@@ -213,7 +170,7 @@ class Telemetry:
             sent.inc(record.sent_bytes)
             received.inc(record.received_bytes)
         if access_log.isEnabledFor(logging.INFO):
-            self.access.write(_format_line(record))
+            self.access.write(log_prefix(time.time()) + _format_line(record))
 
     def _series(self, values: tuple[str, ...]) -> tuple[Counter, Counter, Counter, Counter]:
         """The four istio_tcp_* series of one label set; prometheus_client's labels() lookup

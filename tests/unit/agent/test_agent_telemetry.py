@@ -16,8 +16,10 @@ from agent.telemetry import ConnectionRecord, Telemetry, access_line
 
 
 def reference_line(record: ConnectionRecord) -> str:
-    """What the agent wrote before the generated formatter (json.dumps of the non-empty fields)."""
+    """What the agent wrote before the generated formatter: json.dumps of the non-empty fields,
+    the duration rounded to microseconds."""
     fields = {k: v for k, v in vars(record).items() if v not in ("", None) and k != "started"}
+    fields["duration_ms"] = round(record.duration_ms, 3)
     return json.dumps(fields, sort_keys=True)
 
 
