@@ -27,8 +27,9 @@ from waypoint.discovery_client import ControllerOptions, DiscoveryFeed, NoCreden
 from waypoint.inbound import HboneInbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid
-from waypoint.telemetry import BufferedLog, RequestRecord, access_log_line
+from waypoint.telemetry import FLUSH_POLICY, RequestRecord, access_log_line
 from waypoint.workers import Supervisor, default_workers, reserve_port, serve_control
+from weft.access_log import BufferedLog
 from weft.errors import UnavailableError, UsageError, WeftError
 from weft.identity import DEFAULT_TRUST_DOMAIN
 from weft.resources import parse_documents, read_documents
@@ -427,7 +428,7 @@ async def _serve(
     controller: ControllerOptions | None = None,
     svid: WaypointSvid | None = None,
 ) -> int:
-    access_log = BufferedLog(sys.stdout)  # a write per half second, not one per request
+    access_log = BufferedLog(sys.stdout, FLUSH_POLICY)  # a write per half second, not per request
 
     def log(record: RequestRecord) -> None:
         if not options.quiet:

@@ -77,7 +77,6 @@ from waypoint.routing import (
     route_request,
 )
 from waypoint.telemetry import (
-    BufferedLog,
     RandomBytes,
     RandomPool,
     RequestRecord,
@@ -94,6 +93,7 @@ from waypoint.upstream import (
     NoHealthyEndpoint,
     UpstreamBackend,
 )
+from weft.access_log import BufferedLog
 
 Headers = tuple[tuple[str, str], ...]
 

@@ -1,10 +1,9 @@
-"""waypoint.channel (the proxy's socket I/O), the id and timestamp helpers, the buffered log."""
+"""waypoint.channel (the proxy's socket I/O), the id and timestamp helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import io
 import random
 import socket
 import uuid
@@ -14,7 +13,6 @@ import pytest
 from waypoint.channel import READ_HIGH_WATER, SocketChannel, open_channel
 from waypoint.http1 import Http1Error, Request, RequestParser
 from waypoint.proxy import RandomPool, utc_timestamp, uuid4_text
-from waypoint.telemetry import BufferedLog
 
 
 async def _pair() -> tuple[SocketChannel, socket.socket, asyncio.Server]:
@@ -130,22 +128,6 @@ def test_utc_timestamp_is_what_datetime_prints() -> None:
     for now in [0.0, 0.9995, 1_700_000_000.0249996, *(rng.uniform(0, 2e9) for _ in range(2000))]:
         expected = datetime.datetime.fromtimestamp(now, datetime.UTC)
         assert utc_timestamp(now) == expected.isoformat(timespec="milliseconds"), now
-
-
-def test_buffered_log_writes_lines_in_batches_and_everything_on_flush() -> None:
-    async def main() -> None:
-        stream = io.StringIO()
-        log = BufferedLog(stream, interval_s=0.05)
-        log.write("one")
-        log.write("two")
-        assert stream.getvalue() == ""  # not one write per line
-        await asyncio.sleep(0.15)
-        assert stream.getvalue() == "one\ntwo\n"
-        log.write("three")
-        log.flush()
-        assert stream.getvalue() == "one\ntwo\nthree\n"
-
-    asyncio.run(main())
 
 
 def test_a_parse_error_carries_the_events_completed_before_it() -> None:

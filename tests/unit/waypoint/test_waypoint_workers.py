@@ -16,7 +16,6 @@ import pytest
 from waypoint_testing import TEST_TIMEOUT_S, Backend, Client
 
 from waypoint.cli import _workers
-from waypoint.telemetry import _whole_lines
 from waypoint.workers import default_workers
 from weft.errors import UsageError
 
@@ -183,13 +182,3 @@ def test_workers_with_what_one_process_must_serve_is_a_usage_error_naming_it() -
         _workers(namespace(workers=2, hbone="0.0.0.0:15008"), controller=False)
     with pytest.raises(UsageError, match="--controller"):
         _workers(namespace(workers=2, filename=None), controller=True)
-
-
-def test_log_writes_are_whole_lines_of_at_most_pipe_buf() -> None:
-    lines = [f'{{"n":{i},"pad":"{"x" * (i * 37 % 300)}"}}' for i in range(200)]
-    data = ("\n".join(lines) + "\n").encode()
-    pieces = list(_whole_lines(data, 4096))
-    assert b"".join(pieces) == data
-    assert all(len(p) <= 4096 and p.endswith(b"\n") for p in pieces)
-    long_line = b"y" * 5000 + b"\n"
-    assert list(_whole_lines(b"a\n" + long_line + b"b\n", 4096)) == [b"a\n", long_line, b"b\n"]
