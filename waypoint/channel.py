@@ -118,7 +118,7 @@ class SocketChannel(asyncio.Protocol):
             # One timer handle, armed only when there is nothing to read yet: cheaper than
             # asyncio.timeout() around every read.
             timer = None if timeout_s is None else self._loop.call_later(
-                timeout_s, _time_out, waiter
+                timeout_s, time_out, waiter
             )  # fmt: skip
             try:
                 await waiter
@@ -179,7 +179,8 @@ class SocketChannel(asyncio.Protocol):
         return self._transport.get_extra_info(name, default)
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
+def time_out(waiter: asyncio.Future[None]) -> None:
+    """A read's timer fired: fail the waiting read with TimeoutError."""
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 

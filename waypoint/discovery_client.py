@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from waypoint import svid_store
+from waypoint.channel import Reader, Writer
 from waypoint.compiler import CompileError
 from waypoint.discovery import WaypointView
 from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid, utc_now
+from waypoint.upstream import connect_tcp
 from weft.api.convert import ConfigUpdate
 from weft.controller_client import (
     ControllerClient,
@@ -103,12 +105,11 @@ class DiscoveryFeed:
     def subject(self) -> str:
         return f"waypoint:{self.options.namespace}/{self.options.name}"
 
-    async def connect(self, endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self, endpoint: str) -> tuple[Reader, Writer]:
         """An endpoint in the mesh through its node agent (HBONE, as this waypoint); one
         outside the mesh over plain TCP, as a node agent would."""
         if self.view.route_to(endpoint) is None:
-            host, _, port = endpoint.rpartition(":")
-            return await asyncio.open_connection(host, int(port))
+            return await connect_tcp(endpoint)
         return await self.outbound.connect(endpoint)
 
     async def apply(self, update: ConfigUpdate) -> str | None:

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from waypoint.channel import Reader, SocketChannel, Writer
 from waypoint.http1 import Event, Http1Error, Request, RequestParser
 from waypoint.telemetry import RequestRecord
+from waypoint.tunnel_channel import TunnelChannel
 from weft.identity import Identity
 
 Headers = tuple[tuple[str, str], ...]
 READ_SIZE = 64 * 1024
+# Readers that take a timeout themselves (one timer, armed only when nothing is buffered).
+TIMED_READERS = (SocketChannel, TunnelChannel)
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the framing this proxy rewrites on each side.
 HOP_BY_HOP = frozenset(
@@ -75,7 +78,7 @@ class ClientConnection:
             reader = self.reader
             if timeout_s is None:
                 data = await reader.read(READ_SIZE)
-            elif isinstance(reader, SocketChannel):
+            elif isinstance(reader, TIMED_READERS):
                 data = await reader.read(READ_SIZE, timeout_s)
             else:
                 # asyncio.timeout arms one timer; wait_for would start a task per read.
@@ -88,7 +91,7 @@ class ClientConnection:
         """One read (TimeoutError if nothing comes within `timeout_s`): its first event, or
         None when those bytes did not complete one (a request head still on its way)."""
         reader = self.reader
-        if isinstance(reader, SocketChannel):
+        if isinstance(reader, TIMED_READERS):
             data = await reader.read(READ_SIZE, timeout_s)
         else:
             async with asyncio.timeout(timeout_s):

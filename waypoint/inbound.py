@@ -1,28 +1,29 @@
 """HBONE in: the waypoint's port 15008, where each mTLS CONNECT stream is one client connection.
 
-weft.hbone's server authorizes a tunnel, asks for a connection to its target and splices the two.
-Here the "target" is the proxy itself: each tunnel gets one end of a socket pair, and the proxy
-serves HTTP/1.1 on the other end with the tunnel's facts (the peer's SVID, its VIP:port target,
-the original source address from `forwarded`). L7 policy is decided per request by the proxy;
-the tunnel itself is refused (503) only when the waypoint serves no such destination.
-
-The peer identity seen by authorize() reaches connect() through a context variable: the HBONE
-server awaits both in the one task it runs per tunnel, so the value cannot leak across tunnels.
+weft.hbone's server terminates TLS, checks ALPN and the peer's SPIFFE ID and parses each CONNECT;
+here every tunnel's target is the proxy itself, so the stream is served where it arrives: the
+proxy reads and writes it through a TunnelChannel (no socket pair, no relay), with the tunnel's
+facts (the peer's SVID, its VIP:port target, the original source address from `forwarded`).
+L7 policy is decided per request by the proxy; the tunnel itself is refused (503) only when the
+waypoint serves no such destination.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import logging
 import re
-import socket
 import ssl
-from dataclasses import dataclass
 
 from waypoint.downstream import Downstream
 from waypoint.proxy import WaypointProxy
-from weft.hbone import HboneServer, TunnelSettings
+from waypoint.tunnel_channel import TunnelChannel
+from weft.hbone import HboneServer, HboneStream, StreamClosedError, TunnelSettings
+from weft.hbone.events import TunnelRequested
+from weft.hbone.session import TunnelSession
 from weft.identity import Identity
+
+log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -40,19 +41,8 @@ def forwarded_for(headers: Headers) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _TunnelOrigin:
-    identity: Identity
-    source_ip: str | None
-
-
-_origin: contextvars.ContextVar[_TunnelOrigin | None] = contextvars.ContextVar(
-    "waypoint_tunnel_origin", default=None
-)
-
-
 class HboneInbound:
-    """Accepts HBONE tunnels and hands each to `proxy.serve_connection`."""
+    """Accepts HBONE tunnels and serves each with `proxy.serve_connection`."""
 
     def __init__(
         self,
@@ -61,8 +51,7 @@ class HboneInbound:
         settings: TunnelSettings | None = None,
     ) -> None:
         self.proxy = proxy
-        self.server = HboneServer(ssl_context, self._authorize, self._connect, settings=settings)
-        self._connections: set[asyncio.Task[None]] = set()
+        self.server = _ProxyServer(proxy, ssl_context, settings)
 
     @property
     def port(self) -> int:
@@ -72,28 +61,57 @@ class HboneInbound:
         await self.server.start(host, port)
 
     async def close(self) -> None:
-        await self.server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self.server.close()  # cancels the tunnels' tasks: each resets its stream
 
-    async def _authorize(self, peer: Identity, authority: str, headers: Headers) -> bool:
-        # Every authenticated peer may open a tunnel; what it may do is L7 policy, per request.
-        _origin.set(_TunnelOrigin(peer, forwarded_for(headers)))
-        return True
 
-    async def _connect(self, authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        origin = _origin.get()
-        if origin is None:
-            raise LookupError("tunnel origin unknown: connect() ran outside its tunnel's task")
-        if not self.proxy.serves(authority):
-            raise LookupError(f"this waypoint serves no service at {authority}")
-        tunnel_end, proxy_end = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=proxy_end)
-        downstream = Downstream(origin.source_ip, origin.identity, authority)
-        task = asyncio.get_running_loop().create_task(
-            self.proxy.serve_connection(reader, writer, downstream)
-        )
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
-        return await asyncio.open_connection(sock=tunnel_end)
+class _ProxyServer(HboneServer):
+    """weft.hbone's server whose tunnels the proxy serves in place of connect() and relay().
+
+    It overrides the server's per-tunnel task (`_serve_tunnel`): the stream is handed to the
+    proxy instead of being spliced to a TCP connection. Every authenticated peer may open a
+    tunnel (what it may do is L7 policy, per request), so authorize() is not consulted.
+    """
+
+    def __init__(
+        self, proxy: WaypointProxy, ssl_context: ssl.SSLContext, settings: TunnelSettings | None
+    ) -> None:
+        super().__init__(ssl_context, _allow, _no_connect, settings=settings)
+        self.proxy = proxy
+
+    async def _serve_tunnel(
+        self,
+        session: TunnelSession,
+        peer: Identity,
+        stream: HboneStream,
+        request: TunnelRequested,
+    ) -> None:
+        if not self.proxy.serves(request.authority):
+            log.info("HBONE target %s: this waypoint serves no such service", request.authority)
+            self.stats.tunnels_unavailable += 1
+            session.reject(stream, 503)
+            return
+        try:
+            session.accept(stream)
+        except StreamClosedError:  # the client gave up already
+            return
+        self.stats.tunnels_opened += 1
+        channel = TunnelChannel(stream)
+        downstream = Downstream(forwarded_for(request.headers), peer, request.authority)
+        try:
+            await self.proxy.serve_connection(channel, channel, downstream)
+        except asyncio.CancelledError:  # the server is closing: the tunnel is reset
+            channel.abort()
+            raise
+        except Exception:
+            # serve_connection() answers every client and backend failure itself; anything
+            # else is a bug in it, and must cost this tunnel only.
+            log.exception("serving the HBONE tunnel to %s failed", request.authority)
+            channel.abort()
+
+
+async def _allow(peer: Identity, authority: str, headers: Headers) -> bool:
+    return True  # never called: _ProxyServer serves its tunnels itself
+
+
+async def _no_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    raise LookupError(f"the waypoint serves {authority} itself; nothing to connect to")

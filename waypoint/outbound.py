@@ -3,8 +3,8 @@
 The waypoint opens the tunnel with its own SVID (as Istio's waypoint does), to the destination
 node's agent on 15008, with `:authority` = the endpoint's `ip:port`; the agent checks that SVID
 against its L4 policy. Tunnels come from weft.hbone's pool, so many requests' connections share
-one TLS connection. The proxy reads and writes plain asyncio streams; a socket pair and
-weft.hbone's relay join such a stream to the tunnel. (The original client's address is not sent
+one TLS connection. The proxy reads and writes each tunnel through a TunnelChannel attached to
+its stream (no socket pair, no relay in between). (The original client's address is not sent
 in `forwarded` yet: connect() learns only the endpoint.) Each CONNECT carries W3C `baggage` naming
 the waypoint's namespace and workload, as source agents do, so destination agents label its
 connections with a source workload instead of "unknown".
@@ -12,12 +12,11 @@ connections with a source workload instead of "unknown".
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from weft.hbone import HboneError, HbonePool, relay
+from waypoint.tunnel_channel import TunnelChannel
+from weft.hbone import HboneError, HbonePool, HboneStream
 from weft.identity import Identity
 
 
@@ -54,9 +53,9 @@ class HboneOutbound:
             if workload
             else ()
         )
-        self._relays: set[asyncio.Task[object]] = set()
+        self._open: dict[HboneStream, TunnelChannel] = {}  # reset by close()
 
-    async def connect(self, endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self, endpoint: str) -> tuple[TunnelChannel, TunnelChannel]:
         route = self.resolve(endpoint)
         if route is None:
             raise LookupError(f"endpoint {endpoint} has no node agent known to this waypoint")
@@ -66,16 +65,15 @@ class HboneOutbound:
             )
         except HboneError as error:
             raise ConnectionRefusedError(str(error)) from error
-        proxy_end, tunnel_end = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=tunnel_end)
-        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            relay(stream, reader, writer)
-        )
-        self._relays.add(task)
-        task.add_done_callback(self._relays.discard)
-        return await asyncio.open_connection(sock=proxy_end)
+        channel = self._open[stream] = TunnelChannel(stream)
+        stream.add_finished_callback(self._forget)
+        return channel, channel
+
+    def _forget(self, stream: HboneStream) -> None:
+        self._open.pop(stream, None)
 
     async def close(self) -> None:
-        for task in list(self._relays):
-            task.cancel()
-        await asyncio.gather(*self._relays, return_exceptions=True)
+        """Reset the tunnels still open (the proxy closes those it is done with itself)."""
+        for channel in list(self._open.values()):
+            channel.abort()
+        self._open.clear()

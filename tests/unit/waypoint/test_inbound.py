@@ -20,7 +20,7 @@ from waypoint.http1 import BodyFraming, Data, EndOfMessage, Response, ResponsePa
 from waypoint.inbound import HboneInbound, forwarded_for
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord
-from weft.hbone import HbonePool, HboneStream, TunnelRefusedError
+from weft.hbone import HbonePool, HboneStream, StreamResetError, TunnelRefusedError
 from weft.tls import client_context, server_context
 
 
@@ -121,3 +121,64 @@ def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> Non
     assert records[0].source_principal == FRONTEND.uri
     assert records[0].connection_security_policy == "mutual_tls"
     assert records[1].response_flags == "rbac_access_denied"
+
+
+def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(ca: TestCa) -> None:
+    records: list[RequestRecord] = []
+
+    async def main() -> None:
+        backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
+        backend_port = backend.sockets[0].getsockname()[1]
+        config = WaypointConfig(
+            services=(
+                ServiceConfig(
+                    "reviews.shop.svc.cluster.local", 9080, (Route("r", backends=(REVIEWS_V1,)),),
+                    vips=("10.96.0.10",),
+                ),
+            )
+        )  # fmt: skip
+        proxy = WaypointProxy(
+            config, {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]}, access_log=records.append
+        )
+        inbound = HboneInbound(proxy, server_context(ca.issue(WAYPOINT_ID), ca.bundle))
+        await inbound.start("127.0.0.1", 0)
+        svid = ca.issue(FRONTEND)
+        pool = HbonePool(lambda source: client_context(svid, ca.bundle))
+        peer = ("127.0.0.1", inbound.port)
+
+        async def open_tunnel() -> HboneStream:
+            return await pool.open_stream(FRONTEND, WAYPOINT_ID, peer, "10.96.0.10:9080")
+
+        try:
+            # A client that half-closes after its request still gets the answer, then the end.
+            stream = await open_tunnel()
+            await stream.write(b"GET /1 HTTP/1.1\r\nHost: reviews\r\n\r\n")
+            stream.close_write()
+            received = b""
+            while data := await asyncio.wait_for(stream.read(), 5):
+                received += data
+            assert received.startswith(b"HTTP/1.1 200 ")
+            assert received.endswith(b"hello")
+            # A client that resets mid-body: the request is logged as the client's disconnect.
+            stream = await open_tunnel()
+            await stream.write(b"POST /2 HTTP/1.1\r\nHost: reviews\r\ncontent-length: 100\r\n\r\n")
+            await stream.write(b"partial")
+            stream.abort()
+            while len(records) < 2:
+                await asyncio.sleep(0.01)
+            # A tunnel open when the waypoint stops is reset, not left hanging.
+            stream = await open_tunnel()
+            await inbound.close()
+            with pytest.raises(StreamResetError):
+                await asyncio.wait_for(stream.read(), 5)
+        finally:
+            await inbound.close()
+            await pool.close()
+            await proxy.close()
+            backend.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert [(r.path, r.response_code, r.response_flags) for r in records] == [
+        ("/1", 200, "-"),
+        ("/2", 0, "downstream_disconnect"),
+    ]

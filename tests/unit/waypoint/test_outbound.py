@@ -9,6 +9,7 @@ from waypoint_testing import (
     HOST,
     REVIEWS_V1,
     WAYPOINT_ID,
+    Backend,
     Client,
     TestCa,
     hello_backend,
@@ -27,6 +28,12 @@ AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b
 ROUTES = (Route("r", backends=(REVIEWS_V1,)),)
 
 
+async def agent_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The destination agent's connect(): TCP to the workload, as agent.inbound does."""
+    host, _, port = authority.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
 def test_requests_reach_the_backend_through_the_destination_agent() -> None:
     ca = TestCa()
     tunnels: list[tuple[Identity, str]] = []
@@ -43,10 +50,10 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
     async def main() -> list[int]:
         backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
         endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
-        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), authorize, connect_tcp)
+        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), authorize, agent_connect)
         await agent.start("127.0.0.1", 0)
         impostor = HboneServer(
-            server_context(ca.issue(FRONTEND), ca.bundle), authorize, connect_tcp
+            server_context(ca.issue(FRONTEND), ca.bundle), authorize, agent_connect
         )
         await impostor.start("127.0.0.1", 0)
         routes = {
@@ -88,3 +95,52 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
         "upstream_connect_error",
         "upstream_connect_error",
     ]
+
+
+def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
+    """Keep-alive reuse, a backend closing after an answer or instead of one: the same statuses,
+    flags and backend connections whether endpoints are reached over TCP or over HBONE."""
+    ca = TestCa()
+
+    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        return True
+
+    async def scenario(over_hbone: bool) -> list[object]:
+        backend = await Backend("b").start()
+        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow, agent_connect)
+        await agent.start("127.0.0.1", 0)
+        svid = ca.issue(WAYPOINT_ID)
+        pool = HbonePool(lambda source: client_context(svid, ca.bundle))
+        route = EndpointRoute(("127.0.0.1", agent.port), AGENT_ID)
+        outbound = HboneOutbound(pool, WAYPOINT_ID, lambda endpoint: route)
+        records: list[RequestRecord] = []
+        proxy = WaypointProxy(
+            WaypointConfig(services=(ServiceConfig(HOST, 9080, ROUTES),)),
+            {REVIEWS_V1.authority: [backend.endpoint]},
+            connect=outbound.connect if over_hbone else connect_tcp,
+            access_log=records.append,
+        )
+        _, port = await proxy.start()
+        client = await Client.connect(port)
+        # /close-after: the backend closes after answering, so the next request needs a new
+        # connection; /reset: it closes without answering
+        targets = ("/a", "/b", "/close-after", "/c", "/reset", "/d")
+        statuses = [(await client.get(target)).response.status for target in targets]
+        client.close()
+        await proxy.close()
+        await outbound.close()
+        await agent.close()
+        await pool.close()
+        await backend.stop()
+        return [statuses, [r.response_flags for r in records], backend.connections]
+
+    async def main() -> None:
+        over_tcp = await scenario(over_hbone=False)
+        assert over_tcp == [
+            [200, 200, 200, 200, 503, 200],
+            ["-", "-", "-", "-", "upstream_reset", "-"],
+            3,
+        ]
+        assert await scenario(over_hbone=True) == over_tcp
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -1,0 +1,225 @@
+"""waypoint.tunnel_channel: the proxy's reader/writer over an HBONE stream, with TCP's semantics.
+
+Real parts: the channel rides a stream of weft.hbone's pool over mutual TLS on loopback to an
+HboneServer that splices it to a TCP connection the test drives, so each behaviour is what an
+application behind a destination agent would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+from waypoint_testing import WAYPOINT_ID, TestCa
+
+from waypoint.tunnel_channel import TunnelChannel
+from weft.hbone import HbonePool, HboneServer, TunnelSettings
+from weft.identity import Identity
+from weft.tls import client_context, server_context
+
+AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b")
+TIMEOUT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def tunnel(
+    settings: TunnelSettings | None = None,
+) -> AsyncIterator[tuple[TunnelChannel, socket.socket]]:
+    """A channel on a tunnel to an HBONE server whose target is a TCP socket the test holds."""
+    ca = TestCa()
+    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(writer.get_extra_info("socket").dup())
+        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
+
+    target = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    target_port = target.sockets[0].getsockname()[1]
+
+    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        return True
+
+    async def connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", target_port)
+
+    agent = HboneServer(
+        server_context(ca.issue(AGENT_ID), ca.bundle), allow, connect, settings=settings
+    )
+    await agent.start("127.0.0.1", 0)
+    svid = ca.issue(WAYPOINT_ID)
+    pool = HbonePool(lambda source: client_context(svid, ca.bundle), settings=settings)
+    stream = await pool.open_stream(
+        WAYPOINT_ID, AGENT_ID, ("127.0.0.1", agent.port), f"127.0.0.1:{target_port}"
+    )
+    peer = await asyncio.wait_for(accepted.get(), TIMEOUT_S)
+    peer.setblocking(False)
+    try:
+        yield TunnelChannel(stream), peer
+    finally:
+        peer.close()
+        await agent.close()  # servers before the pool: see test_inbound's note
+        await pool.close()
+        target.close()
+
+
+def run(main: object) -> None:
+    asyncio.run(asyncio.wait_for(main, 20))  # type: ignore[arg-type]
+
+
+async def recv_until_closed(peer: socket.socket) -> bytes:
+    """What the TCP side receives until EOF; ConnectionResetError if it was reset."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    while data := await asyncio.wait_for(loop.sock_recv(peer, 65536), TIMEOUT_S):
+        received += data
+    return received
+
+
+async def until_reset(peer: socket.socket) -> None:
+    """Until the TCP side's connection is reset (after a FIN, a RST shows only on sending)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT_S
+    while loop.time() < deadline:
+        try:
+            await loop.sock_sendall(peer, b".")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the TCP side was not reset")
+
+
+def reset(peer: socket.socket) -> None:
+    """Close with RST rather than FIN."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+
+
+def test_bytes_go_both_ways_and_each_half_closes_on_its_own() -> None:
+    async def main() -> None:
+        async with tunnel() as (channel, peer):
+            loop = asyncio.get_running_loop()
+            channel.write(b"request")
+            await channel.drain()
+            assert await asyncio.wait_for(loop.sock_recv(peer, 100), TIMEOUT_S) == b"request"
+            channel.write_eof()  # END_STREAM becomes a FIN on the TCP side ...
+            assert await recv_until_closed(peer) == b""
+            await loop.sock_sendall(peer, b"response")  # ... which may still answer
+            assert await asyncio.wait_for(channel.read(), TIMEOUT_S) == b"response"
+            peer.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(channel.read(), TIMEOUT_S) == b""
+            assert channel.at_eof()
+
+    run(main())
+
+
+def test_a_reset_from_the_peer_fails_reads_after_what_came_before_it_and_drains() -> None:
+    async def main() -> None:
+        async with tunnel() as (channel, peer):
+            await asyncio.get_running_loop().sock_sendall(peer, b"before")
+            reset(peer)
+            assert await asyncio.wait_for(channel.read(), TIMEOUT_S) == b"before"
+            with pytest.raises(ConnectionResetError, match="reset"):
+                await asyncio.wait_for(channel.read(), TIMEOUT_S)
+            assert channel.at_eof()
+            assert channel.is_closing()
+            channel.write(b"dropped")  # as on a reset socket: no error until drain()
+            with pytest.raises(ConnectionResetError):
+                await channel.drain()
+
+    run(main())
+
+
+def test_close_sends_a_fin_and_bytes_arriving_after_it_reset_the_tunnel() -> None:
+    async def main() -> None:
+        async with tunnel() as (channel, peer):
+            loop = asyncio.get_running_loop()
+            channel.write(b"last words")
+            channel.close()
+            assert channel.is_closing()
+            assert await recv_until_closed(peer) == b"last words"
+            await loop.sock_sendall(peer, b"too late")
+            await until_reset(peer)
+
+    run(main())
+
+
+def test_close_with_unread_bytes_resets_the_tunnel() -> None:
+    async def main() -> None:
+        async with tunnel() as (channel, peer):
+            await asyncio.get_running_loop().sock_sendall(peer, b"unread")
+            while not channel._chunks:  # until it arrived
+                await asyncio.sleep(0.01)
+            channel.close()
+            with pytest.raises(ConnectionResetError):
+                await recv_until_closed(peer)
+
+    run(main())
+
+
+def test_abort_resets_the_tcp_side() -> None:
+    async def main() -> None:
+        async with tunnel() as (channel, peer):
+            channel.abort()
+            with pytest.raises(ConnectionResetError):
+                await recv_until_closed(peer)
+            with pytest.raises(ConnectionResetError):
+                await channel.read()
+
+    run(main())
+
+
+def test_a_peer_that_does_not_read_makes_drain_wait_instead_of_buffering() -> None:
+    async def main() -> None:
+        # Small windows, so the stream's window runs out long before memory would matter.
+        settings = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
+        async with tunnel(settings) as (channel, peer):
+            chunk = b"x" * 65536
+            written = 0
+            for _ in range(400):  # 25 MiB: far beyond windows and socket buffers
+                channel.write(chunk)
+                written += len(chunk)
+                try:
+                    await asyncio.wait_for(channel.drain(), 0.2)
+                except TimeoutError:
+                    break
+            assert written < 20 * 1024 * 1024, "drain() never waited"
+            # What waits in the channel is at most one write: the rest is the peer's problem.
+            assert sum(map(len, channel._pending)) <= len(chunk)
+            received = 0
+            loop = asyncio.get_running_loop()
+            drained = asyncio.ensure_future(channel.drain())
+            while received < written:
+                received += len(await asyncio.wait_for(loop.sock_recv(peer, 1 << 20), TIMEOUT_S))
+            await asyncio.wait_for(drained, TIMEOUT_S)  # reading on the far side frees it
+            assert received == written
+
+    run(main())
+
+
+def test_bytes_the_proxy_does_not_read_are_not_acknowledged() -> None:
+    async def main() -> None:
+        settings = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
+        async with tunnel(settings) as (channel, peer):
+            loop = asyncio.get_running_loop()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            chunk = b"y" * 65536
+            sent = 0
+            for _ in range(400):  # 25 MiB offered; the channel reads nothing
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(peer, chunk), 0.2)
+                except TimeoutError:
+                    break
+                sent += len(chunk)
+            buffered = sum(len(data) for data, _ in channel._chunks)
+            # The stream window (256 KiB) bounds what reaches the channel unread.
+            assert buffered <= 256 * 1024 < sent
+            total = 0
+            while total < sent:  # reading gives the window back: the rest flows
+                total += len(await asyncio.wait_for(channel.read(), TIMEOUT_S))
+            assert total >= sent
+
+    run(main())

@@ -1,0 +1,211 @@
+"""An HBONE stream as the proxy's reader and writer: no socket pair and no relay in between.
+
+`TunnelChannel` is attached to a weft.hbone stream as its sink, so tunnel bytes reach the
+waiting reader from the callback that decrypted them, and the proxy's writes go straight into
+the stream's DATA frames. It behaves as the socket-pair-and-relay join it replaces did, as TCP
+does: write_eof() is END_STREAM once what is queued has gone; close() is END_STREAM too, but
+bytes that arrive after it, or that were left unread at it, reset the stream (a TCP RST); a
+peer's END_STREAM reads as b"", and its RST_STREAM raises ConnectionResetError from drain() at
+once and from read() after what arrived before it. Back-pressure both ways: received bytes are
+acknowledged (their window given back to the peer) only once the proxy has read them, and
+drain() waits while the peer's window or the TLS connection cannot take what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from waypoint.channel import time_out
+from weft.hbone import HboneError, HboneStream
+from weft.hbone.events import CONNECT_ERROR
+from weft.hbone.relay import ACK_BATCH
+
+
+class TunnelChannel:
+    """One tunnelled connection as the StreamReader/StreamWriter calls the proxy uses (`read`,
+    `at_eof`, `write`, `drain`, `close`, `is_closing`, `write_eof`), and the stream's sink."""
+
+    def __init__(self, stream: HboneStream) -> None:
+        self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        self._chunks: deque[tuple[bytes, int]] = deque()  # (data, its flow-controlled length)
+        self._eof = False  # the peer sent END_STREAM
+        self._error: ConnectionResetError | None = None  # the stream was reset
+        self._reader: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
+        self._pending: deque[memoryview] = deque()  # written, not yet taken by the stream
+        self._end_requested = False  # write_eof() or close(): END_STREAM once _pending is sent
+        self._closed = False  # close(): anything received from now on resets the stream
+        # Read bytes are acknowledged in batches, as weft.hbone's relay does (a call per small
+        # message costs), bounded so that idle streams never hold the connection window.
+        settings = stream.session.core.settings
+        self._ack_batch = min(
+            ACK_BATCH,
+            settings.stream_window // 4,
+            settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
+        )
+        self._unacknowledged = 0
+        stream.attach(self)
+
+    # --- the stream's sink (weft.hbone.stream.StreamSink) ----------------------------------
+
+    def on_data(self, data: bytes, flow_controlled_length: int) -> None:
+        if self._closed:  # the proxy closed: as TCP answers bytes to a closed socket, reset
+            self._stream.acknowledge(flow_controlled_length)
+            self.abort()
+            return
+        self._chunks.append((data, flow_controlled_length))
+        self._wake_reader()
+
+    def on_remote_end(self) -> None:
+        self._eof = True
+        self._acknowledge()  # nothing more comes: give back what the batch still holds
+        self._wake_reader()
+
+    def on_reset(self, error_code: int) -> None:
+        if self._error is not None:
+            return
+        self._error = ConnectionResetError(
+            f"the HBONE stream was reset (HTTP/2 error code {error_code:#x})"
+        )
+        # What came before the reset is still read (as from a TCP socket, then the error), but
+        # the stream is gone: its window goes back now.
+        self._unacknowledged += sum(length for _, length in self._chunks)
+        self._chunks = deque((data, 0) for data, _ in self._chunks)
+        self._acknowledge()
+        self._pending.clear()
+        self._wake_reader()
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and not drainer.done():
+            drainer.set_exception(self._error)
+
+    def on_writable(self) -> None:
+        if self._pending and not self._send_pending():
+            return
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and not drainer.done():
+            drainer.set_result(None)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def read(self, n: int = -1, timeout_s: float | None = None) -> bytes:
+        """The next chunk received (any size; `n` is accepted for StreamReader's signature), or
+        b"" once the peer half-closed. A reset raises ConnectionResetError once the bytes that
+        came before it have been read; nothing received within `timeout_s` raises TimeoutError."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            waiter = self._reader = self._loop.create_future()
+            timer = None if timeout_s is None else self._loop.call_later(
+                timeout_s, time_out, waiter
+            )  # fmt: skip
+            try:
+                await waiter
+            finally:
+                self._reader = None
+                if timer is not None:
+                    timer.cancel()
+        data, flow_controlled_length = self._chunks.popleft()
+        self._unacknowledged += flow_controlled_length
+        if self._unacknowledged >= self._ack_batch:
+            self._acknowledge()
+        return data
+
+    def at_eof(self) -> bool:
+        return (self._eof or self._error is not None) and not self._chunks
+
+    def _wake_reader(self) -> None:
+        waiter = self._reader
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _acknowledge(self) -> None:
+        if self._unacknowledged:
+            acknowledged, self._unacknowledged = self._unacknowledged, 0
+            self._stream.acknowledge(acknowledged)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send `data` now, as far as the windows allow; the rest goes as they open."""
+        if self._error is not None or self._end_requested:
+            return  # as a closed socket's transport drops writes; drain() reports a reset
+        if type(data) is not bytes:
+            data = bytes(data)  # the stream keeps views of what it queued: it must not change
+        if self._pending:
+            self._pending.append(memoryview(data))
+            return
+        try:
+            sent = self._stream.send_some(data)
+        except HboneError:
+            self.abort()
+            return
+        if sent < len(data):
+            self._pending.append(memoryview(data)[sent:])
+
+    async def drain(self) -> None:
+        """Wait while written bytes wait for window; ConnectionResetError once reset."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if not self._pending:
+                return
+            if self._drainer is None:
+                self._drainer = self._loop.create_future()
+            await asyncio.shield(self._drainer)
+
+    def write_eof(self) -> None:
+        """Half-close (END_STREAM) after what is written; reading goes on."""
+        if self._end_requested or self._error is not None:
+            return
+        self._end_requested = True
+        if not self._pending:
+            self._stream.close_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """END_STREAM after what is written, as a socket's close() sends FIN; unread bytes, or
+        bytes arriving later, reset the stream instead (as TCP answers them with RST)."""
+        if self._closed or self._error is not None:
+            return
+        self._closed = True
+        if self._chunks:
+            self.abort()
+            return
+        self._acknowledge()
+        self.write_eof()
+
+    def abort(self) -> None:
+        """Reset the stream (RST_STREAM), as a TCP RST would."""
+        if self._error is None:
+            self._stream.abort(CONNECT_ERROR)  # reports on_reset() back here
+
+    def is_closing(self) -> bool:
+        return self._closed or self._error is not None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # no socket: who is calling is in the Downstream the proxy is given
+
+    def _send_pending(self) -> bool:
+        """Hand queued bytes to the stream; True once all went (then END_STREAM if asked)."""
+        pending = self._pending
+        try:
+            while pending:
+                view = pending[0]
+                sent = self._stream.send_some(view)
+                if sent < len(view):
+                    pending[0] = view[sent:]
+                    return False
+                pending.popleft()
+        except HboneError:
+            self.abort()
+            return True
+        if self._end_requested:
+            self._stream.close_write()
+        return True
