@@ -17,7 +17,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # Weft runs with, all baked into the box (vm/vagrant/box.py), and no dev extra.
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
-  python3-venv python3-dev gcc
+  python3-venv python3-dev gcc libssl-dev
   iproute2 nftables util-linux procps psmisc systemd curl openssl tcpdump
 )
 if [ "${WEFT_SETUP_GUEST:-0}" != 1 ]; then

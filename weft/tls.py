@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from weft.errors import UnavailableError, WeftError
 from weft.identity import Identity, InvalidIdentityError
 
@@ -55,12 +57,38 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> Identity:
     """The SPIFFE ID in the peer certificate's only URI SAN; PeerIdentityError otherwise."""
     certificate = ssl_object.getpeercert()
     if not certificate:
-        raise PeerIdentityError(
-            "the peer presented no verified certificate",
-            hint="HBONE needs mutual TLS: check that the peer sends its workload SVID",
-        )
+        raise _no_certificate()
     alternative_names = certificate.get("subjectAltName", ())
-    uris = [entry[1] for entry in alternative_names if len(entry) == 2 and entry[0] == "URI"]
+    uris = [str(entry[1]) for entry in alternative_names if len(entry) == 2 and entry[0] == "URI"]
+    return _identity_from_uris(uris)
+
+
+def peer_identity_der(certificate_der: bytes | None) -> Identity:
+    """peer_identity() for a verified peer certificate given as DER (weft._native's sessions)."""
+    if not certificate_der:
+        raise _no_certificate()
+    try:
+        certificate = x509.load_der_x509_certificate(certificate_der)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris: list[str] = names.value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    except ValueError as error:
+        raise PeerIdentityError(
+            f"the peer certificate cannot be parsed: {error}",
+            hint="re-issue the peer's SVID from the mesh CA",
+        ) from error
+    return _identity_from_uris(uris)
+
+
+def _no_certificate() -> PeerIdentityError:
+    return PeerIdentityError(
+        "the peer presented no verified certificate",
+        hint="HBONE needs mutual TLS: check that the peer sends its workload SVID",
+    )
+
+
+def _identity_from_uris(uris: list[str]) -> Identity:
     if len(uris) != 1:
         raise PeerIdentityError(
             f"the peer certificate has {len(uris)} URI SANs {uris!r}; an SVID has exactly one",

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from weft.hbone.connection import ClientConnection, TunnelSettings
 from weft.hbone.errors import HboneError, TunnelUnavailableError
+from weft.hbone.native_session import check_data_path, open_native_session
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
-from weft.tls import ALPN_HBONE, PeerIdentityError, peer_identity
+from weft.tls import ALPN_HBONE, PeerIdentityError, peer_identity, peer_identity_der
 
 # The SSLContext that presents `source`'s SVID; the agent keeps one per local workload identity.
 ClientContextFor = Callable[[Identity], ssl.SSLContext]
@@ -46,8 +47,11 @@ class HbonePool:
         connect_timeout: float = 5.0,
         response_timeout: float = 10.0,
         settings: TunnelSettings | None = None,
+        data_path: str = "python",
     ) -> None:
         self.client_context = client_context
+        # "native": connections run on weft._native (C moves the bytes), see native_session.
+        self.data_path = check_data_path(data_path)
         self.max_streams = max_streams
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -206,6 +210,8 @@ class _PooledConnection:
     async def _connect(self) -> TunnelSession:
         source, destination, (host, port) = self.key.source, self.key.destination, self.key.peer
         loop = asyncio.get_running_loop()
+        if self.pool.data_path == "native":
+            return await self._connect_native()
         try:
             context = self.pool.client_context(source)
             transport, session = await asyncio.wait_for(
@@ -226,25 +232,58 @@ class _PooledConnection:
             ) from error
         self.pool.stats.handshakes += 1
         try:
-            _check_peer(transport, destination, host, port)
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            _check_peer(alpn, lambda: peer_identity(ssl_object), destination, host, port)
         except HboneError:
             transport.abort()
             raise
         return session
 
+    async def _connect_native(self) -> TunnelSession:
+        """_connect() on the native data path: C does the TLS handshake and then the I/O."""
+        source, destination, (host, port) = self.key.source, self.key.destination, self.key.peer
+        try:
+            context = self.pool.client_context(source)
+            session = await open_native_session(
+                context, host, port, self.pool.settings, self.pool.connect_timeout
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as error:  # ConnectionError is an OSError
+            raise TunnelUnavailableError(
+                f"cannot open HBONE to {host}:{port} as {source}: {error!r}",
+                hint=f"check that the destination agent listens on {port} (HBONE) and that "
+                "no network policy blocks it",
+            ) from error
+        self.pool.stats.handshakes += 1
+        try:
+            _check_peer(
+                session.alpn,
+                lambda: peer_identity_der(session.peer_certificate),
+                destination,
+                host,
+                port,
+            )
+        except HboneError:
+            session.abort()
+            raise
+        session.start()
+        return session
+
 
 def _check_peer(
-    transport: asyncio.BaseTransport, destination: Identity, host: str, port: int
+    alpn: str | None,
+    identity: Callable[[], Identity],
+    destination: Identity,
+    host: str,
+    port: int,
 ) -> None:
-    ssl_object = transport.get_extra_info("ssl_object")
-    alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
     if alpn != ALPN_HBONE:
         raise TunnelUnavailableError(
             f"{host}:{port} did not agree to ALPN {ALPN_HBONE!r} (got {alpn!r})",
             hint=f"is {host}:{port} an HBONE listener (port 15008)?",
         )
     try:
-        actual = peer_identity(ssl_object)
+        actual = identity()
     except PeerIdentityError as error:
         raise TunnelUnavailableError(f"{host}:{port}: {error.message}", hint=error.hint) from error
     if actual != destination:

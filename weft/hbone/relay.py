@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import cast
 
 from weft.hbone.errors import HboneError
 from weft.hbone.events import CONNECT_ERROR
+from weft.hbone.native_session import NativeStream
 from weft.hbone.stream import HboneStream
 
 # Large reads amortise the per-call cost of Python, h2 and TLS; measured in bench/hbone_loopback.py.
@@ -51,6 +53,8 @@ async def relay(
     Any other reader/writer pair (e.g. the waypoint's channels) is copied by two tasks that
     read up to `read_size` at a time.
     """
+    if isinstance(stream, NativeStream):
+        return await _relay_native(stream, reader, writer)
     if not isinstance(reader, asyncio.StreamReader) or not hasattr(writer, "transport"):
         return await _relay_with_tasks(stream, reader, writer, read_size)
     transport = cast(asyncio.Transport, writer.transport)
@@ -62,6 +66,43 @@ async def relay(
         splice.abort_both()
         raise
     return RelayResult(stream.bytes_sent, stream.bytes_received, splice.reset)
+
+
+async def _relay_native(
+    stream: NativeStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> RelayResult:
+    """relay() on the native data path: weft._native splices the TCP socket itself.
+
+    The socket's descriptor is duplicated and handed to C with what the StreamReader had
+    already read; the asyncio transport is then aborted (that closes only its own descriptor),
+    so from here on no Python runs per message. C reports the end (and the byte counts).
+    """
+    transport = cast(asyncio.Transport, getattr(writer, "transport", None))
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not isinstance(reader, asyncio.StreamReader):
+        stream.abort(CONNECT_ERROR)
+        raise HboneError("a native HBONE stream can only be relayed to a TCP socket")
+    transport.pause_reading()
+    # StreamReader internals, as _Splice.start() reads them: there is no public non-blocking read.
+    buffered = bytes(reader._buffer)  # type: ignore[attr-defined]
+    reader._buffer.clear()  # type: ignore[attr-defined]
+    eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
+    failed = reader.exception() is not None or transport.is_closing()
+    fd = -1 if failed else os.dup(sock.fileno())
+    transport.abort()
+    if failed:
+        stream.abort(CONNECT_ERROR)
+        return RelayResult(0, 0, reset=True)
+    try:
+        stream.attach_tcp(fd, buffered, eof)
+    except HboneError:
+        return RelayResult(0, 0, reset=True)
+    try:
+        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
+    except asyncio.CancelledError:
+        stream.abort(CONNECT_ERROR)
+        raise
+    return RelayResult(to_tunnel, from_tunnel, reset)
 
 
 async def _relay_with_tasks(

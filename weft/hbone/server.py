@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -13,11 +14,12 @@ from typing import cast
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
+from weft.hbone.native_session import NativeSession, check_data_path
 from weft.hbone.relay import RelayResult, relay
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
-from weft.tls import ALPN_HBONE, PeerIdentityError, peer_identity
+from weft.tls import ALPN_HBONE, PeerIdentityError, peer_identity, peer_identity_der
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,11 @@ class HboneServer:
         handshake_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         relayed: Relayed | None = None,
+        data_path: str = "python",
     ) -> None:
         self.ssl_context = ssl_context
+        # "native": connections run on weft._native (C moves the bytes), see native_session.
+        self.data_path = check_data_path(data_path)
         self.authorize = authorize
         self.connect = connect
         self.relayed = relayed
@@ -66,12 +71,15 @@ class HboneServer:
         self.connect_timeout = connect_timeout
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None  # the native data path's own
         self._sessions: set[TunnelSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
         """The bound port (useful when started on port 0)."""
+        if self._listener is not None:
+            return int(self._listener.getsockname()[1])
         assert self._server is not None, "start() the server first"
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -86,10 +94,13 @@ class HboneServer:
         workloads' addresses: without it the kernel finds no route for the SYN-ACK."""
         loop = asyncio.get_running_loop()
         try:
-            if transparent:
+            if self.data_path == "native":
+                self._listener = _listener(host, port, transparent=transparent)
+                loop.add_reader(self._listener.fileno(), self._accept_native)
+            elif transparent:
                 self._server = await loop.create_server(
                     self._new_session,
-                    sock=_transparent_listener(host, port),
+                    sock=_listener(host, port, transparent=True),
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=self.handshake_timeout,
                 )
@@ -113,6 +124,9 @@ class HboneServer:
         """Stop accepting, then close every connection and tunnel."""
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
         for session in list(self._sessions):
             session.abort()  # rather than wait for slow peers
         for task in list(self._tasks):
@@ -127,10 +141,53 @@ class HboneServer:
         session.closed.add_done_callback(lambda _: self._sessions.discard(session))
         return session
 
+    def _accept_native(self) -> None:
+        """The native listener is readable: take every waiting connection and handshake it."""
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and friends: try again on the next wake-up
+                log.warning("HBONE accept failed: %s", error)
+                return
+            task = loop.create_task(self._serve_native_connection(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_native_connection(self, sock: socket.socket) -> None:
+        peername: object = "?"
+        with contextlib.suppress(OSError):
+            peername = sock.getpeername()
+        session = _NativeServerSession(self)
+        try:
+            await session.handshake(
+                sock, self.ssl_context, server_side=True, timeout=self.handshake_timeout
+            )
+        except (OSError, TimeoutError) as error:  # ConnectionError is an OSError
+            log.info("HBONE handshake with %s failed: %s", peername, error)
+            return
+        alpn = session.alpn
+        try:
+            if alpn != ALPN_HBONE:
+                raise HboneError(f"client offered no ALPN {ALPN_HBONE!r} (got {alpn!r})")
+            session.peer = peer_identity_der(session.peer_certificate)
+        except (HboneError, PeerIdentityError) as error:
+            log.warning("refusing HBONE connection from %s: %s", peername, error)
+            self.stats.connections_refused += 1
+            session.abort()
+            return
+        self.stats.connections_accepted += 1
+        self._sessions.add(session)
+        session.closed.add_done_callback(lambda _: self._sessions.discard(session))
+        session.start()
+
     def _on_tunnel_requested(
         self, session: TunnelSession, stream: HboneStream, request: TunnelRequested
     ) -> None:
-        assert isinstance(session, _ServerSession)
+        assert isinstance(session, _ServerSession | _NativeServerSession)
         assert session.peer is not None
         task = asyncio.get_running_loop().create_task(
             self._serve_tunnel(session, session.peer, stream, request)
@@ -185,14 +242,17 @@ class HboneServer:
                 self.relayed(result)
 
 
-def _transparent_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on an IP address, with IP_TRANSPARENT set before bind()."""
+def _listener(host: str, port: int, *, transparent: bool) -> socket.socket:
+    """A non-blocking listening TCP socket on an IP address; `transparent` sets IP_TRANSPARENT
+    before bind()."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if transparent:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.bind((host, port))
         sock.listen(1024)
+        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
@@ -223,3 +283,11 @@ class _ServerSession(TunnelSession):
             return
         self.server.stats.connections_accepted += 1
         super().connection_made(transport)
+
+
+class _NativeServerSession(NativeSession):
+    """A server-side session on the native data path; the server checks ALPN and peer."""
+
+    def __init__(self, server: HboneServer) -> None:
+        super().__init__(ServerConnection(server.settings), server._on_tunnel_requested)
+        self.peer: Identity | None = None

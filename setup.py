@@ -1,0 +1,19 @@
+"""Builds weft._native, the agent's compiled HBONE data path (weft/native/); the rest is pyproject.
+
+The extension is optional: where it cannot be built (no libssl headers, e.g. a Vagrant guest
+provisioned offline), installation goes on and the agent runs its Python data path.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "weft._native",
+            sources=["weft/native/hbone.c"],
+            libraries=["ssl", "crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        )
+    ]
+)
