@@ -176,8 +176,9 @@ def _start_mesh(lab: Lab, layout: BenchLayout) -> BenchMesh:
 def _prioritize(pid: int) -> None:
     """Give a process, every thread and child of it, the bench's priority (bench.priority).
 
-    vm.lab.mesh starts the agents (the same way for the tests), not through `prioritized`, so
-    without this they ran at nice 0 against stunnel's -5 on a machine shared with other work.
+    vm.lab.mesh starts the agents and waypoints (the same way for the tests), not through
+    `prioritized`, so without this they ran at nice 0 against the peers' -5 on a machine shared
+    with other work.
     """
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -346,6 +347,7 @@ def start_waypoint(mesh: BenchMesh) -> BenchWaypoint:
             f"waypoint-{wp.namespace}-{wp.name}",
         )  # fmt: skip
         wait_ready(lab, wp, pid)
+        _prioritize(pid)  # started as the lab starts its waypoints, not through `prioritized`
     except BaseException:
         stop_waypoint(lab, BenchWaypoint(wp, pid, resources))
         raise
