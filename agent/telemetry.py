@@ -101,18 +101,6 @@ def access_line(record: ConnectionRecord) -> str:
 
 _format_line = json_line_formatter(ConnectionRecord, omit_empty=True, exclude=("started",))
 
-_stamp: tuple[int, str] = (-1, "")
-
-
-def log_prefix(now: float) -> str:
-    """`<time> INFO weft.access: ` as the agent's log format writes it (logging's asctime, with
-    the second formatted once while it lasts)."""
-    global _stamp
-    second = int(now)
-    if second != _stamp[0]:
-        _stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-    return f"{_stamp[1]},{int((now - second) * 1000):03d} INFO weft.access: "
-
 
 class Telemetry:
     """The agent's metrics registry and its access log."""
@@ -120,6 +108,7 @@ class Telemetry:
     def __init__(self, access_stream: TextIO | None = None) -> None:
         # stderr (None: sys.stderr when written), where the agent logs; a write per loop turn
         self.access = BufferedLog(access_stream, PER_ITERATION)
+        self._second, self._stamp = -1, ""  # the log's asctime, formatted once per second
         self.registry = CollectorRegistry()
         self.opened = Counter(
             "istio_tcp_connections_opened",
@@ -169,8 +158,16 @@ class Telemetry:
             closed.inc()
             sent.inc(record.sent_bytes)
             received.inc(record.received_bytes)
-        if access_log.isEnabledFor(logging.INFO):
-            self.access.write(log_prefix(time.time()) + _format_line(record))
+        if access_log.isEnabledFor(logging.INFO):  # `<asctime> INFO weft.access: {...}`
+            now = time.time()
+            second = int(now)
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            milliseconds = int((now - second) * 1000)
+            self.access.write(
+                f"{self._stamp},{milliseconds:03d} INFO weft.access: {_format_line(record)}"
+            )
 
     def _series(self, values: tuple[str, ...]) -> tuple[Counter, Counter, Counter, Counter]:
         """The four istio_tcp_* series of one label set; prometheus_client's labels() lookup

@@ -222,7 +222,7 @@ def line_formatter(
 
 _format_line = line_formatter()
 
-FLUSH_POLICY = FlushPolicy(interval_s=0.5)  # a write per half second (or 64 KiB), not per request
+FLUSH_POLICY = FlushPolicy(interval_s=0.5)  # a write per half second or 160 lines, not per request
 
 
 # --- request ids and timestamps -------------------------------------------------------------

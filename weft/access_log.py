@@ -23,6 +23,7 @@ import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
 from json.encoder import encode_basestring_ascii
+from select import PIPE_BUF
 from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
@@ -131,15 +132,19 @@ def _literal(text: str) -> str:
 class FlushPolicy:
     """When a BufferedLog writes what it holds: at the end of the event-loop iteration that
     buffered the first line (`interval_s` None), or `interval_s` later; and at once when more
-    than `max_bytes` is waiting."""
+    than `max_lines` are waiting (a count, not bytes: no len() per line on the caller's path)."""
 
     interval_s: float | None = None
-    max_bytes: int = 64 * 1024
+    max_lines: int = 160  # about 64 KiB of access-log lines
+
+    def __post_init__(self) -> None:
+        if self.interval_s is not None and not self.interval_s > 0:
+            raise ValueError(f"a flush interval must be positive seconds, not {self.interval_s}")
+        if self.max_lines < 1:
+            raise ValueError(f"max_lines must be at least 1, not {self.max_lines}")
 
 
 PER_ITERATION = FlushPolicy()  # one write per loop turn, however many connections closed in it
-
-_DEFERRED_SIZE = 400  # what a line formatted at the flush is counted as, about its length
 
 
 class BufferedLog:
@@ -159,25 +164,25 @@ class BufferedLog:
         self.dropped = 0
         self._lines: list[Any] = []  # str, or (format, args) when _deferred
         self._deferred = False
-        self._size = 0
+        self._room = policy.max_lines
         self._handle: asyncio.Handle | None = None
 
     def write(self, line: str) -> None:
         self._lines.append(line)
-        self._size += len(line)
-        if self._handle is None or self._size > self.policy.max_bytes:
+        self._room -= 1
+        if self._handle is None or self._room < 0:
             self._schedule()
 
     def write_later(self, format_line: Callable[..., str], args: tuple[Any, ...]) -> None:
         """Buffer a line that `format_line(*args)` will produce at the flush."""
         self._lines.append((format_line, args))
         self._deferred = True
-        self._size += _DEFERRED_SIZE
-        if self._handle is None or self._size > self.policy.max_bytes:
+        self._room -= 1
+        if self._handle is None or self._room < 0:
             self._schedule()
 
     def _schedule(self) -> None:
-        if self._size > self.policy.max_bytes:
+        if self._room < 0:
             self.flush()
             return
         try:
@@ -196,28 +201,39 @@ class BufferedLog:
             self._handle = None
         if not self._lines:
             return
-        lines, self._lines, self._size = self._lines, [], 0
+        lines, self._lines, self._room = self._lines, [], self.policy.max_lines
         if self._deferred:
             self._deferred = False
             lines = [item if isinstance(item, str) else item[0](*item[1]) for item in lines]
         text = "\n".join(lines) + "\n"
         stream = self.stream or sys.stderr
-        written = 0
         try:
-            try:
-                fd = stream.fileno()
-            except (AttributeError, OSError, ValueError):  # not a file (a StringIO in tests)
-                fd = -1
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a StringIO in tests)
+            fd = -1
+        data = b""
+        done = 0  # bytes of data written
+        try:
             if fd < 0:
                 stream.write(text)
                 stream.flush()
                 return
             stream.flush()  # whatever was printed before goes first
-            for piece in whole_lines(text.encode("utf-8", "backslashreplace"), select.PIPE_BUF):
+            data = text.encode("utf-8", "backslashreplace")
+            size = len(data)
+            if size <= PIPE_BUF:  # the usual batch: one write (made here: this runs per batch)
+                try:
+                    written = os.write(fd, data)
+                except BlockingIOError:
+                    written = 0
+                if written < size:
+                    _write_all(fd, data[written:])
+                return
+            for piece in whole_lines(data, PIPE_BUF):
                 _write_all(fd, piece)
-                written += piece.count(b"\n")
-        except (OSError, ValueError) as err:  # closed, broken pipe, disk full
-            self._lost(len(lines) - written, err)
+                done += len(piece)
+        except (OSError, ValueError) as err:  # closed, a broken pipe, a full disk
+            self._lost(data.count(b"\n", done) if data else len(lines), err)
 
     def _lost(self, count: int, err: Exception) -> None:
         first = self.dropped == 0

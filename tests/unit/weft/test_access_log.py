@@ -152,9 +152,9 @@ def test_per_iteration_writes_the_lines_of_a_loop_turn_in_one_write() -> None:
         assert asyncio.run(main()) == [[], [b"0-0\n0-1\n0-2\n"], [], [b"1-0\n1-1\n1-2\n"]]
 
 
-def test_an_interval_policy_writes_after_the_interval_past_max_bytes_and_on_flush() -> None:
+def test_an_interval_policy_writes_after_the_interval_past_max_lines_and_on_flush() -> None:
     stream = io.StringIO()
-    log = BufferedLog(stream, FlushPolicy(interval_s=0.05, max_bytes=100))
+    log = BufferedLog(stream, FlushPolicy(interval_s=0.05, max_lines=3))
 
     async def main() -> None:
         log.write("one")
@@ -163,13 +163,21 @@ def test_an_interval_policy_writes_after_the_interval_past_max_bytes_and_on_flus
         assert stream.getvalue() == ""  # not one write per line
         await asyncio.sleep(0.1)
         assert stream.getvalue() == "one\ntwo\n"
-        log.write("x" * 101)  # past max_bytes: at once
-        assert stream.getvalue() == "one\ntwo\n" + "x" * 101 + "\n"
+        for n in range(4):  # the fourth is past max_lines: all four at once
+            log.write(f"burst {n}")
+        assert stream.getvalue().endswith("two\nburst 0\nburst 1\nburst 2\nburst 3\n")
         log.write("three")
         log.flush()
-        assert stream.getvalue().endswith("x\nthree\n")
+        assert stream.getvalue().endswith("burst 3\nthree\n")
 
     asyncio.run(main())
+
+
+def test_a_flush_policy_that_makes_no_sense_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="a flush interval must be positive seconds, not 0"):
+        FlushPolicy(interval_s=0)
+    with pytest.raises(ValueError, match="max_lines must be at least 1, not 0"):
+        FlushPolicy(max_lines=0)
 
 
 def test_without_a_running_loop_a_line_is_written_at_once() -> None:
@@ -201,7 +209,7 @@ def test_lines_written_later_are_formatted_at_the_flush_in_order() -> None:
 
 def test_a_flush_is_writes_of_whole_lines_of_at_most_pipe_buf_bytes() -> None:
     stream, reader = datagram_stream()
-    log = BufferedLog(stream, FlushPolicy(interval_s=10, max_bytes=1 << 20))
+    log = BufferedLog(stream, FlushPolicy(interval_s=10, max_lines=1000))
     lines = [f'{{"n":{i},"pad":"{"x" * (i * 37 % 300)}"}}' for i in range(200)]
     long_line = "y" * (select.PIPE_BUF + 100)
     with stream, reader:
