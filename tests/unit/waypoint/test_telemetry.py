@@ -108,6 +108,23 @@ def test_access_log_line_is_exactly_what_json_dumps_writes() -> None:
     assert access_log_line(tricky) == json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
+@given(
+    texts=st.lists(st.text(), min_size=5, max_size=5),
+    audit=st.lists(st.text(max_size=8), max_size=3),
+    duration=st.floats(min_value=0, max_value=1e9),
+)
+def test_json_loads_of_a_line_gives_back_the_record_for_any_strings(
+    texts: list[str], audit: list[str], duration: float
+) -> None:
+    path, agent, authority, status, principal = texts
+    request = record(
+        path=path, user_agent=agent, authority=authority, grpc_response_status=status,
+        source_principal=principal, audit_policies=tuple(audit), duration_ms=duration,
+    )  # fmt: skip
+    fields = dict(vars(request), audit_policies=audit, duration_ms=round(duration, 3))
+    assert json.loads(access_log_line(request)) == fields
+
+
 # --- trace context -------------------------------------------------------------------------------
 
 
