@@ -5,7 +5,7 @@ the data path. `json_line_formatter` generates, once, a function that writes a r
 json.dumps would give (sorted keys, the caller's separators), with each string through json's C
 escaper and numbers written as json writes them: a single f-string, a fraction of the encoder's
 time. `BufferedLog` collects lines and writes them in batches (per event-loop iteration, or per
-interval and size), as whole lines of at most PIPE_BUF bytes per write, so processes sharing a
+interval and line count), as whole lines of at most PIPE_BUF bytes per write, so processes sharing a
 pipe never interleave inside a line; a stream that cannot be written costs its lines, never the
 caller.
 """
