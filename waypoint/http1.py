@@ -22,7 +22,7 @@ parse a pipelined request before the previous response is sent. At ~11 us the pa
 small share of a waypoint hop (TLS dominates, design.md §9), so Weft uses its own codec: no
 dependency, every rule above under our control and tested byte for byte.
 
-On the plain listener, common requests do not come here: fastpath.py accepts a head only when
+On the plain listener, common requests do not come here: fastpath/ accepts a head only when
 one regular expression over its bytes finds it plainly valid (a common method, origin-form
 target, HTTP/1.1, `token: value` lines without control characters, one Host, at most one
 decimal Content-Length, no Transfer-Encoding, Upgrade or Expect) and hands anything else, with

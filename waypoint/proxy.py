@@ -156,7 +156,7 @@ class WaypointProxy:
         self._clients: set[asyncio.Task[None]] = set()  # the running loop keeps weak refs only
         # Access-log lines of the fast path are formatted at this buffer's flush, not per request.
         self.access_log_buffer = access_log_buffer
-        self.fast_path = fast_path  # common HTTP/1.1 requests on the listener: fastpath.py
+        self.fast_path = fast_path  # common HTTP/1.1 requests on the listener: fastpath/
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the listen port
         self.fast_fronts: set[FastFront] = set()
         self.general_connections = 0  # listener connections the general path took over

@@ -59,7 +59,7 @@ def closed_port() -> int:
 Scenario = Callable[[WaypointProxy, int, list[Backend], list[RequestRecord]], Awaitable[None]]
 
 
-# Every scenario runs twice: with the fast path (fastpath.py takes the requests it can) and
+# Every scenario runs twice: with the fast path (fastpath/ takes the requests it can) and
 # without it (proxy.py's general path takes all), so both give the same answers.
 PATHS = {"fast": True}
 

@@ -18,18 +18,16 @@ from waypoint.config import (
     ServiceConfig,
     WaypointConfig,
 )
-from waypoint.fastpath import (
+from waypoint.fastpath.heads import (
     CHUNKED,
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
-    FastFacts,
-    FastService,
-    fast_log_line,
-    fast_record,
     recognize_request,
     recognize_response,
 )
+from waypoint.fastpath.plan import FastService
+from waypoint.fastpath.records import FastFacts, fast_log_line, fast_record
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, access_log_line
 
