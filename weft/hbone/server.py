@@ -127,6 +127,7 @@ class HboneServer:
         if self._listener is not None:
             asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()
+            self._listener = None
         for session in list(self._sessions):
             session.abort()  # rather than wait for slow peers
         for task in list(self._tasks):
