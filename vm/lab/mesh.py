@@ -13,7 +13,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,21 +77,12 @@ def lab_resources(
     for w in workloads:
         if w.name in waypoint_workloads:
             continue
-        spec: dict[str, Any] = {
-            "address": w.ip,
-            "node": w.node,
-            "serviceAccount": w.service_account,
-        }
-        if w.ports:
-            spec["ports"] = {f"tcp-{p}": p for p in w.ports}
         documents.append(
-            {
-                "apiVersion": "weft.io/v1",
-                "kind": "Workload",
-                "metadata": {"name": w.name, "namespace": w.namespace, "labels": dict(w.labels)},
-                "spec": spec,
-            }
-        )
+            workload_document(
+                w.name, w.namespace, w.labels,
+                address=w.ip, node=w.node, service_account=w.service_account, ports=w.ports,
+            )
+        )  # fmt: skip
     for s in topology.demo.services:
         waypoint = served.get((s.name, s.namespace))
         labels = {} if waypoint is None else {USE_WAYPOINT_LABEL: waypoint}
@@ -111,6 +102,30 @@ def lab_resources(
             }
         )
     return documents
+
+
+def workload_document(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    *,
+    address: str,
+    node: str,
+    service_account: str,
+    ports: Sequence[int] = (),
+    port_prefix: str = "tcp",
+) -> dict[str, Any]:
+    """A Workload as a `weft apply` document (the netns lab's and the Vagrant lab's alike);
+    its ports are named `<port_prefix>-<port>`."""
+    spec: dict[str, Any] = {"address": address, "node": node, "serviceAccount": service_account}
+    if ports:
+        spec["ports"] = {f"{port_prefix}-{p}": p for p in ports}
+    return {
+        "apiVersion": "weft.io/v1",
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": spec,
+    }
 
 
 def _quiet(_: str) -> None:

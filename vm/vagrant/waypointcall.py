@@ -20,6 +20,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from vm.lab.mesh import workload_document
 from vm.vagrant import meshcall
 from vm.vagrant.lab import guest
 from vm.vagrant.meshcall import CALL_TIMEOUT, GUEST_PYTHON, agent_config, wait_until
@@ -42,19 +43,10 @@ class DemoWorkload:
     ports: tuple[int, ...] = ()
 
     def document(self) -> dict[str, object]:
-        spec: dict[str, object] = {
-            "address": self.ip,
-            "node": self.node,
-            "serviceAccount": self.service_account,
-        }
-        if self.ports:
-            spec["ports"] = {f"http-{p}": p for p in self.ports}
-        return {
-            "apiVersion": "weft.io/v1",
-            "kind": "Workload",
-            "metadata": {"name": self.name, "namespace": NAMESPACE, "labels": self.labels},
-            "spec": spec,
-        }
+        return workload_document(
+            self.name, NAMESPACE, self.labels, address=self.ip, node=self.node,
+            service_account=self.service_account, ports=self.ports, port_prefix="http",
+        )  # fmt: skip
 
 
 def _reviews(version: str, node: str, ip: str) -> DemoWorkload:
