@@ -15,37 +15,12 @@ from pathlib import Path
 import pytest
 from waypoint_testing import TEST_TIMEOUT_S, Backend, Client
 
+from bench.paths import WAYPOINT_RESOURCES, WAYPOINT_SERVICE
 from waypoint.cli import _workers
 from waypoint.workers import default_workers
 from weft.errors import UsageError
 
-HOST = "bench-http.bench:8080"
-RESOURCES = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: bench, labels: {weft.io/use-waypoint: wp}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bench-http, namespace: bench}
-spec:
-  clusterIP: 10.96.250.10
-  ports: [{name: http, port: 8080, targetPort: 8080}]
----
-apiVersion: weft.io/v1
-kind: Waypoint
-metadata: {name: wp, namespace: bench}
-spec: {address: 10.96.250.11, node: node2}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bench-http, namespace: bench}
-spec:
-  parentRefs: [{group: "", kind: Service, name: bench-http, port: 8080}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /}}]
-    backendRefs: [{name: bench-http, port: 8080}]
-"""
+HOST = WAYPOINT_SERVICE  # the bench's standalone waypoint resources serve it (one route, /)
 
 
 class Waypoint:
@@ -106,14 +81,14 @@ def alive(pid: int) -> bool:
 
 def test_workers_share_a_port_report_one_metrics_restart_and_stop(tmp_path: Path) -> None:
     resources = tmp_path / "wp.yaml"
-    resources.write_text(RESOURCES)
+    resources.write_text(WAYPOINT_RESOURCES)
 
     async def main() -> None:
         backend = await Backend("b0").start()
         argv = [sys.executable, "-m", "weft.cli", "waypoint", "run", "-f", str(resources)]
-        argv += ["--name", "wp", "--namespace", "bench", "--workers", "2"]
+        argv += ["--name", "bench-waypoint", "--namespace", "bench", "--workers", "2"]
         argv += ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
-        argv += ["--endpoint", f"bench-http.bench:8080={backend.endpoint}", "--max-seconds", "60"]
+        argv += ["--endpoint", f"{WAYPOINT_SERVICE}={backend.endpoint}", "--max-seconds", "60"]
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
