@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.metrics_text import metric_total  # noqa: F401  (the e2e tests import it from here)
 from vm.lab.lab import Lab
 from vm.lab.mesh import agent_http, weft_on_control
 
@@ -66,15 +67,6 @@ def raw_echo(lab: Lab, client: str, address: str, timeout: float = 3) -> bool:
         check=False, timeout=timeout + 10,
     )  # fmt: skip
     return result.returncode == 0
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus counter's samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def agent_metrics(lab: Lab, node: str) -> str:

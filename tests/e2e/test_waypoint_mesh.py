@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab_checks import metric_total
+from tests.metrics_text import metric_total
 from vm.lab.lab import Lab
 from vm.lab.mesh import WEFT, MeshInfo, down_mesh, up_mesh, weft_on_control
 from vm.lab.waypoints import (

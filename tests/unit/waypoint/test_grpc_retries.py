@@ -14,6 +14,7 @@ from waypoint_testing import HOST, TEST_TIMEOUT_S, Backend, Client
 
 from demo import ratings_pb2, ratings_pb2_grpc
 from demo.ratings import UNAVAILABLE_KNOB, RatingsService
+from tests.metrics_text import metric_total
 from waypoint.config import (
     BackendRef,
     RetryOn,
@@ -109,13 +110,8 @@ async def unary_codes(stub: ratings_pb2_grpc.RatingsStub, count: int, fraction: 
 
 
 def samples(metrics: str, **labels: str) -> float:
-    total = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("istio_requests_total{") and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """The waypoint's istio_requests_total summed over the series with `labels`."""
+    return metric_total(metrics, "istio_requests_total", **labels)
 
 
 def test_retry_on_unavailable_turns_half_failing_calls_into_success() -> None:
