@@ -103,8 +103,11 @@ class Inbound:
         telemetry: Telemetry,
         agent_address: IPv4Address,
         port: int = 15008,
+        *,
+        data_path: str = "python",
     ) -> None:
         self._state = state
+        self.data_path = data_path
         self._certs = certs
         self._telemetry = telemetry
         self.agent_address = agent_address
@@ -128,6 +131,7 @@ class Inbound:
                 self._authorizer(address),
                 self._connect,
                 relayed=self._relayed,
+                data_path=self.data_path,
             )
             # The listener answers for the workload's address, which this node does not own;
             # loopback is always local (tests run the tunnel path there, without root).

@@ -13,6 +13,7 @@ from pathlib import Path
 from agent.runtime.node_agent import AgentConfig, NodeAgent
 from weft.errors import NotRootError
 from weft.hbone.eventloop import new_event_loop
+from weft.hbone.native_session import DATA_PATHS, native_available
 from weft.identity import DEFAULT_TRUST_DOMAIN
 
 RUN_EXAMPLES = """\
@@ -74,6 +75,11 @@ def register_run(parser: argparse.ArgumentParser) -> None:
         "--svid-ttl", type=_seconds, default=0, metavar="SECONDS",
         help="validity to ask for workload certificates (default: the controller's, 24 h)",
     )  # fmt: skip
+    parser.add_argument(
+        "--data-path", choices=DATA_PATHS, default=None,
+        help="HBONE data path: native (C moves the bytes, weft._native) or python"
+        " (default: native where weft._native is built, else python)",
+    )  # fmt: skip
     parser.add_argument("--pin-root", default="/sys/fs/bpf/weft", help=argparse.SUPPRESS)
     parser.set_defaults(func=cmd_run)
 
@@ -94,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         metrics_address=_host_port(args.metrics, 15020),
         pin_root=Path(args.pin_root),
         svid_ttl=args.svid_ttl,
+        data_path=args.data_path or ("native" if native_available() else "python"),
     )
 
 
@@ -104,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = config_from_args(args)
+    logging.getLogger(__name__).info("HBONE data path: %s", config.data_path)
 
     async def main() -> None:
         agent = NodeAgent(config)

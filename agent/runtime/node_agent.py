@@ -72,6 +72,8 @@ class AgentConfig:
     metrics_address: tuple[str, int] = ("0.0.0.0", 15020)
     pin_root: Path = Path("/sys/fs/bpf/weft")
     svid_ttl: int = 0  # seconds of validity asked for workload certificates; 0: the controller's
+    # HBONE data path: "native" (weft._native moves the bytes in C) or "python"
+    data_path: str = "python"
 
 
 @dataclass
@@ -213,9 +215,14 @@ class NodeAgent:
 
         self.certs = CertificateManager(issue, identity.bundle_pem, on_issued=self._save_svids)
         self._restore()
-        self.pool = HbonePool(self.certs.client_context)
+        self.pool = HbonePool(self.certs.client_context, data_path=config.data_path)
         self.inbound = Inbound(
-            lambda: self.state, self.certs, self.telemetry, config.agent_address, config.hbone_port
+            lambda: self.state,
+            self.certs,
+            self.telemetry,
+            config.agent_address,
+            config.hbone_port,
+            data_path=config.data_path,
         )
         self.delivery = Delivery(config.hbone_port)
         self.delivery.install()
