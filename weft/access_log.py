@@ -135,7 +135,7 @@ class FlushPolicy:
     than `max_lines` are waiting (a count, not bytes: no len() per line on the caller's path)."""
 
     interval_s: float | None = None
-    max_lines: int = 160  # about 64 KiB of access-log lines
+    max_lines: int = 160  # about 100 KiB of access-log lines (600-800 bytes each)
 
     def __post_init__(self) -> None:
         if self.interval_s is not None and not self.interval_s > 0:
