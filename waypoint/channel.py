@@ -45,7 +45,32 @@ class Writer(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
-class SocketChannel(asyncio.Protocol):
+class ReadWaiter:
+    """The one waiting read of a channel, woken by its data and failed by its timer."""
+
+    _loop: asyncio.AbstractEventLoop
+    _reader: asyncio.Future[None] | None
+
+    async def _wait_readable(self, timeout_s: float | None) -> None:
+        """Until _wake_reader() (data, EOF or an error came); TimeoutError after timeout_s."""
+        waiter = self._reader = self._loop.create_future()
+        # One timer handle, armed only when there is nothing to read yet: cheaper than
+        # asyncio.timeout() around every read.
+        timer = None if timeout_s is None else self._loop.call_later(timeout_s, _time_out, waiter)
+        try:
+            await waiter
+        finally:
+            self._reader = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_reader(self) -> None:
+        waiter = self._reader
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class SocketChannel(asyncio.Protocol, ReadWaiter):
     """A socket's two directions as one object with the StreamReader/StreamWriter calls the
     proxy uses (`read`, `at_eof`, `write`, `drain`, `close`, `is_closing`, `write_eof`)."""
 
@@ -114,18 +139,7 @@ class SocketChannel(asyncio.Protocol):
                 if self._error is not None:
                     raise ConnectionResetError(str(self._error))
                 return b""
-            waiter = self._reader = self._loop.create_future()
-            # One timer handle, armed only when there is nothing to read yet: cheaper than
-            # asyncio.timeout() around every read.
-            timer = None if timeout_s is None else self._loop.call_later(
-                timeout_s, time_out, waiter
-            )  # fmt: skip
-            try:
-                await waiter
-            finally:
-                self._reader = None
-                if timer is not None:
-                    timer.cancel()
+            await self._wait_readable(timeout_s)
         data = self._chunks.popleft()
         self._buffered -= len(data)
         if self._read_paused and self._buffered <= READ_HIGH_WATER // 2:
@@ -136,11 +150,6 @@ class SocketChannel(asyncio.Protocol):
 
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
-
-    def _wake_reader(self) -> None:
-        waiter = self._reader
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -179,8 +188,7 @@ class SocketChannel(asyncio.Protocol):
         return self._transport.get_extra_info(name, default)
 
 
-def time_out(waiter: asyncio.Future[None]) -> None:
-    """A read's timer fired: fail the waiting read with TimeoutError."""
+def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 

@@ -17,13 +17,13 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from waypoint.channel import time_out
+from waypoint.channel import ReadWaiter
 from weft.hbone import HboneError, HboneStream
 from weft.hbone.events import CONNECT_ERROR
 from weft.hbone.relay import ACK_BATCH
 
 
-class TunnelChannel:
+class TunnelChannel(ReadWaiter):
     """One tunnelled connection as the StreamReader/StreamWriter calls the proxy uses (`read`,
     `at_eof`, `write`, `drain`, `close`, `is_closing`, `write_eof`), and the stream's sink."""
 
@@ -99,16 +99,7 @@ class TunnelChannel:
                 raise self._error
             if self._eof:
                 return b""
-            waiter = self._reader = self._loop.create_future()
-            timer = None if timeout_s is None else self._loop.call_later(
-                timeout_s, time_out, waiter
-            )  # fmt: skip
-            try:
-                await waiter
-            finally:
-                self._reader = None
-                if timer is not None:
-                    timer.cancel()
+            await self._wait_readable(timeout_s)
         data, flow_controlled_length = self._chunks.popleft()
         self._unacknowledged += flow_controlled_length
         if self._unacknowledged >= self._ack_batch:
@@ -117,11 +108,6 @@ class TunnelChannel:
 
     def at_eof(self) -> bool:
         return (self._eof or self._error is not None) and not self._chunks
-
-    def _wake_reader(self) -> None:
-        waiter = self._reader
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _acknowledge(self) -> None:
         if self._unacknowledged:

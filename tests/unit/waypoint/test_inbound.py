@@ -47,6 +47,28 @@ async def exchange(stream: HboneStream, request: bytes) -> tuple[Response, bytes
                 return response, body
 
 
+async def serve_reviews(
+    ca: TestCa, records: list[RequestRecord], policies: tuple[AuthorizationPolicy, ...] = ()
+) -> tuple[asyncio.Server, WaypointProxy, HboneInbound]:
+    """A backend, and the waypoint serving it as reviews (VIP 10.96.0.10:9080) on HBONE."""
+    backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
+    backend_port = backend.sockets[0].getsockname()[1]
+    config = WaypointConfig(
+        services=(
+            ServiceConfig(
+                "reviews.shop.svc.cluster.local", 9080, (Route("r", backends=(REVIEWS_V1,)),),
+                vips=("10.96.0.10",), authorization_policies=policies,
+            ),
+        )
+    )  # fmt: skip
+    proxy = WaypointProxy(
+        config, {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]}, access_log=records.append
+    )
+    inbound = HboneInbound(proxy, server_context(ca.issue(WAYPOINT_ID), ca.bundle))
+    await inbound.start("127.0.0.1", 0)
+    return backend, proxy, inbound
+
+
 def test_forwarded_for_takes_the_first_address() -> None:
     assert forwarded_for((("forwarded", "for=10.1.1.5;proto=http"),)) == "10.1.1.5"
     assert (
@@ -63,21 +85,7 @@ def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> Non
     records: list[RequestRecord] = []
 
     async def main() -> None:
-        backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
-        backend_port = backend.sockets[0].getsockname()[1]
-        config = WaypointConfig(
-            services=(
-                ServiceConfig(
-                    "reviews.shop.svc.cluster.local", 9080, (Route("r", backends=(REVIEWS_V1,)),),
-                    vips=("10.96.0.10",), authorization_policies=(policy,),
-                ),
-            )
-        )  # fmt: skip
-        proxy = WaypointProxy(
-            config, {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]}, access_log=records.append
-        )
-        inbound = HboneInbound(proxy, server_context(ca.issue(WAYPOINT_ID), ca.bundle))
-        await inbound.start("127.0.0.1", 0)
+        backend, proxy, inbound = await serve_reviews(ca, records, (policy,))
         svids = {who: ca.issue(who) for who in (FRONTEND, INTRUDER)}
         pools = {
             who: HbonePool(lambda source, svid=svid: client_context(svid, ca.bundle))
@@ -127,21 +135,7 @@ def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(ca: TestCa)
     records: list[RequestRecord] = []
 
     async def main() -> None:
-        backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
-        backend_port = backend.sockets[0].getsockname()[1]
-        config = WaypointConfig(
-            services=(
-                ServiceConfig(
-                    "reviews.shop.svc.cluster.local", 9080, (Route("r", backends=(REVIEWS_V1,)),),
-                    vips=("10.96.0.10",),
-                ),
-            )
-        )  # fmt: skip
-        proxy = WaypointProxy(
-            config, {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]}, access_log=records.append
-        )
-        inbound = HboneInbound(proxy, server_context(ca.issue(WAYPOINT_ID), ca.bundle))
-        await inbound.start("127.0.0.1", 0)
+        backend, proxy, inbound = await serve_reviews(ca, records)
         svid = ca.issue(FRONTEND)
         pool = HbonePool(lambda source: client_context(svid, ca.bundle))
         peer = ("127.0.0.1", inbound.port)
