@@ -761,6 +761,7 @@ static void after_callback(Conn *c) {
         owner_call(c, str_error, Py_BuildValue("(is)", code, c->error_reason));
     }
     run_checks(c);
+    tls_flush(c); /* first, so that a drained queue lets blocked streams resume */
     resume_blocked(c);
     run_checks(c);
     tls_flush(c);
