@@ -17,11 +17,14 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # Weft runs with, all baked into the box (vm/vagrant/box.py), and no dev extra.
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
-  python3-venv python3-dev gcc libssl-dev
+  python3-venv python3-dev gcc
   iproute2 nftables util-linux procps psmisc systemd curl openssl tcpdump
 )
 if [ "${WEFT_SETUP_GUEST:-0}" != 1 ]; then
   APT_PACKAGES+=(
+    # weft._native, the agent's compiled HBONE data path (setup.py); optional, so a Vagrant
+    # guest (whose box does not carry it) installs without it and runs the Python data path.
+    libssl-dev
     iperf3 stunnel4 haproxy wrk
     # The Vagrant lab (vm/vagrant/): vagrant, libvirt and qemu run in a netns, the box is built
     # locally with debootstrap + extlinux.
