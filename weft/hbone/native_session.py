@@ -30,9 +30,14 @@ from weft.hbone.events import (
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 
+# The C module this code speaks to; a build from older sources is not used (`pip install -e .`
+# rebuilds it; scripts/setup.sh does when weft/native/ changed).
+API_VERSION = 1
 try:
     from weft import _native  # type: ignore[attr-defined]
 except ImportError:  # not built (e.g. no libssl headers): the python data path only
+    _native = None
+if _native is not None and getattr(_native, "API_VERSION", None) != API_VERSION:
     _native = None
 
 DATA_PATHS = ("python", "native")
@@ -56,7 +61,8 @@ def check_data_path(data_path: str) -> str:
         )
     if data_path == "native" and _native is None:
         raise HboneError(
-            "the native HBONE data path (weft._native) is not built in this install",
+            "the native HBONE data path (weft._native) is not built in this install, or was "
+            "built from older sources",
             hint="install libssl-dev and re-run `pip install -e .` (scripts/setup.sh does), "
             "or run with --data-path python",
         )

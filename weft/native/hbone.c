@@ -34,6 +34,7 @@ enum { F_DATA = 0, F_HEADERS = 1, F_PRIORITY = 2, F_RST = 3, F_SETTINGS = 4, F_P
 enum { FLAG_END_STREAM = 0x1, FLAG_END_HEADERS = 0x4, FLAG_PADDED = 0x8, FLAG_ACK = 0x1 };
 enum { E_PROTOCOL = 0x1, E_INTERNAL = 0x2, E_FLOW_CONTROL = 0x3, E_FRAME_SIZE = 0x6 };
 
+#define WEFT_NATIVE_API_VERSION 1
 #define MAX_WINDOW 0x7fffffffLL
 #define PREFACE_LEN 24
 #define READ_MAX (256 * 1024)      /* one TCP read: one DATA frame (if the peer allows it) */
@@ -1330,5 +1331,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyModule_AddObject(m, "Connection", (PyObject *)&ConnType) < 0) return NULL;
     if (PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0)
         return NULL;
+    /* weft.hbone.native_session refuses a module built from other sources (a stale build) */
+    if (PyModule_AddIntConstant(m, "API_VERSION", WEFT_NATIVE_API_VERSION) < 0) return NULL;
     return m;
 }
