@@ -12,6 +12,10 @@ Outbound, one pool per process reuses TLS connections per (source, destination, 
 
     stream = await pool.open_stream(source, destination, (node_ip, 15008), "10.1.2.3:8080")
     await relay(stream, app_reader, app_writer)
+
+Both take `data_path="native"` to run their connections on weft._native (`native_session`): C
+then owns TLS, framing, DATA, flow control and each relayed stream's TCP socket, and h2 sees only
+the other frames; such streams can only be relay()ed. The node agent uses it by default.
 """
 
 from weft.hbone.connection import ClientConnection, ServerConnection, TunnelSettings
@@ -22,6 +26,7 @@ from weft.hbone.errors import (
     TunnelRefusedError,
     TunnelUnavailableError,
 )
+from weft.hbone.native_session import native_available
 from weft.hbone.pool import HbonePool, PoolKey
 from weft.hbone.relay import RelayResult, relay
 from weft.hbone.server import HboneServer
@@ -41,5 +46,6 @@ __all__ = [
     "TunnelRefusedError",
     "TunnelSettings",
     "TunnelUnavailableError",
+    "native_available",
     "relay",
 ]
