@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SPACED = (", ", ": ")  # json.dumps' default separators
 COMPACT = (",", ":")
+FLOAT_DIGITS = 3  # floats are durations in milliseconds: written to the microsecond
 
 
 def json_line_formatter(
@@ -38,14 +39,13 @@ def json_line_formatter(
     separators: tuple[str, str] = SPACED,
     omit_empty: bool = False,
     exclude: Collection[str] = (),
-    float_digits: int = 3,
     expressions: Mapping[str, str] | None = None,
     names: Mapping[str, Any] | None = None,
 ) -> Callable[[Any], str]:
     """A function writing its argument `r`, a `record_type` dataclass, as one JSON object.
 
     The text is json.dumps({field: value}, sort_keys=True, separators=separators) of the fields
-    not in `exclude`, with floats rounded to `float_digits`. Fields typed str, int, float and
+    not in `exclude`, floats rounded to FLOAT_DIGITS places. Fields typed str, int, float and
     tuple[str, ...] are supported. With `omit_empty`, a field holding "" or () is left out (a
     number never is). With `expressions` (field -> a Python expression over `r` and `names`,
     double quotes only), `r` is whatever those expressions read, and a field not listed is
@@ -53,9 +53,10 @@ def json_line_formatter(
     """
     item_sep, key_sep = separators
     hints = typing.get_type_hints(record_type)
-    unknown = set(exclude) - {f.name for f in fields(record_type)}
-    if unknown:
-        raise ValueError(f"exclude names no field of {record_type.__name__}: {sorted(unknown)}")
+    known = {f.name for f in fields(record_type)}
+    for option, named in (("exclude", exclude), ("expressions", expressions or {})):
+        if unknown := sorted(set(named) - known):
+            raise ValueError(f"{option} names no field of {record_type.__name__}: {unknown}")
     namespace: dict[str, Any] = {"esc": encode_basestring_ascii, **(names or {})}
     parts: list[tuple[bool, str]] = []  # (left out when empty, f-string source of key and value)
     for item in sorted(fields(record_type), key=lambda f: f.name):
@@ -68,7 +69,7 @@ def json_line_formatter(
                 raise ValueError(f"expressions must name {name!r}: it has no default")
             if omit_empty and item.default in ("", ()):
                 continue
-            constant = _json_constant(item.default, separators, float_digits)
+            constant = _json_constant(item.default, separators)
             parts.append((False, _literal(key + constant)))
             continue
         expression = f"r.{name}" if expressions is None else f"({expressions[name]})"
@@ -82,7 +83,7 @@ def json_line_formatter(
             parts.append((False, _literal(key) + "{" + expression + ":d}"))
             continue
         elif kind is float:  # repr: how json writes a float
-            parts.append((False, _literal(key) + f"{{round({expression}, {float_digits})!r}}"))
+            parts.append((False, _literal(key) + f"{{round({expression}, {FLOAT_DIGITS})!r}}"))
             continue
         else:
             raise TypeError(
@@ -113,11 +114,11 @@ def _line_source(parts: list[tuple[bool, str]], item_sep: str) -> str:
     return f"def line(r):\n    return '{{' + f'{body}'[{len(item_sep)}:] + '}}'\n"
 
 
-def _json_constant(value: Any, separators: tuple[str, str], float_digits: int) -> str:
+def _json_constant(value: Any, separators: tuple[str, str]) -> str:
     if isinstance(value, tuple):
         value = list(value)
     elif isinstance(value, float):
-        value = round(value, float_digits)
+        value = round(value, FLOAT_DIGITS)
     return json.dumps(value, separators=separators)
 
 

@@ -102,6 +102,8 @@ def test_expressions_read_any_object_and_unlisted_fields_are_their_defaults() ->
     }  # fmt: skip
     with pytest.raises(ValueError, match="expressions must name 'count': it has no default"):
         json_line_formatter(Sample, expressions={"name": "r", "took_ms": "r"})
+    with pytest.raises(ValueError, match=r"expressions names no field of Sample: \['nmae'\]"):
+        json_line_formatter(Sample, expressions={"nmae": "r"})
 
 
 def test_a_field_of_another_type_is_refused_naming_it() -> None:
