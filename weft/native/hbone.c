@@ -718,10 +718,18 @@ static void parse(Conn *c) {
 
 static void teardown(Conn *c) {
     if (c->torn_down) return;
+    /* our own close (not after a TLS error, when OpenSSL forbids it): send close_notify, best
+     * effort, so the peer sees a clean end */
+    int graceful = c->started && !c->lost && !c->lost_pending && c->fd >= 0;
     c->torn_down = 1;
     c->lost = 1;
     tls_set_reading(c, 0);
     tls_set_writing(c, 0);
+    if (graceful) {
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+        ERR_clear_error();
+    }
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
