@@ -615,3 +615,40 @@ def test_peer_identity_der_reads_the_spiffe_id(ca: TestCa, client_svid: Svid) ->
     assert peer_identity_der(leaf.public_bytes(Encoding.DER)) == CLIENT_ID
     with pytest.raises(Exception, match="no verified certificate"):
         peer_identity_der(None)
+
+
+def test_data_sent_with_the_connect_is_held_until_the_stream_is_attached(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    """A client may send DATA right behind its CONNECT: the native server holds it (within the
+    stream window) while it authorizes and connects, and delivers it once spliced."""
+
+    async def main() -> None:
+        async with native_server(ca, client_svid, server_svid) as mesh:
+            client = h2_client()
+            client.send_headers(1, [(":method", "CONNECT"), (":authority", mesh.targets["echo"])])
+            client.send_data(1, b"early bytes", end_stream=True)
+            reader, writer = await asyncio.open_connection(
+                LOOPBACK, mesh.server.port, ssl=client_context(client_svid, ca.bundle_pem)
+            )
+            writer.write(client.data_to_send())
+            status, echoed, ended = None, b"", False
+            async with asyncio.timeout(5):
+                while not ended:
+                    data = await reader.read(65536)
+                    assert data, "the server closed the connection"
+                    for event in client.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            status = dict(event.headers)[b":status"]
+                        elif isinstance(event, h2.events.DataReceived):
+                            echoed += event.data
+                            client.acknowledge_received_data(event.flow_controlled_length, 1)
+                        elif isinstance(event, h2.events.StreamEnded):
+                            ended = True
+                    writer.write(client.data_to_send())
+            writer.close()
+            assert (status, echoed) == (b"200", b"early bytes")
+            await settle(lambda: len(mesh.server_results) == 1)
+            assert mesh.server_results == [RelayResult(11, 11, reset=False)]
+
+    run(main)
