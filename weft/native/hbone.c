@@ -71,6 +71,7 @@ static int buf_reserve(Buf *b, size_t extra) {
 }
 
 static int buf_append(Buf *b, const void *src, size_t n) {
+    if (!n) return 0; /* src may be NULL then (an empty Py_buffer) */
     if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->data + b->off + b->len, src, n);
     b->len += n;
