@@ -446,6 +446,7 @@ async def _serve(
     if controller is not None and svid is not None:
         feed = DiscoveryFeed(controller, svid, proxy)
         proxy.connect = feed.connect
+        proxy.fast_dial = feed.fast_dial
     inbound = HboneInbound(proxy, options.tls) if options.tls is not None else None
     listening = False
     admin = AdminServer(

@@ -19,6 +19,8 @@ from waypoint import svid_store
 from waypoint.channel import Reader, Writer
 from waypoint.compiler import CompileError
 from waypoint.discovery import WaypointView
+from waypoint.fastpath.backend import FastUpstream
+from waypoint.fastpath.pool import dial_tcp
 from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
 from waypoint.svid import WaypointSvid, utc_now
@@ -111,6 +113,12 @@ class DiscoveryFeed:
         if self.view.route_to(endpoint) is None:
             return await connect_tcp(endpoint)
         return await self.outbound.connect(endpoint)
+
+    async def fast_dial(self, endpoint: str, factory: Callable[[], FastUpstream]) -> FastUpstream:
+        """The fast path's connect, chosen as connect() chooses: HBONE in the mesh, else TCP."""
+        if self.view.route_to(endpoint) is None:
+            return await dial_tcp(endpoint, factory)
+        return await self.outbound.dial(endpoint, factory)
 
     async def apply(self, update: ConfigUpdate) -> str | None:
         """None when the update is in force; otherwise why not (the NACK's text)."""

@@ -1,9 +1,11 @@
 """HBONE in: the waypoint's port 15008, where each mTLS CONNECT stream is one client connection.
 
 weft.hbone's server terminates TLS, checks ALPN and the peer's SPIFFE ID and parses each CONNECT;
-here every tunnel's target is the proxy itself, so the stream is served where it arrives: the
-proxy reads and writes it through a TunnelChannel (no socket pair, no relay), with the tunnel's
-facts (the peer's SVID, its VIP:port target, the original source address from `forwarded`).
+here every tunnel's target is the proxy itself, so the stream is served where it arrives, with
+the tunnel's facts (the peer's SVID, its VIP:port target, the original source address from
+`forwarded`): by the fast path's FastFront over a StreamTransport (requests relayed from the
+stream's callbacks; the first it cannot serve hands the tunnel to the general path), or, with
+the fast path off, by the general path through a TunnelChannel (no socket pair, no relay).
 L7 policy is decided per request by the proxy; the tunnel itself is refused (503) only when the
 waypoint serves no such destination.
 """
@@ -16,7 +18,9 @@ import re
 import ssl
 
 from waypoint.downstream import Downstream
+from waypoint.fastpath import FastFront
 from waypoint.proxy import WaypointProxy
+from waypoint.stream_transport import StreamTransport
 from waypoint.tunnel_channel import TunnelChannel
 from weft.hbone import HboneServer, HboneStream, StreamClosedError, TunnelSettings
 from weft.hbone.events import TunnelRequested
@@ -95,8 +99,11 @@ class _ProxyServer(HboneServer):
         except StreamClosedError:  # the client gave up already
             return
         self.stats.tunnels_opened += 1
-        channel = TunnelChannel(stream)
         downstream = Downstream(forwarded_for(request.headers), peer, request.authority)
+        if self.proxy.fast_path:
+            await _serve_fast(self.proxy, stream, downstream)
+            return
+        channel = TunnelChannel(stream)
         try:
             await self.proxy.serve_connection(channel, channel, downstream)
         except asyncio.CancelledError:  # the server is closing: the tunnel is reset
@@ -107,6 +114,18 @@ class _ProxyServer(HboneServer):
             # else is a bug in it, and must cost this tunnel only.
             log.exception("serving the HBONE tunnel to %s failed", request.authority)
             channel.abort()
+
+
+async def _serve_fast(proxy: WaypointProxy, stream: HboneStream, downstream: Downstream) -> None:
+    """The tunnel served by the fast path from the stream's callbacks (its first request it
+    cannot serve hands the tunnel to the general path); returns once the tunnel is closed."""
+    transport = StreamTransport(stream, FastFront(proxy, downstream))
+    transport.start()
+    try:
+        await transport.lost
+    except asyncio.CancelledError:  # the server is closing: the tunnel is reset
+        transport.abort()
+        raise
 
 
 async def _allow(peer: Identity, authority: str, headers: Headers) -> bool:

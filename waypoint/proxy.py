@@ -38,6 +38,7 @@ from waypoint.downstream import (
     split_authority,
 )
 from waypoint.fastpath import FastFront, FastPlan
+from waypoint.fastpath.pool import Dial
 from waypoint.http1 import (
     CONTINUE,
     LAST_CHUNK,
@@ -133,6 +134,7 @@ class WaypointProxy:
         access_log_buffer: BufferedLog | None = None,
         fast_path: bool = True,
         reuse_port: bool = False,
+        fast_dial: Dial | None = None,
     ) -> None:
         self.config = config
         self.endpoints = endpoints
@@ -156,7 +158,10 @@ class WaypointProxy:
         self._clients: set[asyncio.Task[None]] = set()  # the running loop keeps weak refs only
         # Access-log lines of the fast path are formatted at this buffer's flush, not per request.
         self.access_log_buffer = access_log_buffer
-        self.fast_path = fast_path  # common HTTP/1.1 requests on the listener: fastpath/
+        self.fast_path = fast_path  # common HTTP/1.1 requests, on the listener and tunnels
+        # How the fast path reaches an endpoint when `connect` is injected (HBONE in the mesh);
+        # without one, such a proxy serves every request on the general path.
+        self.fast_dial = fast_dial
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the listen port
         self.fast_fronts: set[FastFront] = set()
         self.general_connections = 0  # listener connections the general path took over
@@ -185,8 +190,8 @@ class WaypointProxy:
 
     def fast_plan(self) -> FastPlan | None:
         """The fast path's tables for the configuration in force; None when endpoints are
-        reached through an injected `connect` (HBONE), which only the general path uses."""
-        if self.connect is not None:
+        reached through an injected `connect` with no `fast_dial` to match it."""
+        if self.connect is not None and self.fast_dial is None:
             return None
         plan = self._fast_plan
         if plan is None or plan.config is not self.config or plan.endpoints is not self.endpoints:
@@ -195,8 +200,9 @@ class WaypointProxy:
             plan = self._fast_plan = FastPlan(
                 self.config,
                 self.endpoints,
-                lambda host: self._service_for(None, host),
+                self._service_for,
                 self.random,
+                self.fast_dial,
             )
         return plan
 
@@ -242,6 +248,9 @@ class WaypointProxy:
     # --- the client connection ---------------------------------------------------------------
 
     async def _serve_plain_tcp(self, channel: SocketChannel) -> None:
+        if isinstance(channel, FastFront) and channel.downstream is not None:
+            await self.serve_connection(channel, channel, channel.downstream)  # an HBONE tunnel
+            return
         peer = channel.get_extra_info("peername")
         await self.serve_connection(channel, channel, Downstream(str(peer[0]) if peer else None))
 

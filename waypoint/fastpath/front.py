@@ -12,11 +12,18 @@ from waypoint.channel import SocketChannel
 from waypoint.fastpath.heads import recognize_request
 from waypoint.fastpath.plan import FastService, choose
 from waypoint.fastpath.pool import FastPool, pool_connect
-from waypoint.fastpath.records import FastFacts, fast_log_line, fast_record
+from waypoint.fastpath.records import (
+    NO_SOURCE,
+    FastFacts,
+    SourceLabels,
+    fast_log_line,
+    fast_record,
+)
 from waypoint.resilience import Failure
 from waypoint.telemetry import labels_for, observe, parse_traceparent
 
 if TYPE_CHECKING:
+    from waypoint.downstream import Downstream
     from waypoint.fastpath.backend import FastUpstream
     from waypoint.proxy import WaypointProxy
 
@@ -28,11 +35,20 @@ MAX_BUFFERED = 256 * 1024  # pipelined bytes held while a response is on its way
 
 class FastFront(SocketChannel):
     """A client connection served by callbacks while its requests are common ones; on the
-    first that is not, it becomes the SocketChannel proxy.py's general path serves."""
+    first that is not, it becomes the SocketChannel proxy.py's general path serves.
 
-    def __init__(self, proxy: WaypointProxy) -> None:
+    On an HBONE tunnel (`downstream` given) the tunnel's destination picks the service and
+    its peer's SVID fills the source labels, as on the general path."""
+
+    def __init__(self, proxy: WaypointProxy, downstream: Downstream | None = None) -> None:
         super().__init__(proxy.accepted)
         self._proxy = proxy
+        self.downstream = downstream  # who calls, for the general path if it takes over
+        self._destination = downstream.destination if downstream is not None else None
+        identity = downstream.identity if downstream is not None else None
+        self._source: SourceLabels = (
+            NO_SOURCE if identity is None else (identity.uri, identity.namespace, "mutual_tls")
+        )
         self._state = IDLE
         self._buf = b""
         self._body_left = 0  # request body bytes still to relay to the backend
@@ -157,7 +173,7 @@ class FastFront(SocketChannel):
         if "%" in target or "/." in target:
             return False  # percent-escapes and dot segments: the general path normalizes
         path = target.partition("?")[0]
-        decided = plan.decide(host, method, path)
+        decided = plan.decide(host, method, path, self._destination)
         if decided is None:
             return False
         service, route, pool = decided
@@ -313,11 +329,17 @@ class FastFront(SocketChannel):
             return
         proxy = self._proxy
         duration_ms = (proxy.clock() - self._started) * 1000
-        key = (self._status, flags)
+        source = self._source
+        key = (self._status, flags, source)
         series = service.series.get(key)
         if series is None:
             labels = labels_for(
-                response_code=str(self._status), response_flags=flags, **service.label_values
+                response_code=str(self._status),
+                response_flags=flags,
+                source_principal=source[0],
+                source_workload_namespace=source[1],
+                connection_security_policy=source[2],
+                **service.label_values,
             )
             series = service.series[key] = proxy.metrics.series(labels)
         observe(series, duration_ms)
@@ -326,7 +348,7 @@ class FastFront(SocketChannel):
             service, self._route_name, pool.authority if pool else "-",
             self._endpoint, self._wall, self._method, self._target, self._host, self._status,
             flags, duration_ms, self._bytes_in, self._bytes_out, self._request_id,
-            self._trace_id, self._agent,
+            self._trace_id, self._agent, source,
         )  # fmt: skip
         buffer = proxy.access_log_buffer
         if buffer is not None:

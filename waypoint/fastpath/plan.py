@@ -14,7 +14,7 @@ from waypoint.config import (
     ServiceConfig,
     WaypointConfig,
 )
-from waypoint.fastpath.pool import FastPool
+from waypoint.fastpath.pool import Dial, FastPool
 from waypoint.resilience import RandomSource, make_balancer
 from waypoint.routing import choose_backend, precedence
 from waypoint.telemetry import Series
@@ -50,7 +50,8 @@ class FastService:
             "destination_service_name": name if rest else "unknown",
             "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
         }
-        self.series: dict[tuple[int, str], Series] = {}
+        # per (status, flags, source labels): see records.SourceLabels
+        self.series: dict[tuple[int, str, tuple[str, str, str]], Series] = {}
 
     def match(self, method: str, path: str) -> Route | None:
         """The route Gateway API precedence picks for a path-and-method-only match table, or
@@ -94,42 +95,59 @@ class FastPlan:
         self,
         config: WaypointConfig,
         endpoints: Mapping[str, Sequence[str]],
-        find_service: Callable[[str], ServiceConfig | None],
+        find_service: Callable[[str | None, str | None], ServiceConfig | None],
         random: RandomSource,
+        dial: Dial | None = None,
     ) -> None:
         self.config = config
         self.endpoints = endpoints
-        self._find_service = find_service
+        self._find_service = find_service  # (tunnel destination or None, Host or None)
         self._random = random
+        self._dial = dial
         self._services: dict[str, FastService | None] = {}
+        self._tunnel_services: dict[str, FastService | None] = {}
         self._by_hostname: dict[str, FastService | None] = {}
         self._decided: dict[tuple[str, str, str], Decision | None] = {}
+        self._tunnel_decided: dict[tuple[str, str, str], Decision | None] = {}
         self.pools: dict[str, FastPool | None] = {}
 
-    def service(self, host: str) -> FastService | None:
-        found = self._services.get(host, self)
+    def service(self, host: str, destination: str | None = None) -> FastService | None:
+        """The service a request's Host names or, on a tunnel, the tunnel's destination (VIP:port
+        or hostname:port: a Host header never overrides it, as on the general path)."""
+        known = self._services if destination is None else self._tunnel_services
+        name = host if destination is None else destination
+        found = known.get(name, self)
         if found is not self:
             return found  # type: ignore[return-value]
-        service = self._find_service(host)
+        service = (
+            self._find_service(None, host)
+            if destination is None
+            else self._find_service(destination, None)
+        )
         fast = None
         if service is not None:
             if service.hostname not in self._by_hostname:
                 self._by_hostname[service.hostname] = fast_service(service, self.config)
             fast = self._by_hostname[service.hostname]
-        if len(self._services) < 1024:  # bounded against clients sending endless Hosts
-            self._services[host] = fast
+        if len(known) < 1024:  # bounded against clients sending endless Hosts
+            known[name] = fast
         return fast
 
-    def decide(self, host: str, method: str, path: str) -> Decision | None:
+    def decide(
+        self, host: str, method: str, path: str, destination: str | None = None
+    ) -> Decision | None:
         """The service, route and (for a route with one backend) pool of a request, or None if
-        the general path must serve it; remembered per (Host, method, path) while the
-        configuration lasts (bounded: cleared when full)."""
-        key = (host, method, path)
-        decided = self._decided.get(key, self)
+        the general path must serve it; remembered per (Host or tunnel destination, method,
+        path) while the configuration lasts (bounded: cleared when full)."""
+        if destination is None:
+            decisions, key = self._decided, (host, method, path)
+        else:
+            decisions, key = self._tunnel_decided, (destination, method, path)
+        decided = decisions.get(key, self)
         if decided is not self:
             return decided  # type: ignore[return-value]
         result: Decision | None = None
-        service = self.service(host)
+        service = self.service(host, destination)
         route = None if service is None else service.match(method, path)
         if service is not None and route is not None:
             backends = route.backends
@@ -138,9 +156,9 @@ class FastPlan:
                 result = None if pool is None else (service, route, pool)
             else:
                 result = (service, route, None)
-        if len(self._decided) >= 4096:
-            self._decided.clear()
-        self._decided[key] = result
+        if len(decisions) >= 4096:
+            decisions.clear()
+        decisions[key] = result
         return result
 
     def pool(self, ref: BackendRef) -> FastPool | None:
@@ -158,7 +176,9 @@ class FastPlan:
             and policy.outlier_detection is None
             and policy.load_balancer.policy is not LoadBalancerPolicy.CONSISTENT_HASH
         ):
-            pool = FastPool(authority, endpoints, make_balancer(policy.load_balancer, self._random))
+            pool = FastPool(
+                authority, endpoints, make_balancer(policy.load_balancer, self._random), self._dial
+            )
         self.pools[authority] = pool
         return pool
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from waypoint.fastpath.backend import FastUpstream
 from waypoint.resilience import Balancer
@@ -12,8 +12,15 @@ from waypoint.resilience import Balancer
 class FastPool:
     """Idle keep-alive connections to one backend's endpoints, and which endpoint is next."""
 
-    def __init__(self, authority: str, endpoints: Sequence[str], balancer: Balancer) -> None:
+    def __init__(
+        self,
+        authority: str,
+        endpoints: Sequence[str],
+        balancer: Balancer,
+        dial: Dial | None = None,
+    ) -> None:
         self.authority = authority
+        self.dial = dial or dial_tcp
         self.endpoints = tuple(endpoints)
         self.balancer = balancer
         self.idle: dict[str, list[FastUpstream]] = {endpoint: [] for endpoint in endpoints}
@@ -49,12 +56,20 @@ class FastPool:
             idle.clear()
 
 
-async def pool_connect(pool: FastPool, endpoint: str, timeout_s: float) -> FastUpstream:
-    """A new connection to `endpoint` (OSError or TimeoutError if it cannot be reached)."""
+# dial(endpoint "ip:port", protocol factory) -> the connected protocol; OSError (or
+# TimeoutError) when the endpoint cannot be reached. TCP by default; HBONE in the mesh.
+Dial = Callable[[str, Callable[[], FastUpstream]], Awaitable[FastUpstream]]
+
+
+async def dial_tcp(endpoint: str, factory: Callable[[], FastUpstream]) -> FastUpstream:
+    """A TCP connection to `endpoint` served by the protocol `factory` makes."""
     host, _, port = endpoint.rpartition(":")
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout_s):
-        _, upstream = await loop.create_connection(
-            lambda: FastUpstream(pool, endpoint), host.strip("[]"), int(port)
-        )
+    _, upstream = await loop.create_connection(factory, host.strip("[]"), int(port))
     return upstream
+
+
+async def pool_connect(pool: FastPool, endpoint: str, timeout_s: float) -> FastUpstream:
+    """A new connection to `endpoint` (OSError or TimeoutError if it cannot be reached)."""
+    async with asyncio.timeout(timeout_s):
+        return await pool.dial(endpoint, lambda: FastUpstream(pool, endpoint))

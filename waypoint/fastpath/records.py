@@ -5,21 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from waypoint.fastpath.plan import FastService
-from waypoint.telemetry import RequestRecord, line_formatter, utc_timestamp
+from waypoint.telemetry import UNKNOWN, RequestRecord, line_formatter, utc_timestamp
 
 # What the access log needs of a request the fast path served: (service, route,
 # backend authority, endpoint, wall-clock start, method, target, Host, status, flags, duration
-# in ms, body bytes in, body bytes out, request id, trace id, user agent).
+# in ms, body bytes in, body bytes out, request id, trace id, user agent, source labels).
 FastFacts = tuple[
-    FastService, str, str, str, float, str, str, str, int, str, float, int, int, str, str, str
-]
+    FastService, str, str, str, float, str, str, str, int, str, float, int, int, str, str, str,
+    "SourceLabels",
+]  # fmt: skip
+
+# Istio's source labels of a connection, computed once per connection: (source_principal,
+# source_workload_namespace, connection_security_policy), as downstream.source_labels gives
+# them for a tunnel's peer; an unidentified caller's on the plain listener.
+SourceLabels = tuple[str, str, str]
+NO_SOURCE: SourceLabels = (UNKNOWN, UNKNOWN, "none")
 
 
 def fast_record(facts: FastFacts) -> RequestRecord:
     """The telemetry record of a request the fast path served (formatted at the log flush)."""
     (
         service, route, cluster, endpoint, wall, method, target, host, status, flags,
-        duration_ms, bytes_in, bytes_out, request_id, trace_id, agent,
+        duration_ms, bytes_in, bytes_out, request_id, trace_id, agent, source,
     ) = facts  # fmt: skip
     return RequestRecord(
         start_time=utc_timestamp(wall),
@@ -42,6 +49,9 @@ def fast_record(facts: FastFacts) -> RequestRecord:
         destination_service=service.hostname,
         destination_service_name=service.name,
         destination_service_namespace=service.namespace,
+        source_principal=source[0],
+        source_workload_namespace=source[1],
+        connection_security_policy=source[2],
     )
 
 
@@ -69,6 +79,9 @@ fast_log_line: Callable[[FastFacts], str] = line_formatter(
         "request_id": "r[13]",
         "trace_id": "r[14]",
         "user_agent": "r[15]",
+        "source_principal": "r[16][0]",
+        "source_workload_namespace": "r[16][1]",
+        "connection_security_policy": "r[16][2]",
     },
     {"utc": utc_timestamp},
 )

@@ -19,7 +19,7 @@ from waypoint.config import (
 from waypoint.http1 import BodyFraming, Data, EndOfMessage, Response, ResponseParser
 from waypoint.inbound import HboneInbound, forwarded_for
 from waypoint.proxy import WaypointProxy
-from waypoint.telemetry import RequestRecord
+from waypoint.telemetry import RequestRecord, Series, WaypointMetrics
 from weft.hbone import HbonePool, HboneStream, StreamResetError, TunnelRefusedError
 from weft.tls import client_context, server_context
 
@@ -47,8 +47,18 @@ async def exchange(stream: HboneStream, request: bytes) -> tuple[Response, bytes
                 return response, body
 
 
+# Every tunnel scenario runs on both paths: the fast path (FastFront over a StreamTransport,
+# handing what it cannot serve to the general path) and the general path alone (TunnelChannel).
+BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "general"])
+
+
 async def serve_reviews(
-    ca: TestCa, records: list[RequestRecord], policies: tuple[AuthorizationPolicy, ...] = ()
+    ca: TestCa,
+    records: list[RequestRecord],
+    policies: tuple[AuthorizationPolicy, ...] = (),
+    *,
+    fast_path: bool = True,
+    metrics: WaypointMetrics | None = None,
 ) -> tuple[asyncio.Server, WaypointProxy, HboneInbound]:
     """A backend, and the waypoint serving it as reviews (VIP 10.96.0.10:9080) on HBONE."""
     backend = await asyncio.start_server(hello_backend, "127.0.0.1", 0)
@@ -62,7 +72,11 @@ async def serve_reviews(
         )
     )  # fmt: skip
     proxy = WaypointProxy(
-        config, {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]}, access_log=records.append
+        config,
+        {REVIEWS_V1.authority: [f"127.0.0.1:{backend_port}"]},
+        access_log=records.append,
+        fast_path=fast_path,
+        metrics=metrics,
     )
     inbound = HboneInbound(proxy, server_context(ca.issue(WAYPOINT_ID), ca.bundle))
     await inbound.start("127.0.0.1", 0)
@@ -77,7 +91,8 @@ def test_forwarded_for_takes_the_first_address() -> None:
     assert forwarded_for((("x-other", "for=1.2.3.4"),)) is None
 
 
-def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> None:
+@BOTH_PATHS
+def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa, fast_path: bool) -> None:
     policy = AuthorizationPolicy(
         "frontend-only", "shop", AuthorizationAction.ALLOW,
         (Rule(sources=(Source(principals=("cluster.local/ns/shop/sa/frontend",)),)),),
@@ -85,7 +100,7 @@ def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> Non
     records: list[RequestRecord] = []
 
     async def main() -> None:
-        backend, proxy, inbound = await serve_reviews(ca, records, (policy,))
+        backend, proxy, inbound = await serve_reviews(ca, records, (policy,), fast_path=fast_path)
         svids = {who: ca.issue(who) for who in (FRONTEND, INTRUDER)}
         pools = {
             who: HbonePool(lambda source, svid=svid: client_context(svid, ca.bundle))
@@ -125,17 +140,23 @@ def test_tunnel_carries_http_and_the_peer_svid_decides_policy(ca: TestCa) -> Non
             await proxy.close()
             backend.close()
 
+        # authorization is the general path's: the fast path handed both tunnels to it
+        assert proxy.general_connections == (2 if fast_path else 0)
+
     asyncio.run(asyncio.wait_for(main(), 20))
     assert records[0].source_principal == FRONTEND.uri
     assert records[0].connection_security_policy == "mutual_tls"
     assert records[1].response_flags == "rbac_access_denied"
 
 
-def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(ca: TestCa) -> None:
+@BOTH_PATHS
+def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(
+    ca: TestCa, fast_path: bool
+) -> None:
     records: list[RequestRecord] = []
 
     async def main() -> None:
-        backend, proxy, inbound = await serve_reviews(ca, records)
+        backend, proxy, inbound = await serve_reviews(ca, records, fast_path=fast_path)
         svid = ca.issue(FRONTEND)
         pool = HbonePool(lambda source: client_context(svid, ca.bundle))
         peer = ("127.0.0.1", inbound.port)
@@ -165,6 +186,7 @@ def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(ca: TestCa)
             await inbound.close()
             with pytest.raises(StreamResetError):
                 await asyncio.wait_for(stream.read(), 5)
+            assert proxy.general_connections == 0  # the fast path served all three tunnels
         finally:
             await inbound.close()
             await pool.close()
@@ -176,3 +198,73 @@ def test_half_close_reset_and_shutdown_reach_the_tunnel_as_tcp_would(ca: TestCa)
         ("/1", 200, "-"),
         ("/2", 0, "downstream_disconnect"),
     ]
+
+
+def test_tunnel_requests_are_counted_and_logged_alike_on_both_paths(ca: TestCa) -> None:
+    """The tunnel's destination picks the service whatever Host says, and the peer's SVID is
+    in the series and the access-log lines, the same on the fast path as on the general one."""
+    requests = (
+        b"GET /a HTTP/1.1\r\nHost: reviews\r\nuser-agent: t\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: elsewhere.example\r\ncontent-length: 3\r\n\r\nabc",
+        b"HEAD /c HTTP/1.1\r\nHost: reviews\r\n\r\n",
+    )
+
+    async def scenario(
+        fast_path: bool,
+    ) -> tuple[list[object], list[RequestRecord], list[tuple[tuple[str, ...], Series]]]:
+        records: list[RequestRecord] = []
+        metrics = WaypointMetrics()
+        backend, proxy, inbound = await serve_reviews(
+            ca, records, fast_path=fast_path, metrics=metrics
+        )
+        pool = HbonePool(lambda source: client_context(ca.issue(FRONTEND), ca.bundle))
+        try:
+            stream = await pool.open_stream(
+                FRONTEND, WAYPOINT_ID, ("127.0.0.1", inbound.port), "10.96.0.10:9080"
+            )
+            answers: list[object] = []
+            for request in requests:
+                await stream.write(request)
+                parser = ResponseParser()
+                parser.expect(request.split(b" ")[0].decode())
+                done = False
+                while not done:
+                    data = await asyncio.wait_for(stream.read(), 5)
+                    for event in parser.feed(data):
+                        if isinstance(event, Response):
+                            answers.append(event.status)
+                        elif isinstance(event, Data):
+                            answers.append(event.data)
+                        elif isinstance(event, EndOfMessage):
+                            done = True
+            stream.close_write()
+            while len(records) < len(requests):
+                await asyncio.sleep(0.01)
+            assert proxy.general_connections == 0
+        finally:
+            await inbound.close()
+            await pool.close()
+            await proxy.close()
+            backend.close()
+        return answers, records, sorted(metrics.snapshot().items())
+
+    def comparable(record: RequestRecord) -> dict[str, object]:
+        fields = dict(vars(record))
+        for varying in ("start_time", "duration_ms", "request_id", "trace_id", "upstream_host"):
+            del fields[varying]
+        return fields
+
+    async def main() -> None:
+        fast = await scenario(fast_path=True)
+        general = await scenario(fast_path=False)
+        assert fast[0] == general[0] == [200, b"hello", 200, b"hello", 200]
+        assert [comparable(r) for r in fast[1]] == [comparable(r) for r in general[1]]
+        assert fast[1][1].destination_service == "reviews.shop.svc.cluster.local"
+        assert fast[1][1].source_principal == FRONTEND.uri
+        # the same series (label values and counts), durations aside
+        fast_series = [(labels, s[0]) for labels, s in fast[2]]
+        general_series = [(labels, s[0]) for labels, s in general[2]]
+        assert fast_series == general_series
+        assert any(FRONTEND.uri in labels and "mutual_tls" in labels for labels, _ in fast_series)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from waypoint_testing import (
     FRONTEND,
     HOST,
@@ -16,6 +17,7 @@ from waypoint_testing import (
 )
 
 from waypoint.config import Route, ServiceConfig, WaypointConfig
+from waypoint.fastpath.pool import dial_tcp
 from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord
@@ -34,7 +36,8 @@ async def agent_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.S
     return await asyncio.open_connection(host, int(port))
 
 
-def test_requests_reach_the_backend_through_the_destination_agent() -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "general"])
+def test_requests_reach_the_backend_through_the_destination_agent(fast_path: bool) -> None:
     ca = TestCa()
     tunnels: list[tuple[Identity, str]] = []
     baggage: list[str] = []
@@ -69,11 +72,13 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
                 WaypointConfig(services=(ServiceConfig(HOST, 9080, ROUTES),)),
                 {REVIEWS_V1.authority: endpoints},
                 connect=outbound.connect,
+                fast_dial=outbound.dial if fast_path else None,
                 access_log=records.append,
             )
             _, port = await proxy.start()
             client = await Client.connect(port)
             statuses.append((await client.get("/")).response.status)
+            assert proxy.general_connections == (0 if fast_path else 1)
             client.close()
             await proxy.close()
         await outbound.close()
@@ -99,13 +104,14 @@ def test_requests_reach_the_backend_through_the_destination_agent() -> None:
 
 def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
     """Keep-alive reuse, a backend closing after an answer or instead of one: the same statuses,
-    flags and backend connections whether endpoints are reached over TCP or over HBONE."""
+    flags and backend connections whether endpoints are reached over TCP or over HBONE, on the
+    general path and on the fast path."""
     ca = TestCa()
 
     async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
         return True
 
-    async def scenario(over_hbone: bool) -> list[object]:
+    async def scenario(over_hbone: bool, fast_path: bool = False) -> list[object]:
         backend = await Backend("b").start()
         agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow, agent_connect)
         await agent.start("127.0.0.1", 0)
@@ -118,6 +124,7 @@ def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
             WaypointConfig(services=(ServiceConfig(HOST, 9080, ROUTES),)),
             {REVIEWS_V1.authority: [backend.endpoint]},
             connect=outbound.connect if over_hbone else connect_tcp,
+            fast_dial=(outbound.dial if over_hbone else dial_tcp) if fast_path else None,
             access_log=records.append,
         )
         _, port = await proxy.start()
@@ -126,6 +133,7 @@ def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
         # connection; /reset: it closes without answering
         targets = ("/a", "/b", "/close-after", "/c", "/reset", "/d")
         statuses = [(await client.get(target)).response.status for target in targets]
+        assert proxy.general_connections == (0 if fast_path else 1)
         client.close()
         await proxy.close()
         await outbound.close()
@@ -142,5 +150,8 @@ def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
             3,
         ]
         assert await scenario(over_hbone=True) == over_tcp
+        # the fast path: its backend connections are tunnels through the agent, or TCP
+        assert await scenario(over_hbone=True, fast_path=True) == over_tcp
+        assert await scenario(over_hbone=False, fast_path=True) == over_tcp
 
     asyncio.run(asyncio.wait_for(main(), 20))

@@ -27,7 +27,7 @@ from waypoint.fastpath.heads import (
     recognize_response,
 )
 from waypoint.fastpath.plan import FastService
-from waypoint.fastpath.records import FastFacts, fast_log_line, fast_record
+from waypoint.fastpath.records import NO_SOURCE, FastFacts, fast_log_line, fast_record
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, access_log_line
 
@@ -385,14 +385,24 @@ def test_backend_is_unreachable_gives_503_connect_failure() -> None:
 
 def test_fast_log_line_is_the_line_of_its_record() -> None:
     service = FastService(ServiceConfig(hostname=HOST, port=9080, routes=ROUTES))
-    for endpoint, agent, host in (("127.0.0.1:9", 'a "b" \\ é\t', ""), ("-", "-", "h:1")):
+    tunnel = ("spiffe://cluster.local/ns/shop/sa/frontend", "shop", "mutual_tls")
+    for endpoint, agent, host, source in (
+        ("127.0.0.1:9", 'a "b" \\ é\t', "", NO_SOURCE),
+        ("-", "-", "h:1", tunnel),
+    ):
         facts: FastFacts = (
             service, "default/reviews/0", V1.authority, endpoint, 1_700_000_000.1234, "GET",
-            '/p?q="1"', host, 200, "-", 0.12345, 3, 4, "id", "-", agent,
+            '/p?q="1"', host, 200, "-", 0.12345, 3, 4, "id", "-", agent, source,
         )  # fmt: skip
         line = fast_log_line(facts)
         assert line == access_log_line(fast_record(facts))
-        assert json.loads(line)["user_agent"] == agent
+        fields = json.loads(line)
+        assert fields["user_agent"] == agent
+        assert (
+            fields["source_principal"],
+            fields["source_workload_namespace"],
+            fields["connection_security_policy"],
+        ) == source
 
 
 def test_new_endpoints_from_discovery_take_the_next_requests() -> None:
