@@ -39,9 +39,13 @@ LOOPBACK = "127.0.0.1"
 PATHS = [("native", "python"), ("python", "native"), ("native", "native"), ("python", "python")]
 Headers = tuple[tuple[str, str], ...]
 
-pytestmark = pytest.mark.skipif(
-    not native_available(), reason="weft._native is not built (pip install -e . with libssl-dev)"
-)
+pytestmark = [
+    pytest.mark.native,
+    pytest.mark.skipif(
+        not native_available(),
+        reason="weft._native is not built (pip install -e . with libssl-dev)",
+    ),
+]
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
