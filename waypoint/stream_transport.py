@@ -209,9 +209,8 @@ class StreamTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """Reset the stream (RST_STREAM), as a TCP RST would."""
-        if not self._lost:
-            self._connection_lost(None)  # our own abort: no error for the protocol
-            self._stream.abort(CONNECT_ERROR)  # reports on_reset() back here, which cleans up
+        self._connection_lost(None)  # our own abort: no error for the protocol (if not yet)
+        self._stream.abort(CONNECT_ERROR)  # on_reset() comes back here and cleans up
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:

@@ -10,19 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from waypoint_testing import WAYPOINT_ID, TestCa
+from waypoint_testing import TUNNEL_TIMEOUT_S as TIMEOUT_S
+from waypoint_testing import hbone_tunnel, recv_until_closed, reset, until_reset
 
 from waypoint.tunnel_channel import TunnelChannel
-from weft.hbone import HbonePool, HboneServer, TunnelSettings
-from weft.identity import Identity
-from weft.tls import client_context, server_context
-
-AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b")
-TIMEOUT_S = 5.0
+from weft.hbone import TunnelSettings
 
 
 @contextlib.asynccontextmanager
@@ -30,72 +25,12 @@ async def tunnel(
     settings: TunnelSettings | None = None,
 ) -> AsyncIterator[tuple[TunnelChannel, socket.socket]]:
     """A channel on a tunnel to an HBONE server whose target is a TCP socket the test holds."""
-    ca = TestCa()
-    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
-
-    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.put_nowait(writer.get_extra_info("socket").dup())
-        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
-
-    target = await asyncio.start_server(on_client, "127.0.0.1", 0)
-    target_port = target.sockets[0].getsockname()[1]
-
-    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
-        return True
-
-    async def connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", target_port)
-
-    agent = HboneServer(
-        server_context(ca.issue(AGENT_ID), ca.bundle), allow, connect, settings=settings
-    )
-    await agent.start("127.0.0.1", 0)
-    svid = ca.issue(WAYPOINT_ID)
-    pool = HbonePool(lambda source: client_context(svid, ca.bundle), settings=settings)
-    stream = await pool.open_stream(
-        WAYPOINT_ID, AGENT_ID, ("127.0.0.1", agent.port), f"127.0.0.1:{target_port}"
-    )
-    peer = await asyncio.wait_for(accepted.get(), TIMEOUT_S)
-    peer.setblocking(False)
-    try:
+    async with hbone_tunnel(settings) as (stream, peer):
         yield TunnelChannel(stream), peer
-    finally:
-        peer.close()
-        await agent.close()  # servers before the pool: see test_inbound's note
-        await pool.close()
-        target.close()
 
 
 def run(main: object) -> None:
     asyncio.run(asyncio.wait_for(main, 20))  # type: ignore[arg-type]
-
-
-async def recv_until_closed(peer: socket.socket) -> bytes:
-    """What the TCP side receives until EOF; ConnectionResetError if it was reset."""
-    loop = asyncio.get_running_loop()
-    received = b""
-    while data := await asyncio.wait_for(loop.sock_recv(peer, 65536), TIMEOUT_S):
-        received += data
-    return received
-
-
-async def until_reset(peer: socket.socket) -> None:
-    """Until the TCP side's connection is reset (after a FIN, a RST shows only on sending)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT_S
-    while loop.time() < deadline:
-        try:
-            await loop.sock_sendall(peer, b".")
-        except (BrokenPipeError, ConnectionResetError):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the TCP side was not reset")
-
-
-def reset(peer: socket.socket) -> None:
-    """Close with RST rather than FIN."""
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    peer.close()
 
 
 def test_bytes_go_both_ways_and_each_half_closes_on_its_own() -> None:

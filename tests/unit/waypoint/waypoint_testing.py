@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+import socket
+import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -22,8 +26,9 @@ from waypoint.http1 import (
     ResponseParser,
     serialize_response_head,
 )
+from weft.hbone import HbonePool, HboneServer, HboneStream, TunnelSettings
 from weft.identity import Identity
-from weft.tls import Svid
+from weft.tls import Svid, client_context, server_context
 
 HOST = "reviews.default.svc.cluster.local"
 TEST_TIMEOUT_S = 10
@@ -31,6 +36,8 @@ FRONTEND = Identity.parse("spiffe://cluster.local/ns/shop/sa/frontend")
 INTRUDER = Identity.parse("spiffe://cluster.local/ns/other/sa/intruder")
 WAYPOINT_ID = Identity.parse("spiffe://cluster.local/ns/shop/sa/waypoint")
 REVIEWS_V1 = BackendRef(name="reviews-v1", port=9080, namespace="shop")
+AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b")
+TUNNEL_TIMEOUT_S = 5.0
 
 
 # --- a backend that behaves as each test needs ----------------------------------------------------
@@ -214,3 +221,77 @@ async def hello_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
     await writer.drain()
     writer.close()
+
+
+# --- an HBONE tunnel to a TCP socket the test holds ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hbone_tunnel(
+    settings: TunnelSettings | None = None,
+) -> AsyncIterator[tuple[HboneStream, socket.socket]]:
+    """A stream of weft.hbone's pool, over mutual TLS on loopback, to an HboneServer that
+    splices it to a TCP connection the test holds (what an application behind a destination
+    agent would see)."""
+    ca = TestCa()
+    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(writer.get_extra_info("socket").dup())
+        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
+
+    target = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    target_port = target.sockets[0].getsockname()[1]
+
+    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        return True
+
+    async def connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", target_port)
+
+    agent = HboneServer(
+        server_context(ca.issue(AGENT_ID), ca.bundle), allow, connect, settings=settings
+    )
+    await agent.start("127.0.0.1", 0)
+    svid = ca.issue(WAYPOINT_ID)
+    pool = HbonePool(lambda source: client_context(svid, ca.bundle), settings=settings)
+    stream = await pool.open_stream(
+        WAYPOINT_ID, AGENT_ID, ("127.0.0.1", agent.port), f"127.0.0.1:{target_port}"
+    )
+    peer = await asyncio.wait_for(accepted.get(), TUNNEL_TIMEOUT_S)
+    peer.setblocking(False)
+    try:
+        yield stream, peer
+    finally:
+        peer.close()
+        await agent.close()  # servers before the pool: see test_inbound's note
+        await pool.close()
+        target.close()
+
+
+async def recv_until_closed(peer: socket.socket) -> bytes:
+    """What the TCP side receives until EOF; ConnectionResetError if it was reset."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    while data := await asyncio.wait_for(loop.sock_recv(peer, 65536), TUNNEL_TIMEOUT_S):
+        received += data
+    return received
+
+
+async def until_reset(peer: socket.socket) -> None:
+    """Until the TCP side's connection is reset (after a FIN, a RST shows only on sending)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TUNNEL_TIMEOUT_S
+    while loop.time() < deadline:
+        try:
+            await loop.sock_sendall(peer, b".")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the TCP side was not reset")
+
+
+def reset(peer: socket.socket) -> None:
+    """Close with RST rather than FIN."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
