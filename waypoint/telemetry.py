@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -144,14 +145,23 @@ def observe(series: Series, duration_ms: float) -> None:
 
 
 def request_labels(request: RequestRecord) -> tuple[str, ...]:
-    """The label values of a request, in REQUEST_LABELS order."""
-    values = {name: getattr(request, name, UNKNOWN) for name in REQUEST_LABELS}
+    """The label values of a request, in REQUEST_LABELS order (one C call reads the nine
+    attributes that are labels as they are, rather than a dict built per request)."""
     # Istio reports gRPC as its own protocol; a gRPC request always has a grpc_response_status
-    values.update(
-        reporter="waypoint", request_protocol="grpc" if request.grpc_response_status else "http"
+    grpc = request.grpc_response_status
+    return (
+        "waypoint",
+        *_peer_labels(request),
+        "grpc" if grpc else "http",
+        str(request.response_code),
+        grpc,
+        request.response_flags,
+        request.connection_security_policy,
     )
-    values["response_code"] = str(request.response_code)
-    return tuple(values[name] for name in REQUEST_LABELS)
+
+
+# REQUEST_LABELS[1:10]: who called and who was called, read as they are.
+_peer_labels = attrgetter(*REQUEST_LABELS[1:10])
 
 
 def labels_for(**values: str) -> tuple[str, ...]:

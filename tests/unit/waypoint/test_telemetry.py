@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from waypoint.telemetry import (
+    REQUEST_LABELS,
     RequestRecord,
     TraceContext,
     WaypointMetrics,
@@ -17,6 +18,7 @@ from waypoint.telemetry import (
     new_trace,
     parse_traceparent,
     propagate,
+    request_labels,
 )
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -61,6 +63,25 @@ def test_requests_are_counted_with_istio_labels_and_reporter_waypoint() -> None:
     assert 'destination_service="reviews.default.svc.cluster.local"' in ok[0]
     assert ok[0].endswith(" 2.0")
     assert 'response_flags="no_healthy_upstream"' in text
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"source_principal": "spiffe://cluster.local/ns/shop/sa/frontend",
+         "source_workload_namespace": "shop", "connection_security_policy": "mutual_tls"},
+        {"grpc_response_status": "14", "response_code": 200, "destination_workload": "w"},
+    ],
+    ids=["plain", "tunnel", "grpc"],
+)  # fmt: skip
+def test_request_labels_are_each_label_read_by_its_name(overrides: dict[str, object]) -> None:
+    request = record(**overrides)
+    by_name = {name: getattr(request, name, "unknown") for name in REQUEST_LABELS}
+    by_name["reporter"] = "waypoint"
+    by_name["request_protocol"] = "grpc" if request.grpc_response_status else "http"
+    by_name["response_code"] = str(request.response_code)
+    assert request_labels(request) == tuple(by_name[name] for name in REQUEST_LABELS)
 
 
 def test_duration_lands_in_istio_buckets() -> None:
