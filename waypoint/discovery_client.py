@@ -151,6 +151,9 @@ class DiscoveryFeed:
                 for s in self.proxy.config.services
             },
             "endpoints": {k: list(v) for k, v in sorted(self.proxy.endpoints.items())},
+            # connections (tunnels) the fast path handed to the general path, and those it serves
+            "general_connections": self.proxy.general_connections,
+            "fast_connections": len(self.proxy.fast_fronts),
             "certificate": self.svid.report(),
         }
 

@@ -165,6 +165,66 @@ def test_l7_authorization_admits_frontend_get_and_denies_delete_and_others(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+READERS_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-readers, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: reviews}]
+  action: ALLOW
+"""
+ONLY_V1 = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 8080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 8080}]
+"""
+
+
+def test_requests_with_nothing_to_apply_ride_the_fast_path_labelled_with_the_caller(
+    lab: Lab, mesh: MeshInfo, tmp_path: Path
+) -> None:
+    """No policy and a route with nothing to apply: the waypoint relays the tunnel's requests
+    from callbacks (its general path takes no connection), to v1 over HBONE, counted with the
+    caller's SVID as the general path counts them."""
+    wp = next(w for w in DEMO_WAYPOINTS if w.namespace == "shop")
+    labels = {
+        "destination_service": "reviews.shop.svc.cluster.local",
+        "source_principal": "spiffe://cluster.local/ns/shop/sa/frontend",
+        "source_workload_namespace": "shop",
+        "connection_security_policy": "mutual_tls",
+        "response_code": "200",
+    }
+
+    def dump() -> dict[str, object]:
+        status, body = waypoint_http(lab, wp.workload, "/config_dump")
+        assert status == 200, body
+        return dict(json.loads(body))
+
+    apply_yaml(lab, tmp_path, "only-v1.yaml", ONLY_V1)
+    policy = tmp_path / "readers.yaml"
+    policy.write_text(READERS_POLICY)
+    weft_on_control(lab, "delete", "-f", str(policy))
+    try:
+        deadline = time.monotonic() + 15
+        while probe(lab, "loadgen", 1)[0][1] != 200:  # the policy is gone (and the route in)
+            assert time.monotonic() < deadline, "the waypoint kept the policy"
+            time.sleep(0.3)
+        before = dump()
+        counted = metric_total(waypoint_metrics(lab, "shop"), "istio_requests_total", **labels)
+        results = probe(lab, "frontend", 300)
+        assert [(r[1], r[2]) for r in results] == [(200, "v1")] * 300, results[:3]
+        after = dump()
+        assert after["general_connections"] == before["general_connections"]
+        grown = metric_total(waypoint_metrics(lab, "shop"), "istio_requests_total", **labels)
+        assert grown - counted == 300
+    finally:
+        weft_on_control(lab, "apply", "-f", str(DEMO_WAYPOINT_RESOURCES))
+
+
 GRPC_PROBE = r"""
 import json, sys, grpc
 from demo import ratings_pb2, ratings_pb2_grpc
