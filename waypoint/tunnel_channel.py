@@ -1,4 +1,7 @@
-"""An HBONE stream as the proxy's reader and writer: no socket pair and no relay in between.
+"""An HBONE stream as the general path's reader and writer: no socket pair and no relay between.
+
+(The fast path drives its protocols over a stream through stream_transport.StreamTransport,
+which keeps the same TCP-like semantics as a transport.)
 
 `TunnelChannel` is attached to a weft.hbone stream as its sink, so tunnel bytes reach the
 waiting reader from the callback that decrypted them, and the proxy's writes go straight into

@@ -10,8 +10,13 @@ hop-by-hop fields removed. Telemetry is three additions to a series and an acces
 formatted later. Nothing here decides what is valid HTTP: a head the expression does not accept
 whole (smuggling shapes, oversized or split heads, obs-fold, other methods, HTTP/1.0, HTTP/2, an
 Upgrade or Expect, a Transfer-Encoding), a service or route with anything to apply, or an
-injected way of connecting (HBONE) hands the connection to proxy.py's general path, whose
-strict codec (http1.py) answers it, and the connection stays there.
+injected `connect` with no `fast_dial` to match it hands the connection to proxy.py's general
+path, whose strict codec (http1.py) answers it, and the connection stays there.
+
+In the mesh the same protocols run over HBONE, each over a StreamTransport (an asyncio
+transport over a weft.hbone stream): FastFront serves a tunnel in (its destination picks the
+service, its peer's SVID fills the source labels), FastUpstream a tunnel out to the endpoint's
+node agent (`fast_dial`); the split rule is the same.
 
 One job a module: `heads` recognises request and response heads; `plan` keeps what a
 configuration lets through (services, routes, decisions per Host, method and path); `pool`
