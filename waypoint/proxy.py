@@ -164,7 +164,7 @@ class WaypointProxy:
         self.fast_dial = fast_dial
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share the listen port
         self.fast_fronts: set[FastFront] = set()
-        self.general_connections = 0  # listener connections the general path took over
+        self.general_connections = 0  # connections (listener or tunnel) it took from the fast path
         self._fast_plan: FastPlan | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
