@@ -17,9 +17,9 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from waypoint.tunnel_channel import ack_batch, send_queued
 from weft.hbone import HboneError, HboneStream
 from weft.hbone.events import CONNECT_ERROR
-from weft.hbone.relay import ACK_BATCH
 
 WRITE_HIGH_WATER = 64 * 1024  # queued, not yet taken by the stream: the protocol pauses
 WRITE_LOW_WATER = 16 * 1024
@@ -44,14 +44,7 @@ class StreamTransport(asyncio.Transport):
         self._closing = False  # close(): anything received from now on resets the stream
         self._lost = False  # connection_lost() is scheduled or delivered
         self.lost: asyncio.Future[None] = self._loop.create_future()
-        # Acknowledged in batches, as TunnelChannel does (bounded so idle streams never hold
-        # the connection window).
-        settings = stream.session.core.settings
-        self._ack_batch = min(
-            ACK_BATCH,
-            settings.stream_window // 4,
-            settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
-        )
+        self._ack_batch = ack_batch(stream)
         self._unacknowledged = 0
 
     def start(self) -> None:
@@ -169,19 +162,13 @@ class StreamTransport(asyncio.Transport):
 
     def _send_pending(self) -> bool:
         """Hand queued bytes to the stream; True once all went (then END_STREAM if asked)."""
-        pending = self._pending
         try:
-            while pending:
-                view = pending[0]
-                sent = self._stream.send_some(view)
-                self._pending_size -= sent
-                if sent < len(view):
-                    pending[0] = view[sent:]
-                    return False
-                pending.popleft()
+            self._pending_size -= send_queued(self._stream, self._pending)
         except HboneError:
             self.abort()
             return True
+        if self._pending:
+            return False
         if self._end_requested:
             self._stream.close_write()
             if self._closing:

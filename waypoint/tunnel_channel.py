@@ -41,14 +41,7 @@ class TunnelChannel(ReadWaiter):
         self._pending: deque[memoryview] = deque()  # written, not yet taken by the stream
         self._end_requested = False  # write_eof() or close(): END_STREAM once _pending is sent
         self._closed = False  # close(): anything received from now on resets the stream
-        # Read bytes are acknowledged in batches, as weft.hbone's relay does (a call per small
-        # message costs), bounded so that idle streams never hold the connection window.
-        settings = stream.session.core.settings
-        self._ack_batch = min(
-            ACK_BATCH,
-            settings.stream_window // 4,
-            settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
-        )
+        self._ack_batch = ack_batch(stream)
         self._unacknowledged = 0
         stream.attach(self)
 
@@ -183,18 +176,40 @@ class TunnelChannel(ReadWaiter):
 
     def _send_pending(self) -> bool:
         """Hand queued bytes to the stream; True once all went (then END_STREAM if asked)."""
-        pending = self._pending
         try:
-            while pending:
-                view = pending[0]
-                sent = self._stream.send_some(view)
-                if sent < len(view):
-                    pending[0] = view[sent:]
-                    return False
-                pending.popleft()
+            send_queued(self._stream, self._pending)
         except HboneError:
             self.abort()
             return True
+        if self._pending:
+            return False
         if self._end_requested:
             self._stream.close_write()
         return True
+
+
+def ack_batch(stream: HboneStream) -> int:
+    """How many read bytes to acknowledge at once: in batches, as weft.hbone's relay does (a
+    call per small message costs), bounded so that idle streams never hold the connection
+    window."""
+    settings = stream.session.core.settings
+    return min(
+        ACK_BATCH,
+        settings.stream_window // 4,
+        settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
+    )
+
+
+def send_queued(stream: HboneStream, pending: deque[memoryview]) -> int:
+    """Hand queued bytes to `stream` as far as its windows and TLS buffer take them now; the
+    number sent. What is left stays at the front of `pending` (HboneError: the stream is gone)."""
+    total = 0
+    while pending:
+        view = pending[0]
+        sent = stream.send_some(view)
+        total += sent
+        if sent < len(view):
+            pending[0] = view[sent:]
+            break
+        pending.popleft()
+    return total
