@@ -37,6 +37,7 @@ class StreamTransport(asyncio.Transport):
         self._pending: deque[memoryview] = deque()  # written, not yet taken by the stream
         self._pending_size = 0
         self._read_paused = False
+        self._delivering = False  # _deliver_held() is scheduled
         self._write_paused = False  # the protocol was told to pause writing
         self._remote_ended = False
         self._eof_delivered = False
@@ -69,7 +70,7 @@ class StreamTransport(asyncio.Transport):
 
     def on_remote_end(self) -> None:
         self._remote_ended = True
-        if not self._held:
+        if not self._held and not self._read_paused:
             self._deliver_eof()
 
     def on_reset(self, error_code: int) -> None:
@@ -98,13 +99,21 @@ class StreamTransport(asyncio.Transport):
         if not self._read_paused:
             return
         self._read_paused = False
+        if (self._held or self._remote_ended) and not self._delivering:
+            # Later, as asyncio's transports do: never data_received() from inside the call
+            # (the protocol pausing us again meanwhile would find its own state half-updated).
+            self._delivering = True
+            self._loop.call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        self._delivering = False
         held = self._held
         while held and not self._read_paused and not self._lost:
             data, length = held.popleft()
             self._protocol.data_received(data)
             self._unacknowledged += length
         self._acknowledge()
-        if self._remote_ended and not held:
+        if self._remote_ended and not held and not self._read_paused:
             self._deliver_eof()
 
     def is_reading(self) -> bool:

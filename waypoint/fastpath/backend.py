@@ -35,7 +35,7 @@ class FastUpstream(asyncio.Protocol):
         self._sent = 0  # body bytes passed to the client
         self._head_only = False
         self._reusable = True
-        self._client_paused = False  # we paused the client's reading (backend slow to read)
+        self.client_paused = False  # we paused the client's reading (backend slow to read)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -191,9 +191,9 @@ class FastUpstream(asyncio.Protocol):
         self._state = FREE
         if front is not None and front.body_pending():
             self._reusable = False  # answered before the request body ended: framing lost
-        if self._client_paused and front is not None:
+        if self.client_paused and front is not None:
             front.resume_client_reading()
-        self._client_paused = False
+        self.client_paused = False
         if self._reusable:
             self.pool.give_back(self)
         else:
@@ -236,10 +236,10 @@ class FastUpstream(asyncio.Protocol):
         front = self._front
         if front is not None:
             front.pause_client_reading()
-            self._client_paused = True
+            self.client_paused = True
 
     def resume_writing(self) -> None:
         front = self._front
-        if self._client_paused and front is not None:
+        if self.client_paused and front is not None:
             front.resume_client_reading()
-        self._client_paused = False
+        self.client_paused = False

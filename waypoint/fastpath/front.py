@@ -227,6 +227,8 @@ class FastFront(SocketChannel):
         if pool is not None and len(pool.endpoints) > 1:
             pool.balancer.started(upstream.endpoint)
         upstream.send(self, data, self._method == "HEAD")
+        if self._body_left and not upstream.client_paused:
+            self.resume_client_reading()  # the body held while connecting went: the rest may come
 
     async def _connect(self, pool: FastPool, endpoint: str) -> None:
         proxy = self._proxy
@@ -250,7 +252,9 @@ class FastFront(SocketChannel):
             if not upstream.transport.is_closing():  # else its connection_lost answers
                 upstream.transport.write(data)
         else:
-            self._pending += data
+            self._pending += data  # the backend connection is being opened
+            if len(self._pending) > MAX_BUFFERED:
+                self.pause_client_reading()  # resumed once it is open (_attach)
 
     # --- called by the backend connection -------------------------------------------------------
 

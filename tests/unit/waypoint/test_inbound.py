@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from waypoint_testing import FRONTEND, INTRUDER, REVIEWS_V1, WAYPOINT_ID, TestCa, hello_backend
+from waypoint_testing import (
+    AGENT_ID,
+    FRONTEND,
+    INTRUDER,
+    REVIEWS_V1,
+    WAYPOINT_ID,
+    TestCa,
+    hello_backend,
+)
 
 from waypoint.config import (
     AuthorizationAction,
@@ -16,11 +24,20 @@ from waypoint.config import (
     Source,
     WaypointConfig,
 )
-from waypoint.http1 import BodyFraming, Data, EndOfMessage, Response, ResponseParser
+from waypoint.http1 import (
+    BodyFraming,
+    Data,
+    EndOfMessage,
+    RequestParser,
+    Response,
+    ResponseParser,
+)
 from waypoint.inbound import HboneInbound, forwarded_for
+from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, Series, WaypointMetrics
-from weft.hbone import HbonePool, HboneStream, StreamResetError, TunnelRefusedError
+from weft.hbone import HbonePool, HboneServer, HboneStream, StreamResetError, TunnelRefusedError
+from weft.identity import Identity
 from weft.tls import client_context, server_context
 
 
@@ -266,5 +283,112 @@ def test_tunnel_requests_are_counted_and_logged_alike_on_both_paths(ca: TestCa) 
         general_series = [(labels, s[0]) for labels, s in general[2]]
         assert fast_series == general_series
         assert any(FRONTEND.uri in labels and "mutual_tls" in labels for labels, _ in fast_series)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class BigBackend(asyncio.Protocol):
+    """Answers each request, once its body is in (any framing), with ANSWER bytes and the
+    number of body bytes it received (`x-received`)."""
+
+    ANSWER = 6 * 1024 * 1024  # beyond an HBONE stream's window (4 MiB): back-pressure
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.parser = RequestParser()
+        self.received = 0
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.parser.feed(data):
+            if isinstance(event, Data):
+                self.received += len(event.data)
+            elif isinstance(event, EndOfMessage):
+                head = (
+                    f"HTTP/1.1 200 OK\r\ncontent-length: {self.ANSWER}\r\n"
+                    f"x-received: {self.received}\r\n\r\n"
+                )
+                self.transport.write(head.encode() + b"r" * self.ANSWER)
+                self.received = 0
+
+
+@BOTH_PATHS
+def test_large_bodies_cross_both_tunnels_with_back_pressure(ca: TestCa, fast_path: bool) -> None:
+    """A 6 MiB request body in and a 6 MiB answer out (both beyond a stream's window), tunnel in
+    and tunnel out (a destination agent in front of the backend), twice on one tunnel: every
+    byte arrives."""
+
+    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        return True
+
+    async def to_backend(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, _, port = authority.rpartition(":")
+        return await asyncio.open_connection(host, int(port))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        backend = await loop.create_server(BigBackend, "127.0.0.1", 0)
+        endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow, to_backend)
+        await agent.start("127.0.0.1", 0)
+        waypoint_svid = ca.issue(WAYPOINT_ID)
+        upstream_pool = HbonePool(lambda source: client_context(waypoint_svid, ca.bundle))
+        route = EndpointRoute(("127.0.0.1", agent.port), AGENT_ID)
+        outbound = HboneOutbound(upstream_pool, WAYPOINT_ID, lambda _: route)
+        config = WaypointConfig(
+            services=(
+                ServiceConfig(
+                    "reviews.shop.svc.cluster.local", 9080,
+                    (Route("r", backends=(REVIEWS_V1,)),), vips=("10.96.0.10",),
+                ),
+            )
+        )  # fmt: skip
+        proxy = WaypointProxy(
+            config,
+            {REVIEWS_V1.authority: [endpoint]},
+            connect=outbound.connect,
+            fast_dial=outbound.dial,
+            fast_path=fast_path,
+            access_log=lambda record: None,
+        )
+        inbound = HboneInbound(proxy, server_context(waypoint_svid, ca.bundle))
+        await inbound.start("127.0.0.1", 0)
+        client_svid = ca.issue(FRONTEND)
+        pool = HbonePool(lambda source: client_context(client_svid, ca.bundle))
+        body = bytes(range(256)) * (6 * 4096)  # 6 MiB
+        try:
+            stream = await pool.open_stream(
+                FRONTEND, WAYPOINT_ID, ("127.0.0.1", inbound.port), "10.96.0.10:9080"
+            )
+            for _ in range(2):
+                head = f"POST /up HTTP/1.1\r\nHost: reviews\r\ncontent-length: {len(body)}\r\n\r\n"
+                await stream.write(head.encode() + body)
+                parser = ResponseParser()
+                parser.expect("POST")
+                response, received, done = None, 0, False
+                while not done:
+                    data = await asyncio.wait_for(stream.read(), 5)
+                    for event in parser.feed(data):
+                        if isinstance(event, Response):
+                            response = event
+                        elif isinstance(event, Data):
+                            assert set(event.data) == {ord("r")}
+                            received += len(event.data)
+                        elif isinstance(event, EndOfMessage):
+                            done = True
+                assert response is not None
+                assert response.status == 200
+                assert response.header("x-received") == str(len(body))
+                assert received == BigBackend.ANSWER
+            # the general path streams a body beyond its buffer limit chunked: the same bytes
+            assert proxy.general_connections == 0
+        finally:
+            await inbound.close()
+            await agent.close()
+            await outbound.close()
+            await pool.close()
+            await upstream_pool.close()
+            await proxy.close()
+            backend.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))

@@ -18,6 +18,8 @@ from waypoint.config import (
     ServiceConfig,
     WaypointConfig,
 )
+from waypoint.fastpath.backend import FastUpstream
+from waypoint.fastpath.front import MAX_BUFFERED
 from waypoint.fastpath.heads import (
     CHUNKED,
     LENGTH,
@@ -27,6 +29,7 @@ from waypoint.fastpath.heads import (
     recognize_response,
 )
 from waypoint.fastpath.plan import FastService
+from waypoint.fastpath.pool import dial_tcp
 from waypoint.fastpath.records import NO_SOURCE, FastFacts, fast_log_line, fast_record
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, access_log_line
@@ -329,6 +332,47 @@ def test_request_bodies_are_relayed_across_reads() -> None:
         assert proxy.general_connections == 0
 
     run(scenario)
+
+
+def test_a_body_sent_while_the_backend_connection_opens_is_held_bounded() -> None:
+    """The client's body beyond MAX_BUFFERED waits in the client's socket, not in the waypoint,
+    until the backend connection is open; then all of it goes."""
+
+    async def main() -> None:
+        backend = RawBackend({})
+        backend_port = await backend.start()
+        opened = asyncio.Event()
+
+        async def slow_dial(endpoint: str, factory: Callable[[], FastUpstream]) -> FastUpstream:
+            await opened.wait()
+            return await dial_tcp(endpoint, factory)
+
+        proxy = WaypointProxy(
+            WaypointConfig(services=(ServiceConfig(hostname=HOST, port=9080, routes=ROUTES),)),
+            {V1.authority: [f"127.0.0.1:{backend_port}"]},
+            access_log=lambda record: None,
+            fast_dial=slow_dial,
+        )
+        _, port = await proxy.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = bytes(range(256)) * 32768  # 8 MiB
+            head = f"POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
+            await asyncio.sleep(0.3)  # the client sends what the sockets take
+            (front,) = proxy.fast_fronts
+            assert len(front._pending) <= MAX_BUFFERED + 256 * 1024
+            opened.set()
+            answer = await asyncio.wait_for(reader.readuntil(b"ok"), TEST_TIMEOUT_S)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert backend.received[0].endswith(b"\r\n\r\n" + body)
+            assert proxy.general_connections == 0
+        finally:
+            await proxy.close()
+            await backend.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
 
 
 def test_backend_failures_are_answered_as_the_general_path_does() -> None:
