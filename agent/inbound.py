@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
@@ -22,7 +23,7 @@ from agent.certs.manager import CertificateManager
 from agent.policy import ConnectionAttributes, DecisionCache
 from agent.state import NodeState
 from agent.telemetry import ConnectionRecord, Telemetry
-from agent.tunnel.connect import open_from
+from agent.tunnel.connect import connect_from, open_from
 from weft.hbone import HboneServer, RelayResult
 from weft.identity import Identity
 from weft.model import Workload
@@ -132,6 +133,7 @@ class Inbound:
                 self._connect,
                 relayed=self._relayed,
                 data_path=self.data_path,
+                connect_socket=self._connect_socket,
             )
             # The listener answers for the workload's address, which this node does not own;
             # loopback is always local (tests run the tunnel path there, without root).
@@ -225,6 +227,20 @@ class Inbound:
             raise
         self._telemetry.connection_opened(record)
         return connection
+
+    async def _connect_socket(self, authority: str) -> socket.socket:
+        """_connect() for a native stream: a bare socket, no asyncio transport or streams."""
+        address, port = split_authority(authority)
+        record = _current.get() or ConnectionRecord("inbound", "?", authority)
+        record.endpoint = authority
+        try:
+            sock = await connect_from(self.agent_address, address, port)
+        except OSError as err:
+            record.outcome, record.reason = "unavailable", repr(err)
+            self._telemetry.connection_closed(record)
+            raise
+        self._telemetry.connection_opened(record)
+        return sock
 
     def _relayed(self, result: RelayResult) -> None:
         """The tunnel's relay ended (in the task that authorized and connected it)."""

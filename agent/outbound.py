@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,11 +22,12 @@ from typing import Protocol
 from agent.addresses import address_text, parse_address
 from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
-from agent.telemetry import ConnectionRecord, Telemetry, accounted
+from agent.telemetry import ConnectionRecord, Telemetry
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
-from weft.hbone.relay import abort_tcp
+from weft.hbone.native_session import NativeStream
+from weft.hbone.relay import abort_socket, abort_tcp, relay_socket
 from weft.identity import Identity
 from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Workload
 
@@ -136,8 +138,33 @@ OriginalDestination = Callable[
 ]
 
 
+class _Accepted:
+    """One captured connection as accepted: a bare socket, made into asyncio streams only for
+    the routes that need them (an HBONE tunnel on the native data path hands it to C as is)."""
+
+    __slots__ = ("reader", "sock", "writer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        return self.reader, self.writer
+
+    def abort(self) -> None:
+        """Close with RST, so the application sees the failure."""
+        if self.writer is not None:
+            abort_tcp(self.writer)
+        else:
+            abort_socket(self.sock)
+
+
 class OutboundProxy:
-    """The 15001 listener: one task per captured connection."""
+    """The 15001 listener: one task per captured connection, accepted from a bare listening
+    socket (no asyncio transport or streams until a route needs them)."""
 
     def __init__(
         self,
@@ -157,33 +184,74 @@ class OutboundProxy:
         self._telemetry = telemetry
         telemetry.track_pool(pool.stats)
         self.balancer = LoadBalancer()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        assert self._listener is not None, "start() the proxy first"
+        return int(self._listener.getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self.handle, host, port, reuse_address=True, backlog=1024
-        )
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        local = writer.get_extra_info("sockname")
+    def _accept(self) -> None:
+        """The listener is readable: take every waiting connection."""
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and friends: try again on the next wake-up
+                log.warning("outbound accept failed: %s", error)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._handle(sock, (peer[0], peer[1])))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        local = sock.getsockname()
         record = ConnectionRecord("outbound", f"{peer[0]}:{peer[1]}", "?")
-        await accounted(
-            self._telemetry,
-            record,
-            writer,
-            self._serve(reader, writer, (peer[0], peer[1]), (local[0], local[1]), record),
-        )
+        accepted = _Accepted(sock)
+        try:
+            await self._serve(accepted, peer, (local[0], local[1]), record)
+        except Exception as err:
+            log.exception("outbound connection from %s failed", record.src)
+            record.outcome, record.reason = "error", repr(err)
+            accepted.abort()
+        except asyncio.CancelledError:  # the proxy is closing
+            accepted.abort()
+            raise
+        finally:
+            self._telemetry.connection_closed(record)
 
     async def _serve(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        accepted: _Accepted,
         peer: tuple[str, int],
         local: tuple[str, int],
         record: ConnectionRecord,
@@ -191,7 +259,7 @@ class OutboundProxy:
         original = self._original_destination(peer, local)
         if original is None:
             record.outcome, record.reason = "error", "original destination not recorded"
-            abort_tcp(writer)
+            accepted.abort()
             return
         address, port, cgroup_id = original
         record.dst = f"{address_text(address)}:{port}"
@@ -200,7 +268,7 @@ class OutboundProxy:
         source = state.workload_at(source_ip)
         if source is None or source.node != state.node:
             record.outcome, record.reason = "error", "source is not a workload of this node"
-            abort_tcp(writer)
+            accepted.abort()
             return
         source_identity = state.identity(source)
         record.source_workload = source.metadata.name
@@ -215,11 +283,11 @@ class OutboundProxy:
             record.destination_namespace = route.endpoint.metadata.namespace
         if route.kind == RouteKind.REFUSED:
             record.outcome, record.reason = "unavailable", route.reason
-            abort_tcp(writer)
+            accepted.abort()
             return
         if route.kind == RouteKind.PASSTHROUGH:
             record.security = "none"
-            await self._plain(reader, writer, route, record)
+            await self._plain(accepted, route, record)
         elif route.kind == RouteKind.SAME_NODE:
             assert route.endpoint is not None
             record.security = "mutual_tls"  # authorized as if it had crossed HBONE
@@ -228,15 +296,16 @@ class OutboundProxy:
                 route.endpoint, source_identity, source_ip, route.port, record
             )
             if upstream is None:
-                abort_tcp(writer)
+                accepted.abort()
                 return
             self._telemetry.connection_opened(record)
+            client = await accepted.streams()
             maps = self._splice_maps()
             if maps is not None:
                 record.route = "same-node-splice"
-                result = await splice_connections(maps, (reader, writer), upstream, cgroup_id)
+                result = await splice_connections(maps, client, upstream, cgroup_id)
             else:
-                result = await pipe((reader, writer), upstream)
+                result = await pipe(client, upstream)
             record.sent_bytes, record.received_bytes = result.a_to_b, result.b_to_a
             record.outcome = "reset" if result.reset else "ok"
         elif route.kind == RouteKind.WAYPOINT:
@@ -246,39 +315,32 @@ class OutboundProxy:
                 state.trust_domain,
             )  # fmt: skip
             await self._hbone(
-                reader, writer, state=state, source=source_identity, route=route, peer=peer,
+                accepted, state=state, source=source_identity, route=route, peer=peer,
                 record=record, destination=waypoint_identity,
             )  # fmt: skip
         else:
             await self._hbone(
-                reader, writer, state=state, source=source_identity, route=route, peer=peer,
+                accepted, state=state, source=source_identity, route=route, peer=peer,
                 record=record,
             )  # fmt: skip
 
-    async def _plain(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        route: Route,
-        record: ConnectionRecord,
-    ) -> None:
+    async def _plain(self, accepted: _Accepted, route: Route, record: ConnectionRecord) -> None:
         try:
             upstream = await asyncio.wait_for(
                 asyncio.open_connection(str(route.address), route.port), 5
             )
         except (OSError, TimeoutError) as err:
             record.outcome, record.reason = "unavailable", repr(err)
-            abort_tcp(writer)
+            accepted.abort()
             return
         self._telemetry.connection_opened(record)
-        result = await pipe((reader, writer), upstream)
+        result = await pipe(await accepted.streams(), upstream)
         record.sent_bytes, record.received_bytes = result.a_to_b, result.b_to_a
         record.outcome = "reset" if result.reset else "ok"
 
     async def _hbone(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        accepted: _Accepted,
         *,
         state: NodeState,
         source: Identity,
@@ -312,10 +374,14 @@ class OutboundProxy:
             record.outcome, record.reason = "unavailable", str(err)
             if isinstance(err, TunnelRefusedError) and err.status == 401:
                 record.outcome = "denied"
-            abort_tcp(writer)
+            accepted.abort()
             return
         self._telemetry.connection_opened(record)
-        result = await relay(stream, reader, writer)
+        if isinstance(stream, NativeStream) and accepted.writer is None:
+            # C takes the accepted socket as it is: no asyncio transport was ever made for it.
+            result = await relay_socket(stream, accepted.sock)
+        else:
+            result = await relay(stream, *await accepted.streams())
         record.sent_bytes, record.received_bytes = result.bytes_to_tunnel, result.bytes_from_tunnel
         record.outcome = "reset" if result.reset else "ok"
 

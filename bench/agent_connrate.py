@@ -101,6 +101,7 @@ def _agent_process(
     root: tuple[bytes, bytes],
     profile: str,
     report: multiprocessing.connection.Connection,
+    data_path: str = "python",
 ) -> None:
     import logging
 
@@ -126,15 +127,18 @@ def _agent_process(
         for identity in state.local_identities():
             assert await certs.wait_issued(identity, 10)
         telemetry = Telemetry(open(os.devnull, "w"))  # noqa: SIM115 - the process's lifetime
-        inbound = Inbound(lambda: state, certs, telemetry, IPv4Address(AGENT_ADDRESS), HBONE_PORT)
+        inbound = Inbound(
+            lambda: state, certs, telemetry, IPv4Address(AGENT_ADDRESS), HBONE_PORT,
+            data_path=data_path,
+        )  # fmt: skip
         if side == "inbound":
             await inbound.sync()
             return inbound
         target = (IPv4Address(SERVER_ADDRESS), ECHO_PORT, 0)
+        pool = HbonePool(certs.client_context, data_path=data_path)
         outbound = OutboundProxy(
-            lambda: state, lambda peer, local: target, HbonePool(certs.client_context), inbound,
-            telemetry,
-        )  # fmt: skip
+            lambda: state, lambda peer, local: target, pool, inbound, telemetry
+        )
         await outbound.start(AGENT_ADDRESS, OUTBOUND_PORT)
         return outbound
 
@@ -189,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", default="", help="directory for outbound.prof/inbound.prof")
+    parser.add_argument("--data-path", default="native", choices=("native", "python"))
     args = parser.parse_args(argv)
     tools = build_tools()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     root, key = create_root("cluster.local", dt.datetime.now(dt.UTC))
     pems = (certs_to_pem([root]), key_to_pem(key))
     context = multiprocessing.get_context("spawn")
@@ -202,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for side in ("inbound", "outbound"):
             parent, child = context.Pipe()
-            process = context.Process(target=_agent_process, args=(side, pems, args.profile, child))
+            process = context.Process(
+                target=_agent_process, args=(side, pems, args.profile, child, args.data_path)
+            )
             process.start()
             children.append(process)
             if not parent.poll(30):

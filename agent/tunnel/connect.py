@@ -28,13 +28,21 @@ async def open_from(
     """
     if source is None:
         return await asyncio.open_connection(str(address), port)
+    return await asyncio.open_connection(sock=await connect_from(source, address, port))
+
+
+async def connect_from(source: IPv4Address, address: IPv4Address, port: int) -> socket.socket:
+    """open_from() as a bare connected non-blocking socket, for the native data path (no asyncio
+    transport or streams: weft._native takes the descriptor)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((str(source), 0))
         await asyncio.get_running_loop().sock_connect(sock, (str(address), port))
+        # as an asyncio transport would: small messages must not wait for Nagle
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock)
+    return sock

@@ -105,6 +105,28 @@ async def _relay_native(
     return RelayResult(to_tunnel, from_tunnel, reset)
 
 
+async def relay_socket(stream: NativeStream, sock: socket.socket) -> RelayResult:
+    """relay() of a native stream and a bare connected TCP socket (owned from now on): no asyncio
+    transport or streams are made for it, C takes the descriptor as it is."""
+    try:
+        stream.attach_tcp(sock.detach(), b"", False)
+    except HboneError:
+        return RelayResult(0, 0, reset=True)
+    try:
+        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
+    except asyncio.CancelledError:
+        stream.abort(CONNECT_ERROR)
+        raise
+    return RelayResult(to_tunnel, from_tunnel, reset)
+
+
+def abort_socket(sock: socket.socket) -> None:
+    """abort_tcp() for a bare socket: close it with RST."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
 async def _relay_with_tasks(
     stream: HboneStream,
     reader: asyncio.StreamReader,

@@ -14,8 +14,8 @@ from typing import cast
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
-from weft.hbone.native_session import NativeSession, check_data_path
-from weft.hbone.relay import RelayResult, relay
+from weft.hbone.native_session import NativeSession, NativeStream, check_data_path
+from weft.hbone.relay import RelayResult, relay, relay_socket
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
@@ -30,6 +30,9 @@ Authorize = Callable[[Identity, str, Headers], Awaitable[bool]]
 Connect = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 # relayed(result): a tunnel's relay ended; called in the task that ran authorize() and connect().
 Relayed = Callable[[RelayResult], None]
+# connect_socket(authority) -> connect() as a bare connected socket, for native streams (C takes
+# the descriptor: no asyncio transport or streams are made per tunnel).
+ConnectSocket = Callable[[str], Awaitable[socket.socket]]
 
 IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 
@@ -59,6 +62,7 @@ class HboneServer:
         connect_timeout: float = 5.0,
         relayed: Relayed | None = None,
         data_path: str = "python",
+        connect_socket: ConnectSocket | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         # "native": connections run on weft._native (C moves the bytes), see native_session.
@@ -66,6 +70,7 @@ class HboneServer:
         self.authorize = authorize
         self.connect = connect
         self.relayed = relayed
+        self.connect_socket = connect_socket
         self.settings = settings or TunnelSettings()
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
@@ -212,9 +217,14 @@ class HboneServer:
             self.stats.tunnels_denied += 1
             session.reject(stream, 401)
             return
+        bare = self.connect_socket is not None and isinstance(stream, NativeStream)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await self.connect(request.authority)
+                if bare:
+                    assert self.connect_socket is not None
+                    sock = await self.connect_socket(request.authority)
+                else:
+                    reader, writer = await self.connect(request.authority)
         except (OSError, LookupError, TimeoutError) as error:
             log.info("HBONE target %s unreachable: %r", request.authority, error)
             self.stats.tunnels_unavailable += 1
@@ -223,12 +233,19 @@ class HboneServer:
         try:
             session.accept(stream)
         except StreamClosedError:  # the client gave up while we were connecting
-            writer.close()
+            if bare:
+                sock.close()
+            else:
+                writer.close()
             return
         self.stats.tunnels_opened += 1
         result = RelayResult(0, 0, reset=True)
         try:
-            result = await relay(stream, reader, writer)
+            if bare:
+                assert isinstance(stream, NativeStream)
+                result = await relay_socket(stream, sock)
+            else:
+                result = await relay(stream, reader, writer)
         except Exception:
             # relay() maps every I/O failure to a reset; anything else is a bug in it, and
             # must cost this tunnel only.

@@ -1134,6 +1134,12 @@ static PyObject *Conn_attach(Conn *c, PyObject *args) {
         set_blocked(c, s, 1);
     } else if (!s->tcp_eof) {
         stream_set_reading(c, s, 1);
+        /* A socket attached as accepted (no bytes read by Python) usually holds its first
+           message already: read it now rather than one loop turn later. */
+        int read_failed = 0;
+        stream_read_up(c, s, &read_failed);
+        tls_flush(c);
+        if (read_failed) s->reset_pending = 1;
     }
     s->check = 1;
     after_callback(c);

@@ -3,6 +3,8 @@
 Two agents' data paths run in one process: node1's OutboundProxy and node2's Inbound, each with
 its own CertificateManager fed by the real CA. Only the kernel's original-destination map is
 replaced (FakeOriginalDestinations): capture itself is tested in tests/kernel and tests/e2e.
+Every test runs on both HBONE data paths (python, and native: weft._native, where the accepted
+socket and the workload's socket go to C bare, without asyncio streams).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import datetime as dt
 import socket
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
+
+import pytest
 
 from agent.certs.manager import CertificateManager
 from agent.inbound import Inbound
@@ -28,6 +32,7 @@ from tests.resource_yaml import (
 from tests.unit.agent.issuer import InProcessIssuer
 from tests.unit.agent.mesh_config import node_state
 from weft.hbone import HbonePool
+from weft.hbone.native_session import native_available
 
 # Loopback addresses play the workloads: frontend on node1, catalog (the server) on node2.
 SHOP_NAMESPACE = namespace("shop")
@@ -40,6 +45,18 @@ CLUSTER = documents(SHOP_NAMESPACE, FRONTEND, *CATALOG)
 DENY_FRONTEND = authorization_policy(
     "no-frontend", "shop", action="DENY", principals=[FRONTEND_PRINCIPAL]
 )
+
+
+# The data path of the agents through_mesh() builds, set per test by the fixture below.
+_data_path = {"name": "python"}
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def data_path(request: pytest.FixtureRequest) -> str:
+    if request.param == "native" and not native_available():
+        pytest.skip("weft._native is not built (pip install -e . with libssl-dev)")
+    _data_path["name"] = request.param
+    return str(request.param)
 
 
 class FakeOriginalDestinations:
@@ -85,14 +102,14 @@ async def through_mesh(
         for identity in state.local_identities():
             assert await certs.wait_issued(identity, 5)
     tel1, tel2 = Telemetry(), Telemetry()
-    inbound2 = Inbound(lambda: node2, certs2, tel2, IPv4Address("127.0.0.1"))
+    path = _data_path["name"]
+    inbound2 = Inbound(lambda: node2, certs2, tel2, IPv4Address("127.0.0.1"), data_path=path)
     await inbound2.sync()
-    inbound1 = Inbound(lambda: node1, certs1, tel1, IPv4Address("127.0.0.1"))
-    pool = HbonePool(certs1.client_context)
+    inbound1 = Inbound(lambda: node1, certs1, tel1, IPv4Address("127.0.0.1"), data_path=path)
+    pool = HbonePool(certs1.client_context, data_path=path)
     outbound = OutboundProxy(lambda: node1, FakeOriginalDestinations(target), pool, inbound1, tel1)
     await outbound.start("127.0.0.1", 0)
-    assert outbound._server is not None
-    port = outbound._server.sockets[0].getsockname()[1]
+    port = outbound.port
     server = await echo_server("127.0.0.2", 7000)
     try:
         result = await client(port)
