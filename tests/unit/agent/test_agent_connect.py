@@ -1,12 +1,13 @@
-"""open_from: the agent's connection to a workload, from its own address, port left to connect()."""
+"""open_from/connect_from: the agent's connection to a workload, from its address, any port."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from ipaddress import IPv4Address
 
-from agent.tunnel.connect import IP_BIND_ADDRESS_NO_PORT, open_from
+from agent.tunnel.connect import IP_BIND_ADDRESS_NO_PORT, connect_from, open_from
 
 
 def test_the_connection_comes_from_the_agent_address_without_a_bind_time_port() -> None:
@@ -47,3 +48,45 @@ def test_a_refused_connection_raises_oserror_and_leaks_no_socket() -> None:
         raise AssertionError("connected to a port nobody listens on")
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_connect_from_gives_a_bare_nodelay_socket_from_the_agent_address() -> None:
+    """The native data path's variant: no asyncio transport, TCP_NODELAY as a transport sets."""
+
+    async def main() -> tuple[tuple[str, int], int, bool]:
+        listener = socket.socket()
+        listener.bind(("127.0.0.2", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        sock = await connect_from(IPv4Address("127.0.0.3"), IPv4Address("127.0.0.2"), port)
+        accepted, _ = listener.accept()
+        try:
+            return (
+                accepted.getpeername(),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                sock.getblocking(),
+            )
+        finally:
+            accepted.close()
+            sock.close()
+            listener.close()
+
+    peer, nodelay, blocking = asyncio.run(asyncio.wait_for(main(), 10))
+    assert peer[0] == "127.0.0.3"
+    assert nodelay == 1
+    assert blocking is False
+
+
+def test_connect_from_a_refused_port_raises_connection_refused() -> None:
+    async def main() -> int:
+        probe = socket.socket()
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        try:
+            await connect_from(IPv4Address("127.0.0.3"), IPv4Address("127.0.0.2"), port)
+        except OSError as error:
+            return error.errno or 0
+        raise AssertionError("connected to a port nobody listens on")
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == errno.ECONNREFUSED
