@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -226,3 +228,32 @@ def test_new_connections_share_one_pooled_tls_connection() -> None:
     assert isinstance(tel1, Telemetry)
     assert sample(tel1, "weft_hbone_tunnels_opened_total") == 5
     assert sample(tel1, "weft_hbone_handshakes_total") == 1
+
+
+def test_on_the_native_path_the_agents_make_no_asyncio_streams_per_connection(
+    data_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Native: the accepted socket and the workload's socket go to C bare (no transport,
+    StreamReader/Writer, dup and abort per connection); the python path makes them (so the
+    count can fail)."""
+    made: list[str] = []
+    real = asyncio.open_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith(("agent.", "weft.")):
+            made.append(caller)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", counting)
+
+    async def three_connections(port: int) -> list[bytes | str]:
+        return [await as_frontend(b"ping %d" % i)(port) for i in range(3)]
+
+    data, _, _ = run(through_mesh("", ("10.96.0.11", 7000), three_connections))
+    assert data == [b"ping %d" % i for i in range(3)]
+    if data_path == "native":
+        assert made == []
+    else:  # outbound's accepted socket and inbound's connection to the workload, each time
+        assert sorted(set(made)) == ["agent.outbound", "agent.tunnel.connect"]
+        assert len(made) == 6
