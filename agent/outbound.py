@@ -227,8 +227,7 @@ class OutboundProxy:
             except OSError as error:  # EMFILE and friends: try again on the next wake-up
                 log.warning("outbound accept failed: %s", error)
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)  # TCP_NODELAY: set by C at attach, or by an asyncio transport
             task = loop.create_task(self._handle(sock, (peer[0], peer[1])))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -13,6 +13,7 @@ another destination.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -35,15 +36,13 @@ async def open_from(
 
 async def connect_from(source: IPv4Address, address: IPv4Address, port: int) -> socket.socket:
     """open_from() as a bare connected non-blocking socket, for the native data path (no asyncio
-    transport or streams: weft._native takes the descriptor)."""
+    transport or streams: weft._native takes the descriptor, and sets TCP_NODELAY)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((str(source), 0))
         await _connect(sock, (str(address), port))
-        # as an asyncio transport would: small messages must not wait for Nagle
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()
         raise
@@ -59,6 +58,11 @@ async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
         return
     if error not in (errno.EINPROGRESS, errno.EAGAIN):
         raise OSError(error, os.strerror(error))
+    # To a workload on this node (veth, loopback) the handshake is done within connect() itself:
+    # then there is no need to wait for writability (two epoll_ctl calls and a loop turn).
+    with contextlib.suppress(OSError):
+        sock.getpeername()
+        return
     loop = asyncio.get_running_loop()
     writable: asyncio.Future[None] = loop.create_future()
 

@@ -50,10 +50,10 @@ def test_a_refused_connection_raises_oserror_and_leaks_no_socket() -> None:
     asyncio.run(asyncio.wait_for(main(), 10))
 
 
-def test_connect_from_gives_a_bare_nodelay_socket_from_the_agent_address() -> None:
-    """The native data path's variant: no asyncio transport, TCP_NODELAY as a transport sets."""
+def test_connect_from_gives_a_bare_connected_socket_from_the_agent_address() -> None:
+    """The native data path's variant: no asyncio transport (weft._native takes the socket)."""
 
-    async def main() -> tuple[tuple[str, int], int, bool]:
+    async def main() -> tuple[tuple[str, int], tuple[str, int], bool]:
         listener = socket.socket()
         listener.bind(("127.0.0.2", 0))
         listener.listen()
@@ -63,7 +63,7 @@ def test_connect_from_gives_a_bare_nodelay_socket_from_the_agent_address() -> No
         try:
             return (
                 accepted.getpeername(),
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                sock.getpeername(),
                 sock.getblocking(),
             )
         finally:
@@ -71,9 +71,9 @@ def test_connect_from_gives_a_bare_nodelay_socket_from_the_agent_address() -> No
             sock.close()
             listener.close()
 
-    peer, nodelay, blocking = asyncio.run(asyncio.wait_for(main(), 10))
+    peer, connected_to, blocking = asyncio.run(asyncio.wait_for(main(), 10))
     assert peer[0] == "127.0.0.3"
-    assert nodelay == 1
+    assert connected_to[0] == "127.0.0.2"
     assert blocking is False
 
 
