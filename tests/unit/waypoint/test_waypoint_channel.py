@@ -9,6 +9,7 @@ import socket
 import uuid
 
 import pytest
+from waypoint_testing import port_of, socket_listener
 
 from waypoint.channel import READ_HIGH_WATER, SocketChannel, open_channel
 from waypoint.http1 import Http1Error, Request, RequestParser
@@ -17,18 +18,9 @@ from waypoint.proxy import RandomPool, utc_timestamp, uuid4_text
 
 async def _pair() -> tuple[SocketChannel, socket.socket, asyncio.Server]:
     """A channel dialled to a loopback server whose accepted socket the test drives."""
-    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
-
-    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.put_nowait(writer.get_extra_info("socket").dup())
-        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
-
-    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    channel = await open_channel("127.0.0.1", port)
-    peer = await accepted.get()
-    peer.setblocking(False)
-    return channel, peer, server
+    server, accepted = await socket_listener()
+    channel = await open_channel("127.0.0.1", port_of(server))
+    return channel, await accepted.get(), server
 
 
 def test_reads_chunks_then_empty_at_eof_and_writes_through() -> None:

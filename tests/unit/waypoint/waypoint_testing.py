@@ -223,6 +223,40 @@ async def hello_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
+# --- sockets the test holds, a destination agent's callbacks ------------------------------------
+
+
+def port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def socket_listener(
+    host: str = "127.0.0.1",
+) -> tuple[asyncio.Server, asyncio.Queue[socket.socket]]:
+    """A TCP listener whose accepted connections come to the test as non-blocking sockets (what
+    an application behind the listener would hold)."""
+    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("socket").dup()
+        peer.setblocking(False)
+        accepted.put_nowait(peer)
+        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
+
+    return await asyncio.start_server(on_client, host, 0), accepted
+
+
+async def allow_all(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
+    """A destination agent's L4 policy that lets every tunnel in."""
+    return True
+
+
+async def agent_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A destination agent's connect(): TCP to the tunnel's `ip:port`, as agent.inbound does."""
+    host, _, port = authority.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
 # --- an HBONE tunnel to a TCP socket the test holds ---------------------------------------------
 
 
@@ -234,32 +268,17 @@ async def hbone_tunnel(
     splices it to a TCP connection the test holds (what an application behind a destination
     agent would see)."""
     ca = TestCa()
-    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
-
-    def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.put_nowait(writer.get_extra_info("socket").dup())
-        writer.transport.abort()  # the duplicate keeps the connection; asyncio lets go of it
-
-    target = await asyncio.start_server(on_client, "127.0.0.1", 0)
-    target_port = target.sockets[0].getsockname()[1]
-
-    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
-        return True
-
-    async def connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", target_port)
-
+    target, accepted = await socket_listener()
     agent = HboneServer(
-        server_context(ca.issue(AGENT_ID), ca.bundle), allow, connect, settings=settings
+        server_context(ca.issue(AGENT_ID), ca.bundle), allow_all, agent_connect, settings=settings
     )
     await agent.start("127.0.0.1", 0)
     svid = ca.issue(WAYPOINT_ID)
     pool = HbonePool(lambda source: client_context(svid, ca.bundle), settings=settings)
     stream = await pool.open_stream(
-        WAYPOINT_ID, AGENT_ID, ("127.0.0.1", agent.port), f"127.0.0.1:{target_port}"
+        WAYPOINT_ID, AGENT_ID, ("127.0.0.1", agent.port), f"127.0.0.1:{port_of(target)}"
     )
     peer = await asyncio.wait_for(accepted.get(), TUNNEL_TIMEOUT_S)
-    peer.setblocking(False)
     try:
         yield stream, peer
     finally:
