@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
 
-from waypoint.tunnel_channel import ack_batch, send_queued
+from waypoint.stream_side import StreamSide
 from weft.hbone import HboneError, HboneStream
 from weft.hbone.events import CONNECT_ERROR
 
@@ -25,28 +24,22 @@ WRITE_HIGH_WATER = 64 * 1024  # queued, not yet taken by the stream: the protoco
 WRITE_LOW_WATER = 16 * 1024
 
 
-class StreamTransport(asyncio.Transport):
+class StreamTransport(StreamSide, asyncio.Transport):
     """The asyncio.Transport calls the fast path uses, over one HBONE stream."""
 
     def __init__(self, stream: HboneStream, protocol: asyncio.Protocol) -> None:
-        super().__init__()
-        self._stream = stream
+        super().__init__(stream)
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         self._held: deque[tuple[bytes, int]] = deque()  # received while reading is paused
-        self._pending: deque[memoryview] = deque()  # written, not yet taken by the stream
-        self._pending_size = 0
         self._read_paused = False
         self._delivering = False  # _deliver_held() is scheduled
         self._write_paused = False  # the protocol was told to pause writing
         self._remote_ended = False
         self._eof_delivered = False
-        self._end_requested = False  # write_eof() or close(): END_STREAM once _pending is sent
         self._closing = False  # close(): anything received from now on resets the stream
         self._lost = False  # connection_lost() is scheduled or delivered
         self.lost: asyncio.Future[None] = self._loop.create_future()
-        self._ack_batch = ack_batch(stream)
-        self._unacknowledged = 0
 
     def start(self) -> None:
         """connection_made(), then what the stream received so far and from now on."""
@@ -77,8 +70,7 @@ class StreamTransport(asyncio.Transport):
         self._unacknowledged += sum(length for _, length in self._held)
         self._held.clear()
         self._acknowledge()
-        self._pending.clear()
-        self._pending_size = 0
+        self._drop_pending()
         self._connection_lost(
             ConnectionResetError(f"the HBONE stream was reset (HTTP/2 error code {error_code:#x})")
         )
@@ -127,11 +119,6 @@ class StreamTransport(asyncio.Transport):
         if not self._protocol.eof_received():
             self.close()
 
-    def _acknowledge(self) -> None:
-        if self._unacknowledged:
-            acknowledged, self._unacknowledged = self._unacknowledged, 0
-            self._stream.acknowledge(acknowledged)
-
     # --- writing -------------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -149,8 +136,7 @@ class StreamTransport(asyncio.Transport):
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-        self._pending.append(memoryview(data))
-        self._pending_size += len(data)
+        self._queue(memoryview(data))
         if self._pending_size > WRITE_HIGH_WATER and not self._write_paused:
             self._write_paused = True
             self._protocol.pause_writing()
@@ -158,31 +144,12 @@ class StreamTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._pending_size
 
-    def can_write_eof(self) -> bool:
-        return True
+    def _gone(self) -> bool:
+        return self._lost
 
-    def write_eof(self) -> None:
-        """Half-close (END_STREAM) after what is written; reading goes on."""
-        if self._end_requested or self._lost:
-            return
-        self._end_requested = True
-        if not self._pending:
-            self._stream.close_write()
-
-    def _send_pending(self) -> bool:
-        """Hand queued bytes to the stream; True once all went (then END_STREAM if asked)."""
-        try:
-            self._pending_size -= send_queued(self._stream, self._pending)
-        except HboneError:
-            self.abort()
-            return True
-        if self._pending:
-            return False
-        if self._end_requested:
-            self._stream.close_write()
-            if self._closing:
-                self._connection_lost(None)
-        return True
+    def _ended(self) -> None:
+        if self._closing:  # close() waited for the queued bytes: now it is complete
+            self._connection_lost(None)
 
     # --- closing -------------------------------------------------------------------------------
 
@@ -220,9 +187,6 @@ class StreamTransport(asyncio.Transport):
         finally:
             if not self.lost.done():
                 self.lost.set_result(None)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default  # no socket: who is calling is in the Downstream the proxy is given
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol

@@ -18,31 +18,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
 
 from waypoint.channel import ReadWaiter
+from waypoint.stream_side import StreamSide
 from weft.hbone import HboneError, HboneStream
 from weft.hbone.events import CONNECT_ERROR
-from weft.hbone.relay import ACK_BATCH
 
 
-class TunnelChannel(ReadWaiter):
+class TunnelChannel(StreamSide, ReadWaiter):
     """One tunnelled connection as the StreamReader/StreamWriter calls the proxy uses (`read`,
     `at_eof`, `write`, `drain`, `close`, `is_closing`, `write_eof`), and the stream's sink."""
 
     def __init__(self, stream: HboneStream) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._loop = asyncio.get_running_loop()
         self._chunks: deque[tuple[bytes, int]] = deque()  # (data, its flow-controlled length)
         self._eof = False  # the peer sent END_STREAM
         self._error: ConnectionResetError | None = None  # the stream was reset
         self._reader: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
-        self._pending: deque[memoryview] = deque()  # written, not yet taken by the stream
-        self._end_requested = False  # write_eof() or close(): END_STREAM once _pending is sent
         self._closed = False  # close(): anything received from now on resets the stream
-        self._ack_batch = ack_batch(stream)
-        self._unacknowledged = 0
         stream.attach(self)
 
     # --- the stream's sink (weft.hbone.stream.StreamSink) ----------------------------------
@@ -71,7 +66,7 @@ class TunnelChannel(ReadWaiter):
         self._unacknowledged += sum(length for _, length in self._chunks)
         self._chunks = deque((data, 0) for data, _ in self._chunks)
         self._acknowledge()
-        self._pending.clear()
+        self._drop_pending()
         self._wake_reader()
         drainer, self._drainer = self._drainer, None
         if drainer is not None and not drainer.done():
@@ -105,11 +100,6 @@ class TunnelChannel(ReadWaiter):
     def at_eof(self) -> bool:
         return (self._eof or self._error is not None) and not self._chunks
 
-    def _acknowledge(self) -> None:
-        if self._unacknowledged:
-            acknowledged, self._unacknowledged = self._unacknowledged, 0
-            self._stream.acknowledge(acknowledged)
-
     # --- writing -------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -119,7 +109,7 @@ class TunnelChannel(ReadWaiter):
         if type(data) is not bytes:
             data = bytes(data)  # the stream keeps views of what it queued: it must not change
         if self._pending:
-            self._pending.append(memoryview(data))
+            self._queue(memoryview(data))
             return
         try:
             sent = self._stream.send_some(data)
@@ -127,7 +117,7 @@ class TunnelChannel(ReadWaiter):
             self.abort()
             return
         if sent < len(data):
-            self._pending.append(memoryview(data)[sent:])
+            self._queue(memoryview(data)[sent:])
 
     async def drain(self) -> None:
         """Wait while written bytes wait for window; ConnectionResetError once reset."""
@@ -139,17 +129,6 @@ class TunnelChannel(ReadWaiter):
             if self._drainer is None:
                 self._drainer = self._loop.create_future()
             await asyncio.shield(self._drainer)
-
-    def write_eof(self) -> None:
-        """Half-close (END_STREAM) after what is written; reading goes on."""
-        if self._end_requested or self._error is not None:
-            return
-        self._end_requested = True
-        if not self._pending:
-            self._stream.close_write()
-
-    def can_write_eof(self) -> bool:
-        return True
 
     def close(self) -> None:
         """END_STREAM after what is written, as a socket's close() sends FIN; unread bytes, or
@@ -171,45 +150,5 @@ class TunnelChannel(ReadWaiter):
     def is_closing(self) -> bool:
         return self._closed or self._error is not None
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default  # no socket: who is calling is in the Downstream the proxy is given
-
-    def _send_pending(self) -> bool:
-        """Hand queued bytes to the stream; True once all went (then END_STREAM if asked)."""
-        try:
-            send_queued(self._stream, self._pending)
-        except HboneError:
-            self.abort()
-            return True
-        if self._pending:
-            return False
-        if self._end_requested:
-            self._stream.close_write()
-        return True
-
-
-def ack_batch(stream: HboneStream) -> int:
-    """How many read bytes to acknowledge at once: in batches, as weft.hbone's relay does (a
-    call per small message costs), bounded so that idle streams never hold the connection
-    window."""
-    settings = stream.session.core.settings
-    return min(
-        ACK_BATCH,
-        settings.stream_window // 4,
-        settings.connection_window // (2 * max(settings.max_concurrent_streams, 1)),
-    )
-
-
-def send_queued(stream: HboneStream, pending: deque[memoryview]) -> int:
-    """Hand queued bytes to `stream` as far as its windows and TLS buffer take them now; the
-    number sent. What is left stays at the front of `pending` (HboneError: the stream is gone)."""
-    total = 0
-    while pending:
-        view = pending[0]
-        sent = stream.send_some(view)
-        total += sent
-        if sent < len(view):
-            pending[0] = view[sent:]
-            break
-        pending.popleft()
-    return total
+    def _gone(self) -> bool:
+        return self._error is not None
