@@ -8,16 +8,25 @@ transport calls on it, as the fast path's protocols would see it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
-import pytest
+from waypoint_testing import (
+    SMALL_WINDOWS,
+    closes_with_a_fin_then_late_bytes_reset,
+    eventually,
+    hbone_tunnel,
+    offer_until_blocked,
+    recv_until_closed,
+    recv_until_reset,
+    reset,
+)
 from waypoint_testing import TUNNEL_TIMEOUT_S as TIMEOUT_S
-from waypoint_testing import hbone_tunnel, recv_until_closed, reset, until_reset
+from waypoint_testing import run_tunnel_test as run
 
 from waypoint.stream_transport import WRITE_HIGH_WATER, StreamTransport
 from weft.hbone import TunnelSettings
-
-SMALL_WINDOWS = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
 
 
 class Recorder(asyncio.Protocol):
@@ -56,17 +65,23 @@ class Recorder(asyncio.Protocol):
                 await self.arrived.wait()
 
 
-def run(main: object) -> None:
-    asyncio.run(asyncio.wait_for(main, 20))  # type: ignore[arg-type]
+@contextlib.asynccontextmanager
+async def started(
+    settings: TunnelSettings | None = None, keep_open: bool = True
+) -> AsyncIterator[tuple[StreamTransport, Recorder, socket.socket]]:
+    """A started transport on a tunnel to an HBONE server whose target is a TCP socket the test
+    holds, driving a Recorder."""
+    async with hbone_tunnel(settings) as (stream, peer):
+        protocol = Recorder(keep_open)
+        transport = StreamTransport(stream, protocol)
+        transport.start()
+        yield transport, protocol, peer
 
 
 def test_bytes_go_both_ways_and_each_half_closes_on_its_own() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
+        async with started() as (transport, protocol, peer):
             loop = asyncio.get_running_loop()
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
             transport.write(b"request")
             assert await asyncio.wait_for(loop.sock_recv(peer, 100), TIMEOUT_S) == b"request"
             transport.write_eof()  # END_STREAM becomes a FIN on the TCP side ...
@@ -86,9 +101,8 @@ def test_bytes_go_both_ways_and_each_half_closes_on_its_own() -> None:
 
 def test_an_eof_the_protocol_does_not_keep_closes_the_transport() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
-            protocol = Recorder(keep_open=False)  # as FastUpstream answers a backend's EOF
-            StreamTransport(stream, protocol).start()
+        # keep_open=False: as FastUpstream answers a backend's EOF
+        async with started(keep_open=False) as (_, protocol, peer):
             await asyncio.get_running_loop().sock_sendall(peer, b"last")
             peer.shutdown(socket.SHUT_WR)
             await protocol.until(lambda: protocol.lost)
@@ -100,10 +114,7 @@ def test_an_eof_the_protocol_does_not_keep_closes_the_transport() -> None:
 
 def test_a_reset_from_the_peer_is_connection_lost_with_an_error() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
+        async with started() as (transport, protocol, peer):
             await asyncio.get_running_loop().sock_sendall(peer, b"before")
             await protocol.until(lambda: protocol.received)
             reset(peer)
@@ -117,49 +128,31 @@ def test_a_reset_from_the_peer_is_connection_lost_with_an_error() -> None:
 
 def test_close_sends_a_fin_and_bytes_arriving_after_it_reset_the_tunnel() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
-            transport.write(b"last words")
-            transport.close()
-            assert transport.is_closing()
-            assert await recv_until_closed(peer) == b"last words"
-            await protocol.until(lambda: protocol.lost)
-            assert protocol.lost == [None]
-            await asyncio.get_running_loop().sock_sendall(peer, b"too late")
-            await until_reset(peer)
+        async with started() as (transport, protocol, peer):
+            await closes_with_a_fin_then_late_bytes_reset(transport, peer)
+            assert protocol.lost == [None]  # a clean close for the protocol
 
     run(main())
 
 
 def test_close_with_bytes_held_unread_resets_the_tunnel() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
+        async with started() as (transport, protocol, peer):
             transport.pause_reading()
             await asyncio.get_running_loop().sock_sendall(peer, b"unread")
-            while not transport._held:  # until it arrived
-                await asyncio.sleep(0.01)
+            await eventually(lambda: transport._held)  # until it arrived
             assert protocol.received == b""  # held while reading is paused
             transport.close()
-            with pytest.raises(ConnectionResetError):
-                await recv_until_closed(peer)
+            await recv_until_reset(peer)
 
     run(main())
 
 
 def test_abort_resets_the_tcp_side_and_is_a_clean_loss_for_the_protocol() -> None:
     async def main() -> None:
-        async with hbone_tunnel() as (stream, peer):
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
+        async with started() as (transport, protocol, peer):
             transport.abort()
-            with pytest.raises(ConnectionResetError):
-                await recv_until_closed(peer)
+            await recv_until_reset(peer)
             await protocol.until(lambda: protocol.lost)
             assert protocol.lost == [None]  # as asyncio's abort(): our own doing, no error
 
@@ -168,10 +161,7 @@ def test_abort_resets_the_tcp_side_and_is_a_clean_loss_for_the_protocol() -> Non
 
 def test_a_peer_that_does_not_read_pauses_the_protocol_then_resumes_it() -> None:
     async def main() -> None:
-        async with hbone_tunnel(SMALL_WINDOWS) as (stream, peer):
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
+        async with started(SMALL_WINDOWS) as (transport, protocol, peer):
             chunk = b"x" * 65536
             written = 0
             while "pause" not in protocol.calls and written < 20 * 1024 * 1024:
@@ -194,21 +184,9 @@ def test_a_peer_that_does_not_read_pauses_the_protocol_then_resumes_it() -> None
 
 def test_paused_reading_holds_bytes_unacknowledged_until_resumed() -> None:
     async def main() -> None:
-        async with hbone_tunnel(SMALL_WINDOWS) as (stream, peer):
-            loop = asyncio.get_running_loop()
-            protocol = Recorder()
-            transport = StreamTransport(stream, protocol)
-            transport.start()
+        async with started(SMALL_WINDOWS) as (transport, protocol, peer):
             transport.pause_reading()
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-            chunk = b"y" * 65536
-            sent = 0
-            for _ in range(400):  # 25 MiB offered; the protocol is given nothing
-                try:
-                    await asyncio.wait_for(loop.sock_sendall(peer, chunk), 0.2)
-                except TimeoutError:
-                    break
-                sent += len(chunk)
+            sent = await offer_until_blocked(peer)  # the protocol is given nothing
             held = sum(len(data) for data, _ in transport._held)
             # The stream window (256 KiB) bounds what reaches the transport unread.
             assert protocol.received == b""

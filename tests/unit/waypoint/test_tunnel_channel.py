@@ -13,8 +13,18 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from waypoint_testing import (
+    SMALL_WINDOWS,
+    closes_with_a_fin_then_late_bytes_reset,
+    eventually,
+    hbone_tunnel,
+    offer_until_blocked,
+    recv_until_closed,
+    recv_until_reset,
+    reset,
+)
 from waypoint_testing import TUNNEL_TIMEOUT_S as TIMEOUT_S
-from waypoint_testing import hbone_tunnel, recv_until_closed, reset, until_reset
+from waypoint_testing import run_tunnel_test as run
 
 from waypoint.tunnel_channel import TunnelChannel
 from weft.hbone import TunnelSettings
@@ -27,10 +37,6 @@ async def tunnel(
     """A channel on a tunnel to an HBONE server whose target is a TCP socket the test holds."""
     async with hbone_tunnel(settings) as (stream, peer):
         yield TunnelChannel(stream), peer
-
-
-def run(main: object) -> None:
-    asyncio.run(asyncio.wait_for(main, 20))  # type: ignore[arg-type]
 
 
 def test_bytes_go_both_ways_and_each_half_closes_on_its_own() -> None:
@@ -71,13 +77,7 @@ def test_a_reset_from_the_peer_fails_reads_after_what_came_before_it_and_drains(
 def test_close_sends_a_fin_and_bytes_arriving_after_it_reset_the_tunnel() -> None:
     async def main() -> None:
         async with tunnel() as (channel, peer):
-            loop = asyncio.get_running_loop()
-            channel.write(b"last words")
-            channel.close()
-            assert channel.is_closing()
-            assert await recv_until_closed(peer) == b"last words"
-            await loop.sock_sendall(peer, b"too late")
-            await until_reset(peer)
+            await closes_with_a_fin_then_late_bytes_reset(channel, peer)
 
     run(main())
 
@@ -86,11 +86,9 @@ def test_close_with_unread_bytes_resets_the_tunnel() -> None:
     async def main() -> None:
         async with tunnel() as (channel, peer):
             await asyncio.get_running_loop().sock_sendall(peer, b"unread")
-            while not channel._chunks:  # until it arrived
-                await asyncio.sleep(0.01)
+            await eventually(lambda: channel._chunks)  # until it arrived
             channel.close()
-            with pytest.raises(ConnectionResetError):
-                await recv_until_closed(peer)
+            await recv_until_reset(peer)
 
     run(main())
 
@@ -99,8 +97,7 @@ def test_abort_resets_the_tcp_side() -> None:
     async def main() -> None:
         async with tunnel() as (channel, peer):
             channel.abort()
-            with pytest.raises(ConnectionResetError):
-                await recv_until_closed(peer)
+            await recv_until_reset(peer)
             with pytest.raises(ConnectionResetError):
                 await channel.read()
 
@@ -109,9 +106,7 @@ def test_abort_resets_the_tcp_side() -> None:
 
 def test_a_peer_that_does_not_read_makes_drain_wait_instead_of_buffering() -> None:
     async def main() -> None:
-        # Small windows, so the stream's window runs out long before memory would matter.
-        settings = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
-        async with tunnel(settings) as (channel, peer):
+        async with tunnel(SMALL_WINDOWS) as (channel, peer):
             chunk = b"x" * 65536
             written = 0
             for _ in range(400):  # 25 MiB: far beyond windows and socket buffers
@@ -137,18 +132,8 @@ def test_a_peer_that_does_not_read_makes_drain_wait_instead_of_buffering() -> No
 
 def test_bytes_the_proxy_does_not_read_are_not_acknowledged() -> None:
     async def main() -> None:
-        settings = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
-        async with tunnel(settings) as (channel, peer):
-            loop = asyncio.get_running_loop()
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-            chunk = b"y" * 65536
-            sent = 0
-            for _ in range(400):  # 25 MiB offered; the channel reads nothing
-                try:
-                    await asyncio.wait_for(loop.sock_sendall(peer, chunk), 0.2)
-                except TimeoutError:
-                    break
-                sent += len(chunk)
+        async with tunnel(SMALL_WINDOWS) as (channel, peer):
+            sent = await offer_until_blocked(peer)  # the channel reads nothing
             buffered = sum(len(data) for data, _ in channel._chunks)
             # The stream window (256 KiB) bounds what reaches the channel unread.
             assert buffered <= 256 * 1024 < sent

@@ -8,8 +8,9 @@ import datetime
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,6 +39,8 @@ WAYPOINT_ID = Identity.parse("spiffe://cluster.local/ns/shop/sa/waypoint")
 REVIEWS_V1 = BackendRef(name="reviews-v1", port=9080, namespace="shop")
 AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b")
 TUNNEL_TIMEOUT_S = 5.0
+# windows small enough that a peer that does not read stops a writer long before memory matters
+SMALL_WINDOWS = TunnelSettings(stream_window=256 * 1024, connection_window=1024 * 1024)
 
 
 # --- a backend that behaves as each test needs ----------------------------------------------------
@@ -297,6 +300,34 @@ async def recv_until_closed(peer: socket.socket) -> bytes:
     return received
 
 
+async def recv_until_reset(peer: socket.socket) -> None:
+    """Until the TCP side's connection is reset while it reads; AssertionError at a clean EOF."""
+    try:
+        await recv_until_closed(peer)
+    except ConnectionResetError:
+        return
+    raise AssertionError("the TCP side was closed, not reset")
+
+
+class Closable(Protocol):
+    """What TunnelChannel and StreamTransport both do as a socket's writer does."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+async def closes_with_a_fin_then_late_bytes_reset(side: Closable, peer: socket.socket) -> None:
+    """close() after a write: the TCP side reads the bytes, then EOF; bytes it sends after that
+    reset its connection (as a closed TCP socket answers them with RST)."""
+    side.write(b"last words")
+    side.close()
+    assert side.is_closing()
+    assert await recv_until_closed(peer) == b"last words"
+    await asyncio.get_running_loop().sock_sendall(peer, b"too late")
+    await until_reset(peer)
+
+
 async def until_reset(peer: socket.socket) -> None:
     """Until the TCP side's connection is reset (after a FIN, a RST shows only on sending)."""
     loop = asyncio.get_running_loop()
@@ -314,3 +345,33 @@ def reset(peer: socket.socket) -> None:
     """Close with RST rather than FIN."""
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.close()
+
+
+def run_tunnel_test(main: Coroutine[object, object, None]) -> None:
+    asyncio.run(asyncio.wait_for(main, 20))
+
+
+async def eventually(condition: Callable[[], object]) -> None:
+    """Until `condition()` holds (polled); AssertionError after TUNNEL_TIMEOUT_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TUNNEL_TIMEOUT_S
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("the condition never held")
+        await asyncio.sleep(0.01)
+
+
+async def offer_until_blocked(peer: socket.socket) -> int:
+    """Send from the TCP side until nothing more is taken for 0.2 s (at most 25 MiB, with a
+    small send buffer); the bytes sent. What the tunnel's reader does not read stays unsent."""
+    loop = asyncio.get_running_loop()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    chunk = b"y" * 65536
+    sent = 0
+    for _ in range(400):
+        try:
+            await asyncio.wait_for(loop.sock_sendall(peer, chunk), 0.2)
+        except TimeoutError:
+            break
+        sent += len(chunk)
+    return sent
