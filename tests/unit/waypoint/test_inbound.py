@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 from waypoint_testing import (
-    AGENT_ID,
     FRONTEND,
     INTRUDER,
     REVIEWS_V1,
     WAYPOINT_ID,
     TestCa,
+    destination_agent,
     hello_backend,
 )
 
@@ -33,11 +33,9 @@ from waypoint.http1 import (
     ResponseParser,
 )
 from waypoint.inbound import HboneInbound, forwarded_for
-from waypoint.outbound import EndpointRoute, HboneOutbound
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestRecord, Series, WaypointMetrics
-from weft.hbone import HbonePool, HboneServer, HboneStream, StreamResetError, TunnelRefusedError
-from weft.identity import Identity
+from weft.hbone import HbonePool, HboneStream, StreamResetError, TunnelRefusedError
 from weft.tls import client_context, server_context
 
 
@@ -318,23 +316,10 @@ def test_large_bodies_cross_both_tunnels_with_back_pressure(ca: TestCa, fast_pat
     and tunnel out (a destination agent in front of the backend), twice on one tunnel: every
     byte arrives."""
 
-    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
-        return True
-
-    async def to_backend(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, _, port = authority.rpartition(":")
-        return await asyncio.open_connection(host, int(port))
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         backend = await loop.create_server(BigBackend, "127.0.0.1", 0)
         endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
-        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow, to_backend)
-        await agent.start("127.0.0.1", 0)
-        waypoint_svid = ca.issue(WAYPOINT_ID)
-        upstream_pool = HbonePool(lambda source: client_context(waypoint_svid, ca.bundle))
-        route = EndpointRoute(("127.0.0.1", agent.port), AGENT_ID)
-        outbound = HboneOutbound(upstream_pool, WAYPOINT_ID, lambda _: route)
         config = WaypointConfig(
             services=(
                 ServiceConfig(
@@ -343,52 +328,53 @@ def test_large_bodies_cross_both_tunnels_with_back_pressure(ca: TestCa, fast_pat
                 ),
             )
         )  # fmt: skip
-        proxy = WaypointProxy(
-            config,
-            {REVIEWS_V1.authority: [endpoint]},
-            connect=outbound.connect,
-            fast_dial=outbound.dial,
-            fast_path=fast_path,
-            access_log=lambda record: None,
-        )
-        inbound = HboneInbound(proxy, server_context(waypoint_svid, ca.bundle))
-        await inbound.start("127.0.0.1", 0)
+        waypoint_svid = ca.issue(WAYPOINT_ID)
         client_svid = ca.issue(FRONTEND)
         pool = HbonePool(lambda source: client_context(client_svid, ca.bundle))
         body = bytes(range(256)) * (6 * 4096)  # 6 MiB
-        try:
-            stream = await pool.open_stream(
-                FRONTEND, WAYPOINT_ID, ("127.0.0.1", inbound.port), "10.96.0.10:9080"
+        async with destination_agent(ca) as outbound:
+            proxy = WaypointProxy(
+                config,
+                {REVIEWS_V1.authority: [endpoint]},
+                connect=outbound.connect,
+                fast_dial=outbound.dial,
+                fast_path=fast_path,
+                access_log=lambda record: None,
             )
-            for _ in range(2):
-                head = f"POST /up HTTP/1.1\r\nHost: reviews\r\ncontent-length: {len(body)}\r\n\r\n"
-                await stream.write(head.encode() + body)
-                parser = ResponseParser()
-                parser.expect("POST")
-                response, received, done = None, 0, False
-                while not done:
-                    data = await asyncio.wait_for(stream.read(), 5)
-                    for event in parser.feed(data):
-                        if isinstance(event, Response):
-                            response = event
-                        elif isinstance(event, Data):
-                            assert set(event.data) == {ord("r")}
-                            received += len(event.data)
-                        elif isinstance(event, EndOfMessage):
-                            done = True
-                assert response is not None
-                assert response.status == 200
-                assert response.header("x-received") == str(len(body))
-                assert received == BigBackend.ANSWER
-            # the general path streams a body beyond its buffer limit chunked: the same bytes
-            assert proxy.general_connections == 0
-        finally:
-            await inbound.close()
-            await agent.close()
-            await outbound.close()
-            await pool.close()
-            await upstream_pool.close()
-            await proxy.close()
-            backend.close()
+            inbound = HboneInbound(proxy, server_context(waypoint_svid, ca.bundle))
+            await inbound.start("127.0.0.1", 0)
+            try:
+                stream = await pool.open_stream(
+                    FRONTEND, WAYPOINT_ID, ("127.0.0.1", inbound.port), "10.96.0.10:9080"
+                )
+                for _ in range(2):
+                    head = (
+                        f"POST /up HTTP/1.1\r\nHost: reviews\r\ncontent-length: {len(body)}\r\n\r\n"
+                    )
+                    await stream.write(head.encode() + body)
+                    parser = ResponseParser()
+                    parser.expect("POST")
+                    response, received, done = None, 0, False
+                    while not done:
+                        data = await asyncio.wait_for(stream.read(), 5)
+                        for event in parser.feed(data):
+                            if isinstance(event, Response):
+                                response = event
+                            elif isinstance(event, Data):
+                                assert set(event.data) == {ord("r")}
+                                received += len(event.data)
+                            elif isinstance(event, EndOfMessage):
+                                done = True
+                    assert response is not None
+                    assert response.status == 200
+                    assert response.header("x-received") == str(len(body))
+                    assert received == BigBackend.ANSWER
+                # the general path streams a body beyond its buffer limit chunked: the same bytes
+                assert proxy.general_connections == 0
+            finally:
+                await inbound.close()  # servers before the pool: see the note above
+                await pool.close()
+                await proxy.close()
+        backend.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))

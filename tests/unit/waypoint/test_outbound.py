@@ -13,6 +13,8 @@ from waypoint_testing import (
     Backend,
     Client,
     TestCa,
+    agent_connect,
+    destination_agent,
     hello_backend,
 )
 
@@ -28,12 +30,6 @@ from weft.tls import client_context, server_context
 
 AGENT_ID = Identity.parse("spiffe://cluster.local/ns/weft-system/sa/agent-node-b")
 ROUTES = (Route("r", backends=(REVIEWS_V1,)),)
-
-
-async def agent_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The destination agent's connect(): TCP to the workload, as agent.inbound does."""
-    host, _, port = authority.rpartition(":")
-    return await asyncio.open_connection(host, int(port))
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "general"])
@@ -108,37 +104,26 @@ def test_through_hbone_the_proxy_answers_as_over_tcp() -> None:
     general path and on the fast path."""
     ca = TestCa()
 
-    async def allow(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
-        return True
-
     async def scenario(over_hbone: bool, fast_path: bool = False) -> list[object]:
         backend = await Backend("b").start()
-        agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow, agent_connect)
-        await agent.start("127.0.0.1", 0)
-        svid = ca.issue(WAYPOINT_ID)
-        pool = HbonePool(lambda source: client_context(svid, ca.bundle))
-        route = EndpointRoute(("127.0.0.1", agent.port), AGENT_ID)
-        outbound = HboneOutbound(pool, WAYPOINT_ID, lambda endpoint: route)
         records: list[RequestRecord] = []
-        proxy = WaypointProxy(
-            WaypointConfig(services=(ServiceConfig(HOST, 9080, ROUTES),)),
-            {REVIEWS_V1.authority: [backend.endpoint]},
-            connect=outbound.connect if over_hbone else connect_tcp,
-            fast_dial=(outbound.dial if over_hbone else dial_tcp) if fast_path else None,
-            access_log=records.append,
-        )
-        _, port = await proxy.start()
-        client = await Client.connect(port)
-        # /close-after: the backend closes after answering, so the next request needs a new
-        # connection; /reset: it closes without answering
-        targets = ("/a", "/b", "/close-after", "/c", "/reset", "/d")
-        statuses = [(await client.get(target)).response.status for target in targets]
-        assert proxy.general_connections == (0 if fast_path else 1)
-        client.close()
-        await proxy.close()
-        await outbound.close()
-        await agent.close()
-        await pool.close()
+        async with destination_agent(ca) as outbound:
+            proxy = WaypointProxy(
+                WaypointConfig(services=(ServiceConfig(HOST, 9080, ROUTES),)),
+                {REVIEWS_V1.authority: [backend.endpoint]},
+                connect=outbound.connect if over_hbone else connect_tcp,
+                fast_dial=(outbound.dial if over_hbone else dial_tcp) if fast_path else None,
+                access_log=records.append,
+            )
+            _, port = await proxy.start()
+            client = await Client.connect(port)
+            # /close-after: the backend closes after answering, so the next request needs a new
+            # connection; /reset: it closes without answering
+            targets = ("/a", "/b", "/close-after", "/c", "/reset", "/d")
+            statuses = [(await client.get(target)).response.status for target in targets]
+            assert proxy.general_connections == (0 if fast_path else 1)
+            client.close()
+            await proxy.close()
         await backend.stop()
         return [statuses, [r.response_flags for r in records], backend.connections]
 

@@ -27,6 +27,7 @@ from waypoint.http1 import (
     ResponseParser,
     serialize_response_head,
 )
+from waypoint.outbound import EndpointRoute, HboneOutbound
 from weft.hbone import HbonePool, HboneServer, HboneStream, TunnelSettings
 from weft.identity import Identity
 from weft.tls import Svid, client_context, server_context
@@ -258,6 +259,24 @@ async def agent_connect(authority: str) -> tuple[asyncio.StreamReader, asyncio.S
     """A destination agent's connect(): TCP to the tunnel's `ip:port`, as agent.inbound does."""
     host, _, port = authority.rpartition(":")
     return await asyncio.open_connection(host, int(port))
+
+
+@contextlib.asynccontextmanager
+async def destination_agent(ca: TestCa) -> AsyncIterator[HboneOutbound]:
+    """A node agent's HBONE server on loopback, in front of every endpoint (it connects each
+    tunnel to its `ip:port`), and the waypoint's HboneOutbound reaching endpoints through it."""
+    agent = HboneServer(server_context(ca.issue(AGENT_ID), ca.bundle), allow_all, agent_connect)
+    await agent.start("127.0.0.1", 0)
+    svid = ca.issue(WAYPOINT_ID)
+    pool = HbonePool(lambda source: client_context(svid, ca.bundle))
+    route = EndpointRoute(("127.0.0.1", agent.port), AGENT_ID)
+    outbound = HboneOutbound(pool, WAYPOINT_ID, lambda endpoint: route)
+    try:
+        yield outbound
+    finally:
+        await outbound.close()
+        await agent.close()  # servers before the pool: see test_inbound's note
+        await pool.close()
 
 
 # --- an HBONE tunnel to a TCP socket the test holds ---------------------------------------------
