@@ -95,3 +95,18 @@ def applied(lab: Lab, directory: Path, name: str, text: str) -> Iterator[None]:
         yield
     finally:
         weft_on_control(lab, "delete", "-f", str(path))
+
+
+def service_route(namespace: str, service: str, port: int, *backends: str, rule: str = "") -> str:
+    """An HTTPRoute named after the Service it attaches to (`service`:`port`), with one rule:
+    `backends` are its backendRefs (flow mappings, e.g. "{name: reviews-v1, port: 8080}") and
+    `rule` any further fields of it (e.g. "timeouts: {request: 5s}")."""
+    refs = "".join(f"    - {backend}\n" for backend in backends)
+    extra = f"    {rule}\n" if rule else ""
+    return (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+        f"metadata: {{name: {service}, namespace: {namespace}}}\n"
+        "spec:\n"
+        f'  parentRefs: [{{group: "", kind: Service, name: {service}, port: {port}}}]\n'
+        f"  rules:\n  - backendRefs:\n{refs}{extra}"
+    )

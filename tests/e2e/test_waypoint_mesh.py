@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.e2e.lab_checks import service_route
 from tests.metrics_text import metric_total
 from vm.lab.lab import Lab
 from vm.lab.mesh import WEFT, MeshInfo, down_mesh, up_mesh, weft_on_control
@@ -95,18 +97,12 @@ def apply_yaml(lab: Lab, tmp_path: Path, name: str, text: str) -> float:
 
 
 def canary(v1: int, v2: int) -> str:
-    return f"""\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  parentRefs: [{{group: "", kind: Service, name: reviews, port: 8080}}]
-  rules:
-  - backendRefs:
-    - {{name: reviews-v1, port: 8080, weight: {v1}}}
-    - {{name: reviews-v2, port: 8080, weight: {v2}}}
-    timeouts: {{request: 5s}}
-"""
+    return service_route(
+        "shop", "reviews", 8080,
+        f"{{name: reviews-v1, port: 8080, weight: {v1}}}",
+        f"{{name: reviews-v2, port: 8080, weight: {v2}}}",
+        rule="timeouts: {request: 5s}",
+    )  # fmt: skip
 
 
 def waypoint_metrics(lab: Lab, namespace: str) -> str:
@@ -165,23 +161,15 @@ def test_l7_authorization_admits_frontend_get_and_denies_delete_and_others(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-READERS_POLICY = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: reviews-readers, namespace: shop}
-spec:
-  targetRefs: [{group: "", kind: Service, name: reviews}]
-  action: ALLOW
-"""
-ONLY_V1 = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 8080}]
-  rules:
-  - backendRefs: [{name: reviews-v1, port: 8080}]
-"""
+def demo_waypoint_document(kind: str, name: str) -> str:
+    """One document of the demo's waypoint resources, as the demo declares it (to delete it)."""
+    for document in yaml.safe_load_all(DEMO_WAYPOINT_RESOURCES.read_text()):
+        if document and document["kind"] == kind and document["metadata"]["name"] == name:
+            return str(yaml.safe_dump(document))
+    raise AssertionError(f"no {kind} {name} in {DEMO_WAYPOINT_RESOURCES}")
+
+
+ONLY_V1 = service_route("shop", "reviews", 8080, "{name: reviews-v1, port: 8080}")
 
 
 def test_requests_with_nothing_to_apply_ride_the_fast_path_labelled_with_the_caller(
@@ -206,7 +194,7 @@ def test_requests_with_nothing_to_apply_ride_the_fast_path_labelled_with_the_cal
 
     apply_yaml(lab, tmp_path, "only-v1.yaml", ONLY_V1)
     policy = tmp_path / "readers.yaml"
-    policy.write_text(READERS_POLICY)
+    policy.write_text(demo_waypoint_document("AuthorizationPolicy", "reviews-readers"))
     weft_on_control(lab, "delete", "-f", str(policy))
     try:
         deadline = time.monotonic() + 15
@@ -296,16 +284,10 @@ with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as chan
         out["stream"].append(e.code().name)
 print(json.dumps(out))
 """
-RATINGS_WITHOUT_GRPC_RETRY = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: ratings, namespace: ratings}
-spec:
-  parentRefs: [{group: "", kind: Service, name: ratings, port: 9090}]
-  rules:
-  - backendRefs: [{name: ratings, port: 9090}]
-    retry: {attempts: 3, codes: [503], backoff: 10ms}
-"""
+RATINGS_WITHOUT_GRPC_RETRY = service_route(
+    "ratings", "ratings", 9090, "{name: ratings, port: 9090}",
+    rule="retry: {attempts: 3, codes: [503], backoff: 10ms}",
+)  # fmt: skip
 
 
 def waypoint_version(lab: Lab, namespace: str) -> int:
