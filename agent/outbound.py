@@ -26,6 +26,7 @@ from agent.telemetry import ConnectionRecord, Telemetry
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
+from weft.hbone.accept import accept_waiting
 from weft.hbone.native_session import NativeStream
 from weft.hbone.relay import abort_socket, abort_tcp, relay_socket
 from weft.identity import Identity
@@ -218,19 +219,13 @@ class OutboundProxy:
     def _accept(self) -> None:
         """The listener is readable: take every waiting connection."""
         assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # EMFILE and friends: try again on the next wake-up
-                log.warning("outbound accept failed: %s", error)
-                return
-            sock.setblocking(False)  # TCP_NODELAY: set by C at attach, or by an asyncio transport
-            task = loop.create_task(self._handle(sock, (peer[0], peer[1])))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        accept_waiting(self._listener, self._start, "outbound")
+
+    def _start(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        sock.setblocking(False)  # TCP_NODELAY: set by C at attach, or by an asyncio transport
+        task = asyncio.get_running_loop().create_task(self._handle(sock, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         local = sock.getsockname()

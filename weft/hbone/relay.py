@@ -97,12 +97,7 @@ async def _relay_native(
         stream.attach_tcp(fd, buffered, eof)
     except HboneError:
         return RelayResult(0, 0, reset=True)
-    try:
-        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
-    except asyncio.CancelledError:
-        stream.abort(CONNECT_ERROR)
-        raise
-    return RelayResult(to_tunnel, from_tunnel, reset)
+    return await _native_relayed(stream)
 
 
 async def relay_socket(stream: NativeStream, sock: socket.socket) -> RelayResult:
@@ -112,12 +107,7 @@ async def relay_socket(stream: NativeStream, sock: socket.socket) -> RelayResult
         stream.attach_tcp(sock.detach(), b"", False)
     except HboneError:
         return RelayResult(0, 0, reset=True)
-    try:
-        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
-    except asyncio.CancelledError:
-        stream.abort(CONNECT_ERROR)
-        raise
-    return RelayResult(to_tunnel, from_tunnel, reset)
+    return await _native_relayed(stream)
 
 
 def abort_socket(sock: socket.socket) -> None:
@@ -417,3 +407,13 @@ class _TaskSplice:
         self.reset = True
         self.stream.abort(CONNECT_ERROR)
         abort_tcp(self.writer)
+
+
+async def _native_relayed(stream: NativeStream) -> RelayResult:
+    """Wait for C to finish splicing `stream`; a cancelled wait resets it."""
+    try:
+        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
+    except asyncio.CancelledError:
+        stream.abort(CONNECT_ERROR)
+        raise
+    return RelayResult(to_tunnel, from_tunnel, reset)

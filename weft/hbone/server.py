@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
+from weft.hbone.accept import accept_waiting
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
@@ -150,18 +151,12 @@ class HboneServer:
     def _accept_native(self) -> None:
         """The native listener is readable: take every waiting connection and handshake it."""
         assert self._listener is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # EMFILE and friends: try again on the next wake-up
-                log.warning("HBONE accept failed: %s", error)
-                return
-            task = loop.create_task(self._serve_native_connection(sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        accept_waiting(self._listener, self._start_native, "HBONE")
+
+    def _start_native(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_native_connection(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _serve_native_connection(self, sock: socket.socket) -> None:
         peername: object = "?"
