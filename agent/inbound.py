@@ -14,9 +14,9 @@ import contextvars
 import functools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.addresses import parse_address
 from agent.certs.manager import CertificateManager
@@ -29,6 +29,7 @@ from weft.identity import Identity
 from weft.model import Workload
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 Headers = tuple[tuple[str, str], ...]
 CONNECT_TIMEOUT = 5.0
@@ -216,31 +217,28 @@ class Inbound:
         return authorize
 
     async def _connect(self, authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self._connect_counted(authority, open_from)
+
+    async def _connect_socket(self, authority: str) -> socket.socket:
+        """_connect() for a native stream: a bare socket, no asyncio transport or streams."""
+        return await self._connect_counted(authority, connect_from)
+
+    async def _connect_counted(
+        self, authority: str, opener: Callable[[IPv4Address, IPv4Address, int], Awaitable[_T]]
+    ) -> _T:
+        """Connect to the tunnel's workload with `opener`, from the agent's address; the
+        connection is counted as opened, or closed as unavailable when the connect fails."""
         address, port = split_authority(authority)
         record = _current.get() or ConnectionRecord("inbound", "?", authority)
         record.endpoint = authority
         try:
-            connection = await open_from(self.agent_address, address, port)
+            connection = await opener(self.agent_address, address, port)
         except OSError as err:
             record.outcome, record.reason = "unavailable", repr(err)
             self._telemetry.connection_closed(record)
             raise
         self._telemetry.connection_opened(record)
         return connection
-
-    async def _connect_socket(self, authority: str) -> socket.socket:
-        """_connect() for a native stream: a bare socket, no asyncio transport or streams."""
-        address, port = split_authority(authority)
-        record = _current.get() or ConnectionRecord("inbound", "?", authority)
-        record.endpoint = authority
-        try:
-            sock = await connect_from(self.agent_address, address, port)
-        except OSError as err:
-            record.outcome, record.reason = "unavailable", repr(err)
-            self._telemetry.connection_closed(record)
-            raise
-        self._telemetry.connection_opened(record)
-        return sock
 
     def _relayed(self, result: RelayResult) -> None:
         """The tunnel's relay ended (in the task that authorized and connected it)."""

@@ -26,7 +26,7 @@ from agent.telemetry import ConnectionRecord, Telemetry
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
-from weft.hbone.accept import accept_waiting
+from weft.hbone.accept import accept_waiting, listening_socket
 from weft.hbone.native_session import NativeStream
 from weft.hbone.relay import abort_socket, abort_tcp, relay_socket
 from weft.identity import Identity
@@ -195,15 +195,7 @@ class OutboundProxy:
         return int(self._listener.getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(host, port)
         self._listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
@@ -22,12 +21,12 @@ from agent.state import NodeState
 from agent.telemetry import ConnectionRecord, Telemetry, accounted
 from agent.tunnel.connect import open_from
 from agent.tunnel.pipe import pipe
+from weft.hbone.accept import listening_socket
 from weft.hbone.relay import abort_tcp
 from weft.model import MutualTLSMode, Workload
 
 log = logging.getLogger(__name__)
 
-IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 CONNECT_TIMEOUT = 5.0
 
 
@@ -77,11 +76,7 @@ class PlaintextInbound:
 
     async def start(self, host: str) -> None:
         """Listen on `host`:port; transparent, as TPROXY delivers foreign destinations to it."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if not host.startswith("127."):
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        sock.bind((host, self.port))
+        sock = listening_socket(host, self.port, transparent=not host.startswith("127."))
         self._server = await asyncio.start_server(self.handle, sock=sock, backlog=1024)
         self.port = sock.getsockname()[1]
 

@@ -1,4 +1,4 @@
-"""Accepting every connection waiting on a bare non-blocking listener (no asyncio server)."""
+"""Bare non-blocking listeners (no asyncio server): making one, accepting what waits on it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import socket
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 
 
 def accept_waiting(
@@ -27,3 +29,20 @@ def accept_waiting(
             log.warning("%s accept failed: %s", what, error)
             return
         start(sock, (peer[0], peer[1]))
+
+
+def listening_socket(host: str, port: int, *, transparent: bool = False) -> socket.socket:
+    """A non-blocking listening TCP socket on an IP address; `transparent` sets IP_TRANSPARENT
+    before bind()."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -18,16 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from weft.hbone.connection import ClientConnection, HboneConnection, TunnelSettings
-from weft.hbone.errors import HboneError, StreamClosedError, TunnelUnavailableError
+from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import (
-    CANCEL,
     CONNECT_ERROR,
     ConnectionClosed,
     Event,
     TunnelRejected,
     TunnelRequested,
 )
-from weft.hbone.session import TunnelSession
+from weft.hbone.session import TunnelSession, refuse_unserved
 from weft.hbone.stream import HboneStream
 
 # The C module this code speaks to; a build from older sources is not used (`pip install -e .`
@@ -282,12 +281,7 @@ class NativeSession(TunnelSession):
     def _on_connection_closed(self, event: ConnectionClosed) -> None:
         if event.remote:
             if isinstance(self.core, ClientConnection):
-                for stream_id, response in self._responses.items():
-                    if stream_id > event.last_stream_id and not response.done():
-                        response.set_exception(TunnelUnavailableError("the peer sent GOAWAY"))
-                for stream_id, stream in list(self.streams.items()):
-                    if stream_id > event.last_stream_id:
-                        stream.on_reset(event.error_code or CANCEL)
+                refuse_unserved(event, self._responses, self.streams)
             if not self.streams:
                 self._close_transport()
             return

@@ -224,12 +224,8 @@ class _PooledConnection:
                 ),
                 self.pool.connect_timeout,
             )
-        except (OSError, TimeoutError, ssl.SSLError) as error:
-            raise TunnelUnavailableError(
-                f"cannot open HBONE to {host}:{port} as {source}: {error!r}",
-                hint=f"check that the destination agent listens on {port} (HBONE) and that "
-                "no network policy blocks it",
-            ) from error
+        except (OSError, TimeoutError, ssl.SSLError) as error:  # ConnectionError is an OSError
+            raise _unreachable(host, port, source, error) from error
         self.pool.stats.handshakes += 1
         try:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -249,11 +245,7 @@ class _PooledConnection:
                 context, host, port, self.pool.settings, self.pool.connect_timeout
             )
         except (OSError, TimeoutError, ssl.SSLError) as error:  # ConnectionError is an OSError
-            raise TunnelUnavailableError(
-                f"cannot open HBONE to {host}:{port} as {source}: {error!r}",
-                hint=f"check that the destination agent listens on {port} (HBONE) and that "
-                "no network policy blocks it",
-            ) from error
+            raise _unreachable(host, port, source, error) from error
         self.pool.stats.handshakes += 1
         try:
             _check_peer(
@@ -268,6 +260,16 @@ class _PooledConnection:
             raise
         session.start()
         return session
+
+
+def _unreachable(
+    host: str, port: int, source: Identity, error: Exception
+) -> TunnelUnavailableError:
+    return TunnelUnavailableError(
+        f"cannot open HBONE to {host}:{port} as {source}: {error!r}",
+        hint=f"check that the destination agent listens on {port} (HBONE) and that "
+        "no network policy blocks it",
+    )
 
 
 def _check_peer(

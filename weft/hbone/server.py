@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from weft.hbone.accept import accept_waiting
+from weft.hbone.accept import accept_waiting, listening_socket
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
@@ -34,8 +34,6 @@ Relayed = Callable[[RelayResult], None]
 # connect_socket(authority) -> connect() as a bare connected socket, for native streams (C takes
 # the descriptor: no asyncio transport or streams are made per tunnel).
 ConnectSocket = Callable[[str], Awaitable[socket.socket]]
-
-IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
 
 
 @dataclass
@@ -101,12 +99,12 @@ class HboneServer:
         loop = asyncio.get_running_loop()
         try:
             if self.data_path == "native":
-                self._listener = _listener(host, port, transparent=transparent)
+                self._listener = listening_socket(host, port, transparent=transparent)
                 loop.add_reader(self._listener.fileno(), self._accept_native)
             elif transparent:
                 self._server = await loop.create_server(
                     self._new_session,
-                    sock=_listener(host, port, transparent=True),
+                    sock=listening_socket(host, port, transparent=True),
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=self.handshake_timeout,
                 )
@@ -253,23 +251,6 @@ class HboneServer:
         finally:
             if self.relayed is not None:
                 self.relayed(result)
-
-
-def _listener(host: str, port: int, *, transparent: bool) -> socket.socket:
-    """A non-blocking listening TCP socket on an IP address; `transparent` sets IP_TRANSPARENT
-    before bind()."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if transparent:
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class _ServerSession(TunnelSession):

@@ -36,6 +36,22 @@ COALESCE_LIMIT = 64 * 1024
 RECEIVE_BUFFER = 256 * 1024
 
 
+def refuse_unserved(
+    event: ConnectionClosed,
+    responses: dict[int, asyncio.Future[int]],
+    streams: dict[int, HboneStream],
+) -> None:
+    """A client's part of the peer's GOAWAY: streams the server never saw (above its last stream
+    id) will not be served, so their pending responses fail and they are reset; the rest may
+    finish. Shared by both data paths' sessions."""
+    for stream_id, response in responses.items():
+        if stream_id > event.last_stream_id and not response.done():
+            response.set_exception(TunnelUnavailableError("the peer sent GOAWAY"))
+    for stream_id, stream in list(streams.items()):
+        if stream_id > event.last_stream_id:
+            stream.on_reset(event.error_code or CANCEL)
+
+
 class TunnelSession(asyncio.BufferedProtocol):
     """One TLS connection carrying many tunnels; the asyncio shell around an HboneConnection.
 
@@ -305,13 +321,7 @@ class TunnelSession(asyncio.BufferedProtocol):
     def _on_connection_closed(self, event: ConnectionClosed) -> None:
         if event.remote:
             if isinstance(self.core, ClientConnection):
-                # Streams the server never saw will not be served; the rest may finish.
-                for stream_id, response in self._responses.items():
-                    if stream_id > event.last_stream_id and not response.done():
-                        response.set_exception(TunnelUnavailableError("the peer sent GOAWAY"))
-                for stream_id, stream in list(self.streams.items()):
-                    if stream_id > event.last_stream_id:
-                        stream.on_reset(event.error_code or CANCEL)
+                refuse_unserved(event, self._responses, self.streams)
             if not self.streams and self.transport is not None:
                 self._close_transport()
             return

@@ -27,9 +27,9 @@ from weft.hbone import (
     TunnelRefusedError,
     TunnelUnavailableError,
 )
+from weft.hbone.accept import IP_TRANSPARENT
 from weft.hbone.relay import relay
 from weft.hbone.request import MalformedRequestError, parse_authority
-from weft.hbone.server import IP_TRANSPARENT
 from weft.identity import Identity
 from weft.tls import Svid, client_context, server_context
 
