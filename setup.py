@@ -4,13 +4,16 @@ The extension is optional: where it cannot be built (no libssl headers, e.g. a V
 provisioned offline), installation goes on and the agent runs its Python data path.
 """
 
+from glob import glob
+
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
             "weft._native",
-            sources=["weft/native/hbone.c"],
+            sources=sorted(glob("weft/native/*.c")),
+            depends=sorted(glob("weft/native/*.h")),
             libraries=["ssl", "crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,

@@ -73,7 +73,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # setup.py and weft/native/ too: an editable install does not rebuild weft._native by itself.
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ] ||
-   [ -n "$(find weft/native -newer "$STAMP" -name '*.c' 2>/dev/null)" ]; then
+   [ -n "$(find weft/native -newer "$STAMP" \( -name '*.c' -o -name '*.h' \) 2>/dev/null)" ]; then
   say "installing weft-mesh (editable, with the dev extra unless WEFT_SETUP_GUEST=1)"
   [ "${WEFT_SETUP_GUEST:-0}" = 1 ] || "$VENV/bin/python" -m pip install -q --upgrade pip
   if [ "${WEFT_SETUP_GUEST:-0}" = 1 ]; then
