@@ -37,3 +37,22 @@ def spread(values: Sequence[float]) -> float:
         raise ValueError("spread of no values")
     mid = median(values)
     return 0.0 if mid == 0 else (max(values) - min(values)) / abs(mid)
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics x(i), x(n-1-i) (0-based)
+    with the largest i for which P(Binomial(n, 1/2) <= i) <= (1 - confidence) / 2, so the true
+    median lies outside with probability at most 1 - confidence. Too few values for that (fewer
+    than 6 at 95%): (min, max)."""
+    if not values:
+        raise ValueError("median interval of no values")
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1.0 - confidence) / 2
+    index, cdf = 0, 0.0
+    for i in range(n // 2):
+        cdf += math.comb(n, i) / 2.0**n
+        if cdf > tail:
+            break
+        index = i
+    return float(ordered[index]), float(ordered[n - 1 - index])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.stats import median, percentile, spread
+from bench.stats import median, median_interval, percentile, spread
 
 
 def test_percentile_is_nearest_rank_so_it_is_a_real_sample() -> None:
@@ -51,3 +51,21 @@ def test_percentiles_are_samples_and_ordered(samples: list[float]) -> None:
     assert p50 in samples
     assert p50 <= p99 <= p999 <= max(samples)
     assert min(samples) <= median(samples) <= max(samples)
+
+
+def test_median_interval_uses_the_binomial_order_statistics() -> None:
+    # The textbook ranks at 95%: n=15 -> 4th and 12th, n=20 -> 6th and 15th (1-based).
+    assert median_interval([float(v) for v in range(1, 16)]) == (4.0, 12.0)
+    assert median_interval([float(v) for v in reversed(range(1, 21))]) == (6.0, 15.0)
+
+
+def test_median_interval_of_too_few_values_is_their_range() -> None:
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    with pytest.raises(ValueError, match="no values"):
+        median_interval([])
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60))
+def test_median_interval_contains_the_median(values: list[float]) -> None:
+    low, high = median_interval(values)
+    assert low <= median(values) <= high

@@ -1,0 +1,261 @@
+"""The capture's connect() figure alone: many short interleaved rounds, direct vs captured.
+
+`weft bench weft-same-node connrate` measures connect() p50 in 7 rounds of one second each, beside
+the connection-rate runs; this asks only that question, with more rounds (the order of the arms
+rotates each round) and with *variants* of how the client's node agent is scheduled, applied to
+the running agent between runs (no restart, so every arm shares the same lab, agent and state):
+
+    sudo .venv/bin/python -m bench.connect_ab --rounds 20 --variant nice-5 --variant batch
+
+Each arm's figure per round is conn_client's connect() p50 over SECONDS of one-at-a-time
+connections; the result is the median of the per-round differences to `direct-same-node`, with
+a distribution-free 95% interval of that median. `--trace` attaches bench.connect_trace and
+reports, per arm, how often the client's connect() left the CPU and why (asleep or preempted,
+and by what). Results go to bench/results/<UTC time>-connect-ab[-LABEL].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.connect_trace import ConnectTracer
+from bench.loads.catalog import SERVICE_PORTS
+from bench.loads.connrate import MESSAGE_BYTES, parse_conn_output
+from bench.native import NativeTools, build_tools
+from bench.paths import make_path
+from bench.priority import NICE, prioritized
+from bench.result import describe_commit, describe_machine
+from bench.servers import start_servers
+from bench.session import open_testbed
+from bench.stats import median, median_interval, percentile, spread
+from bench.testbed import Testbed, prepare_layout
+
+RESULTS_DIR = Path(__file__).parent / "results"
+DIRECT = "direct"  # the arm every other is compared with: direct-same-node
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How the client's node agent (every thread) and, as a diagnostic, the client are run."""
+
+    nice: int = NICE
+    policy: int = os.SCHED_OTHER
+    agent_cpus: frozenset[int] | None = None  # None: every CPU
+    client_cpu: int | None = None
+
+
+VARIANTS: dict[str, Scheduling] = {
+    "nice-5": Scheduling(),  # what `weft bench` runs the agents at (bench.priority)
+    "nice0": Scheduling(nice=0),  # what the agents run at outside the bench
+    "batch": Scheduling(policy=os.SCHED_BATCH),  # no wakeup preemption of the client
+    "batch-nice0": Scheduling(nice=0, policy=os.SCHED_BATCH),
+    # A diagnostic, not a fix: the agent can never run on the client's CPU.
+    "pinned": Scheduling(agent_cpus=frozenset({1}), client_cpu=0),
+}
+
+
+def _threads(pid: int) -> Iterator[int]:
+    """Every thread of `pid` and of its children."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            yield int(task.name)
+            for child in (task / "children").read_text().split():
+                yield from _threads(int(child))
+
+
+def apply_scheduling(pid: int, scheduling: Scheduling) -> None:
+    everywhere = frozenset(range(os.cpu_count() or 1))
+    for tid in _threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(tid, scheduling.policy, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, scheduling.nice)
+            os.sched_setaffinity(tid, scheduling.agent_cpus or everywhere)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    client: str
+    host: str
+    variant: Scheduling | None  # None: the direct arm (no agent involved)
+
+
+@dataclass
+class ArmRounds:
+    p50_us: list[float]
+    p90_us: list[float]
+    conn_s: list[float]
+    at: list[float]  # seconds since the start, per round
+    trace: list[dict[str, Any]]
+
+
+def run_once(
+    testbed: Testbed, arm: Arm, agent_pid: int, tools: NativeTools, seconds: float
+) -> tuple[float, float, float]:
+    """One conn_client run on `arm`: connect() p50 and p90 (us) and connections per second."""
+    if arm.variant is not None:
+        apply_scheduling(agent_pid, arm.variant)
+    client_cpu = arm.variant.client_cpu if arm.variant else None
+    pin = ["taskset", "-c", str(client_cpu)] if client_cpu is not None else []
+    argv = [str(tools.conn_client), arm.host, str(SERVICE_PORTS["echo"]), str(MESSAGE_BYTES)]
+    argv += [f"{seconds:g}", "500000", "1"]
+    proc = testbed.exec(arm.client, prioritized([*pin, *argv]), timeout=seconds + 20)
+    run = parse_conn_output(proc.stdout)
+    if run.connections == 0 or run.failures > run.connections // 100:
+        raise RuntimeError(f"{arm.name}: {run.failures} failed, {run.connections} completed")
+    connect_us = [ns / 1000 for ns in run.connect_ns]
+    return percentile(connect_us, 0.5), percentile(connect_us, 0.9), run.rate
+
+
+def measure(
+    testbed: Testbed,
+    arms: Sequence[Arm],
+    agent_pid: int,
+    *,
+    tools: NativeTools,
+    rounds: int,
+    seconds: float,
+    tracer: ConnectTracer | None,
+) -> dict[str, ArmRounds]:
+    collected = {arm.name: ArmRounds([], [], [], [], []) for arm in arms}
+    start = time.monotonic()
+    for index in range(rounds):
+        shift = index % len(arms)
+        for arm in [*arms[shift:], *arms[:shift]]:
+            if tracer is not None:
+                tracer.take()  # drop what came before this run
+            p50, p90, rate = run_once(testbed, arm, agent_pid, tools, seconds)
+            figures = collected[arm.name]
+            figures.p50_us.append(p50)
+            figures.p90_us.append(p90)
+            figures.conn_s.append(rate)
+            figures.at.append(round(time.monotonic() - start, 1))
+            if tracer is not None:
+                figures.trace.append(tracer.take().summary())
+            print(f"round {index + 1}/{rounds} {arm.name:<14} connect() p50 {p50:6.1f} us  "
+                  f"p90 {p90:6.1f} us  {rate:8,.0f} conn/s", flush=True)  # fmt: skip
+    apply_scheduling(agent_pid, VARIANTS["nice-5"])  # as the bench leaves it
+    return collected
+
+
+def summarize(collected: dict[str, ArmRounds]) -> dict[str, Any]:
+    """Per arm: its p50 median and spread; per captured arm: the per-round added p50."""
+    direct = collected[DIRECT].p50_us
+    summary: dict[str, Any] = {}
+    for name, figures in collected.items():
+        entry: dict[str, Any] = {
+            "p50_us_median": median(figures.p50_us),
+            "p50_spread": spread(figures.p50_us),
+            "p90_us_median": median(figures.p90_us),
+            "conn_s_median": median(figures.conn_s),
+        }
+        if name != DIRECT:
+            added = [mine - base for mine, base in zip(figures.p50_us, direct, strict=True)]
+            low, high = median_interval(added)
+            entry.update(added_us=added, added_us_median=median(added), added_us_ci95=[low, high])
+        summary[name] = entry
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.connect_ab", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per conn_client run")
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
+                        help="agent scheduling variants to compare (default: nice-5)")  # fmt: skip
+    parser.add_argument("--trace", action="store_true", help="attach bench.connect_trace")
+    parser.add_argument("--testbed", choices=("lab", "running"), default="lab")
+    parser.add_argument("--label", help="results file suffix")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.rounds < 3 or not 0.1 <= args.seconds <= 10:
+        parser.error("--rounds must be >= 3 and --seconds within 0.1..10")
+    variants = args.variant or ["nice-5"]
+    tools = build_tools()
+    started = datetime.datetime.now(datetime.UTC)
+    machine = describe_machine()
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    tracer = ConnectTracer() if args.trace else None  # before the lab: fails fast
+    with open_testbed(args.testbed, progress) as (testbed, client_node, server_node):
+        layout = prepare_layout(testbed, client_node, server_node)
+        server_pids = start_servers(testbed, layout, tools)
+        direct, weft = make_path("direct-same-node"), make_path("weft-same-node")
+        try:
+            workdir = Path(tempfile.mkdtemp(prefix="weft-connect-ab-"))  # the paths write none
+            base = direct.setup(testbed, layout, workdir)
+            meshed = weft.setup(testbed, layout, workdir)
+            agent_pid = weft.mesh_pids()[0]
+            arms = [Arm(DIRECT, base.client, base.addresses["echo"][0], None)]
+            arms += [
+                Arm(f"weft:{name}", meshed.client, meshed.addresses["echo"][0], VARIANTS[name])
+                for name in variants
+            ]
+            collected = measure(
+                testbed, arms, agent_pid, tools=tools, rounds=args.rounds, seconds=args.seconds,
+                tracer=tracer,
+            )  # fmt: skip
+        finally:
+            if tracer is not None:
+                tracer.close()
+            weft.teardown()
+            direct.teardown()
+            for pid in server_pids:
+                testbed.stop(pid)
+    machine["loadavg_at_end"] = list(os.getloadavg())
+    summary = summarize(collected)
+    record = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "commit": describe_commit(),
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "variants": {name: _describe(VARIANTS[name]) for name in variants},
+            "trace": args.trace,
+            "order": "each round runs every arm once; the order rotates round to round",
+        },
+        "arms": {name: vars(figures) for name, figures in collected.items()},
+        "summary": summary,
+    }
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out = args.results_dir / f"{stamp}-connect-ab{'-' + args.label if args.label else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    for name, entry in summary.items():
+        line = f"{name:<14} p50 {entry['p50_us_median']:6.1f} us (spread {entry['p50_spread']:.0%})"
+        if "added_us_median" in entry:
+            low, high = entry["added_us_ci95"]
+            line += f"  added {entry['added_us_median']:+.1f} us (95% CI {low:+.1f} .. {high:+.1f})"
+        print(line)
+    print(f"load average at the end {machine['loadavg_at_end']}; result: {out}")
+    return 0
+
+
+def _describe(scheduling: Scheduling) -> dict[str, Any]:
+    return {
+        "nice": scheduling.nice,
+        "policy": {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH"}.get(
+            scheduling.policy, str(scheduling.policy)
+        ),
+        "agent_cpus": sorted(scheduling.agent_cpus) if scheduling.agent_cpus else "all",
+        "client_cpu": scheduling.client_cpu,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
