@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from weft.hbone.connection import ClientConnection, TunnelSettings
 from weft.hbone.errors import HboneError, TunnelUnavailableError
-from weft.hbone.native_session import check_data_path, open_native_session
+from weft.hbone.native_session import (
+    EndCallback,
+    NativeSession,
+    NativeStream,
+    ResponseCallback,
+    check_data_path,
+    open_native_session,
+)
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
@@ -104,6 +111,35 @@ class HbonePool:
         stream.add_finished_callback(lambda _: connection.release())
         return stream
 
+    def open_socket_now(
+        self,
+        key: PoolKey,
+        authority: str,
+        headers: tuple[tuple[str, str], ...],
+        fd: int,
+        *,
+        on_response: ResponseCallback,
+        on_end: EndCallback,
+    ) -> NativeStream | None:
+        """The native fast path of open_stream() + relay: if a pooled connection is ready and
+        has room, open the tunnel on it with the TCP socket `fd` (C owns it from then on and
+        splices it on 200) and return the stream; None (fd untouched) otherwise, for the caller
+        to open_stream() and wait. C calls on_response once, then on_end once."""
+        for connection in self._connections.get(key, ()):
+            session = connection.session
+            if (
+                isinstance(session, NativeSession)
+                and not connection._closing
+                and connection.reserved < self.max_streams
+                and session.has_room()
+            ):
+                stream = session.open_socket(authority, headers, fd, on_response, on_end)
+                connection.reserve()
+                self.stats.streams_opened += 1
+                stream.add_finished_callback(connection.release_stream)
+                return stream
+        return None
+
     async def close(self) -> None:
         """Close every pooled connection (their tunnels are reset)."""
         connections = [c for group in self._connections.values() for c in group]
@@ -137,11 +173,11 @@ class _PooledConnection:
         self.pool = pool
         self.key = key
         self.reserved = 0
-        self.session: TunnelSession | None = None
+        self.session: TunnelSession | NativeSession | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self.ready: asyncio.Task[TunnelSession] = asyncio.get_running_loop().create_task(
-            self._connect()
+        self.ready: asyncio.Task[TunnelSession | NativeSession] = (
+            asyncio.get_running_loop().create_task(self._connect())
         )
         # The handshake's outcome is read by every waiting open_stream(); nobody may be left
         # with an unretrieved exception when all of them were cancelled.
@@ -152,14 +188,16 @@ class _PooledConnection:
             return False
         if self.session is None:
             return not self.ready.done()  # still handshaking: streams may queue on it
-        assert isinstance(self.session.core, ClientConnection)
-        return self.session.usable and self.session.core.can_open_tunnel
+        return self.session.has_room()
 
     def reserve(self) -> None:
         self.reserved += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+    def release_stream(self, stream: HboneStream) -> None:
+        self.release()
 
     def release(self) -> None:
         self.reserved -= 1
@@ -185,7 +223,7 @@ class _PooledConnection:
         if self.reserved == 0:
             self.close()
 
-    def _on_ready(self, ready: asyncio.Task[TunnelSession]) -> None:
+    def _on_ready(self, ready: asyncio.Task[TunnelSession | NativeSession]) -> None:
         if ready.cancelled() or ready.exception() is not None:
             self._closing = True
             self.pool._forget(self)
@@ -207,7 +245,7 @@ class _PooledConnection:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
 
-    async def _connect(self) -> TunnelSession:
+    async def _connect(self) -> TunnelSession | NativeSession:
         source, destination, (host, port) = self.key.source, self.key.destination, self.key.peer
         loop = asyncio.get_running_loop()
         if self.pool.data_path == "native":
@@ -236,7 +274,7 @@ class _PooledConnection:
             raise
         return session
 
-    async def _connect_native(self) -> TunnelSession:
+    async def _connect_native(self) -> NativeSession:
         """_connect() on the native data path: C does the TLS handshake and then the I/O."""
         source, destination, (host, port) = self.key.source, self.key.destination, self.key.peer
         try:

@@ -412,7 +412,7 @@ class _TaskSplice:
 async def _native_relayed(stream: NativeStream) -> RelayResult:
     """Wait for C to finish splicing `stream`; a cancelled wait resets it."""
     try:
-        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.relayed)
+        to_tunnel, from_tunnel, reset = await asyncio.shield(stream.wait_relayed())
     except asyncio.CancelledError:
         stream.abort(CONNECT_ERROR)
         raise

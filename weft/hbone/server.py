@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from weft.hbone.accept import accept_waiting, listening_socket
 from weft.hbone.connection import ServerConnection, TunnelSettings
 from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
 from weft.hbone.native_session import NativeSession, NativeStream, check_data_path
-from weft.hbone.relay import RelayResult, relay, relay_socket
+from weft.hbone.relay import RelayResult, relay
+from weft.hbone.request import ConnectRequest, MalformedRequestError, validate_connect
+from weft.hbone.run_now import Pending, run_now
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
 from weft.identity import Identity
@@ -76,7 +79,7 @@ class HboneServer:
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
         self._listener: socket.socket | None = None  # the native data path's own
-        self._sessions: set[TunnelSession] = set()
+        self._sessions: set[TunnelSession | NativeSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -160,7 +163,7 @@ class HboneServer:
         peername: object = "?"
         with contextlib.suppress(OSError):
             peername = sock.getpeername()
-        session = _NativeServerSession(self)
+        session = _NativeServerSession(self.settings)
         try:
             await session.handshake(
                 sock, self.ssl_context, server_side=True, timeout=self.handshake_timeout
@@ -181,12 +184,94 @@ class HboneServer:
         self.stats.connections_accepted += 1
         self._sessions.add(session)
         session.closed.add_done_callback(lambda _: self._sessions.discard(session))
+        session.on_request = self._native_request
         session.start()
+
+    # --- the native data path: one call per request, most answered within it ------------------
+
+    def _native_request(
+        self, session: NativeSession, stream_id: int, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """C decoded a CONNECT: validate it (400 on this stream only), then authorize, connect
+        and answer, synchronously when nothing has to wait (see run_now)."""
+        try:
+            request = validate_connect(fields)
+        except MalformedRequestError as error:
+            log.info("HBONE stream %d answered 400: %s", stream_id, error)
+            session.conn.refuse(stream_id, 400)
+            return
+        stream = session.register(stream_id, request.authority)
+        # authorize(), connect and relayed() of one tunnel share a context (the agent passes
+        # the connection's record between them in a context variable), as a task would give.
+        context = contextvars.copy_context()
+        try:
+            outcome = context.run(
+                run_now, self._serve_native_tunnel(session, stream, request, context)
+            )
+        except Exception:  # a bug: it must cost this tunnel only
+            log.exception("serving HBONE stream %d failed", stream_id)
+            stream.abort()
+            return
+        if isinstance(outcome, Pending):
+            task = asyncio.get_running_loop().create_task(outcome.resume(), context=context)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_native_tunnel(
+        self,
+        session: NativeSession,
+        stream: NativeStream,
+        request: ConnectRequest,
+        context: contextvars.Context,
+    ) -> None:
+        assert isinstance(session, _NativeServerSession)
+        assert session.peer is not None
+        try:
+            allowed = await self.authorize(session.peer, request.authority, request.headers)
+        except Exception:
+            log.exception(
+                "authorize() failed for %s -> %s; refusing", session.peer, request.authority
+            )
+            allowed = False
+        if not allowed:
+            self.stats.tunnels_denied += 1
+            session.reject(stream, 401)
+            return
+        if self.relayed is not None:
+            relayed = self.relayed
+            stream.on_end = lambda to, from_, reset: context.run(
+                relayed, RelayResult(to, from_, reset)
+            )
+        try:
+            if self.connect_socket is not None:
+                sock = await _bounded(self.connect_socket(request.authority), self.connect_timeout)
+            else:
+                reader, writer = await asyncio.wait_for(
+                    self.connect(request.authority), self.connect_timeout
+                )
+        except (OSError, LookupError, TimeoutError) as error:
+            log.info("HBONE target %s unreachable: %r", request.authority, error)
+            self.stats.tunnels_unavailable += 1
+            stream.on_end = None
+            session.reject(stream, 503)
+            return
+        try:
+            if self.connect_socket is not None:
+                session.respond(stream, sock)  # 200, and C splices from here on
+            else:
+                session.accept(stream)
+        except StreamClosedError:  # the client gave up while we were connecting
+            if self.connect_socket is None:
+                writer.close()
+            return
+        self.stats.tunnels_opened += 1
+        if self.connect_socket is None:
+            await relay(stream, reader, writer)
 
     def _on_tunnel_requested(
         self, session: TunnelSession, stream: HboneStream, request: TunnelRequested
     ) -> None:
-        assert isinstance(session, _ServerSession | _NativeServerSession)
+        assert isinstance(session, _ServerSession)
         assert session.peer is not None
         task = asyncio.get_running_loop().create_task(
             self._serve_tunnel(session, session.peer, stream, request)
@@ -210,14 +295,9 @@ class HboneServer:
             self.stats.tunnels_denied += 1
             session.reject(stream, 401)
             return
-        bare = self.connect_socket is not None and isinstance(stream, NativeStream)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if bare:
-                    assert self.connect_socket is not None
-                    sock = await self.connect_socket(request.authority)
-                else:
-                    reader, writer = await self.connect(request.authority)
+                reader, writer = await self.connect(request.authority)
         except (OSError, LookupError, TimeoutError) as error:
             log.info("HBONE target %s unreachable: %r", request.authority, error)
             self.stats.tunnels_unavailable += 1
@@ -226,19 +306,12 @@ class HboneServer:
         try:
             session.accept(stream)
         except StreamClosedError:  # the client gave up while we were connecting
-            if bare:
-                sock.close()
-            else:
-                writer.close()
+            writer.close()
             return
         self.stats.tunnels_opened += 1
         result = RelayResult(0, 0, reset=True)
         try:
-            if bare:
-                assert isinstance(stream, NativeStream)
-                result = await relay_socket(stream, sock)
-            else:
-                result = await relay(stream, reader, writer)
+            result = await relay(stream, reader, writer)
         except Exception:
             # relay() maps every I/O failure to a reset; anything else is a bug in it, and
             # must cost this tunnel only.
@@ -282,6 +355,16 @@ class _ServerSession(TunnelSession):
 class _NativeServerSession(NativeSession):
     """A server-side session on the native data path; the server checks ALPN and peer."""
 
-    def __init__(self, server: HboneServer) -> None:
-        super().__init__(ServerConnection(server.settings), server._on_tunnel_requested)
+    def __init__(self, settings: TunnelSettings) -> None:
+        super().__init__(settings, server_side=True)
         self.peer: Identity | None = None
+
+
+async def _bounded(connect: Awaitable[socket.socket], timeout: float) -> socket.socket:
+    """`await connect`, but no longer than `timeout` once it has to wait: a connect that
+    completes at once (a workload on this node) costs no timer, task or future."""
+    coro = cast("Coroutine[Any, Any, socket.socket]", connect)
+    outcome = run_now(coro)
+    if not isinstance(outcome, Pending):
+        return outcome
+    return await asyncio.wait_for(outcome.resume(), timeout)

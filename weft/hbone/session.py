@@ -135,6 +135,11 @@ class TunnelSession(asyncio.BufferedProtocol):
     def usable(self) -> bool:
         return not self._lost and not self.core.closed
 
+    def has_room(self) -> bool:
+        """One more tunnel fits under both ends' stream limits (no GOAWAY either way)."""
+        assert isinstance(self.core, ClientConnection)
+        return self.usable and self.core.can_open_tunnel
+
     @property
     def writable(self) -> bool:
         """The TLS transport takes more bytes now (it has not paused us)."""

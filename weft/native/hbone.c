@@ -1,10 +1,11 @@
 /* weft._native: the compiled HBONE data path of one TLS connection (see weft/native/README.md).
  *
- * C owns the TLS connection's I/O (an SSL* made from the SSL_CTX of a weft.tls ssl.SSLContext),
- * the HTTP/2 framing, every DATA frame, both flow-control windows in both directions, and the
- * splice of each stream to its TCP socket. Python (h2, through weft.hbone.native_session) keeps
- * everything else: C hands it the bytes of every other frame, and sends the bytes h2 wants to
- * send through this object's single TLS write queue, so frame order is kept.
+ * C owns the TLS connection's I/O (an SSL* made from the SSL_CTX of a weft.tls ssl.SSLContext)
+ * and speaks all of HTTP/2 on it: the preface, SETTINGS, PING, GOAWAY, RST_STREAM, HEADERS and
+ * CONTINUATION (decoded by hpack.c), every DATA frame, both flow-control windows in both
+ * directions, stream states and limits, and the splice of each stream to its TCP socket.
+ * Python (weft.hbone.native_session) hears once per stream when it opens (a server's CONNECT
+ * fields, a client's response status) and once when it ends (bytes each way, reset).
  *
  * Everything runs on the event loop thread with the GIL held; the loop calls the _tls_* and
  * _tcp_* methods when a socket is ready. Any call into Python (the owner's callbacks) may call
@@ -23,6 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "hpack.h"
+
 /* CPython 3.11's _ssl._SSLContext begins with the SSL_CTX pointer (Modules/_ssl.c). */
 typedef struct {
     PyObject_HEAD
@@ -31,17 +34,24 @@ typedef struct {
 
 enum { F_DATA = 0, F_HEADERS = 1, F_PRIORITY = 2, F_RST = 3, F_SETTINGS = 4, F_PUSH = 5,
        F_PING = 6, F_GOAWAY = 7, F_WINDOW_UPDATE = 8, F_CONTINUATION = 9 };
-enum { FLAG_END_STREAM = 0x1, FLAG_END_HEADERS = 0x4, FLAG_PADDED = 0x8, FLAG_ACK = 0x1 };
-enum { E_PROTOCOL = 0x1, E_INTERNAL = 0x2, E_FLOW_CONTROL = 0x3, E_FRAME_SIZE = 0x6 };
+enum { FLAG_END_STREAM = 0x1, FLAG_END_HEADERS = 0x4, FLAG_PADDED = 0x8, FLAG_ACK = 0x1,
+       FLAG_PRIORITY = 0x20 };
+enum { E_NO = 0x0, E_PROTOCOL = 0x1, E_INTERNAL = 0x2, E_FLOW_CONTROL = 0x3,
+       E_STREAM_CLOSED = 0x5, E_FRAME_SIZE = 0x6, E_REFUSED = 0x7, E_CANCEL = 0x8,
+       E_COMPRESSION = 0x9, E_CONNECT = 0xa, E_CALM = 0xb };
 
-#define WEFT_NATIVE_API_VERSION 1
+#define WEFT_NATIVE_API_VERSION 2
+#define MAX_STREAM_ID 0x7fffffffU
+/* A header block (HEADERS + CONTINUATION) larger than this ends the connection: it cannot be
+ * skipped without losing the HPACK state, and a CONNECT needs a few hundred bytes. */
+#define MAX_HEADER_BLOCK (64 * 1024)
+static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define MAX_WINDOW 0x7fffffffLL
 #define PREFACE_LEN 24
 #define READ_MAX (256 * 1024)      /* one TCP read: one DATA frame (if the peer allows it) */
 #define OUT_HIGH (1024 * 1024)     /* stop reading TCP above this many unsent TLS bytes */
 #define OUT_LOW (256 * 1024)       /* ... and resume below this */
 #define TLS_READ_CHUNK (64 * 1024) /* room kept free in the inbound buffer for one SSL_read */
-#define MAX_HELD_STREAMS 256       /* server: streams opened by HEADERS that Python has not seen */
 
 /* ---- buffers ------------------------------------------------------------------------------ */
 
@@ -122,7 +132,11 @@ typedef struct {
     Buf up;                 /* from TCP (attach's buffered bytes), not yet framed */
     uint64_t to_tunnel, from_tunnel;
     unsigned reading : 1, writing : 1, blocked : 1, tcp_eof : 1, eof_told : 1,
-        remote_end : 1, shut_wr : 1, reset : 1, reset_pending : 1, attached : 1, check : 1;
+        remote_end : 1, shut_wr : 1, reset : 1, reset_pending : 1, attached : 1, check : 1,
+        known : 1,     /* Python was told of the stream: it hears of its end */
+        awaiting : 1,  /* client: the response has not arrived */
+        answered : 1,  /* server: the response went out */
+        refused : 1;   /* client: above the last stream id of the peer's GOAWAY */
 } Stream;
 
 /* ---- the connection ------------------------------------------------------------------------ */
@@ -136,16 +150,27 @@ typedef struct {
     PyObject *cb_tls_readable, *cb_tls_writable, *cb_tcp_readable, *cb_tcp_writable;
     PyObject *fd_obj;
     int tls_reading, tls_writing, started;
-    Buf in, out, ctrl;
+    Buf in, out;
     int preface_left;
-    int in_headers; /* a HEADERS block without END_HEADERS: everything goes to h2 until it ends */
+    int got_settings;  /* the peer's first frame (its SETTINGS) arrived */
+    /* a header block being assembled: HEADERS without END_HEADERS, then CONTINUATIONs */
+    int in_headers, hb_end_stream;
+    uint32_t hb_sid;
+    Buf hb;
+    hpack_decoder hpack;
+    int hpack_ready;
+    int goaway_sent, goaway_received, draining;
+    uint32_t goaway_last;      /* the last stream id of the peer's GOAWAY */
+    uint32_t peer_max_streams; /* the peer's SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t local_max_streams, max_header_list;
+    uint32_t next_stream;      /* client: the id the next open() takes */
     int64_t conn_send_window, conn_recv_window;
     uint64_t conn_unacked;
     int64_t peer_initial_window;
     uint32_t peer_max_frame;
     uint32_t local_stream_window, local_max_frame;
     uint64_t ack_batch;
-    uint32_t highest_stream;
+    uint32_t highest_stream; /* server: the highest stream id the peer opened */
     Stream **streams;
     int nstreams, cap_streams, nblocked;
     Stream *last;
@@ -162,7 +187,7 @@ typedef struct {
 #define DEAD(c) ((c)->lost || (c)->lost_pending || (c)->torn_down)
 
 static PyObject *str_add_reader, *str_remove_reader, *str_add_writer, *str_remove_writer;
-static PyObject *str_frames, *str_error, *str_lost, *str_tcp_eof, *str_tcp_reset, *str_finished;
+static PyObject *str_request, *str_response, *str_goaway, *str_error, *str_lost, *str_finished;
 static PyTypeObject *ssl_context_type;
 
 static Stream *find_stream(Conn *c, uint32_t id) {
@@ -188,7 +213,7 @@ static Stream *new_stream(Conn *c, uint32_t id) {
     s->send_window = c->peer_initial_window;
     s->recv_window = c->local_stream_window;
     c->streams[c->nstreams++] = s;
-    if (id > c->highest_stream) c->highest_stream = id;
+    if (c->server && id > c->highest_stream) c->highest_stream = id;
     return s;
 }
 
@@ -311,6 +336,81 @@ static void emit_window_update(Conn *c, uint32_t sid, uint64_t increment) {
     buf_append(&c->out, frame, sizeof(frame));
 }
 
+static void put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void emit_frame(Conn *c, int type, int flags, uint32_t sid, const void *payload,
+                       uint32_t len) {
+    unsigned char header[9];
+    put_header(header, len, type, flags, sid);
+    buf_append(&c->out, header, 9);
+    buf_append(&c->out, payload, len);
+}
+
+static void emit_rst(Conn *c, uint32_t sid, uint32_t code) {
+    unsigned char payload[4];
+    put32(payload, code);
+    emit_frame(c, F_RST, 0, sid, payload, 4);
+}
+
+/* GOAWAY naming the last stream the peer opened that we may serve (a client serves none). */
+static void emit_goaway(Conn *c, uint32_t code, const char *reason) {
+    unsigned char payload[8 + 128];
+    size_t n = reason ? strlen(reason) : 0;
+    if (n > 128) n = 128;
+    put32(payload, c->server ? c->highest_stream : 0);
+    put32(payload + 4, code);
+    if (n) memcpy(payload + 8, reason, n);
+    emit_frame(c, F_GOAWAY, 0, 0, payload, (uint32_t)(8 + n));
+    c->goaway_sent = 1;
+}
+
+/* A response of one field: `:status 200` is static index 8 (one byte); another status is a
+ * literal without indexing with name index 8 and a 3-digit value (RFC 7541 6.2.2). */
+static void emit_status(Conn *c, uint32_t sid, int status, int end_stream) {
+    unsigned char block[5];
+    uint32_t n;
+    if (status == 200) {
+        block[0] = 0x88;
+        n = 1;
+    } else {
+        if (status < 100 || status > 999) status = 500;
+        block[0] = 0x08;
+        block[1] = 3;
+        block[2] = (unsigned char)('0' + status / 100);
+        block[3] = (unsigned char)('0' + status / 10 % 10);
+        block[4] = (unsigned char)('0' + status % 10);
+        n = 5;
+    }
+    emit_frame(c, F_HEADERS, FLAG_END_HEADERS | (end_stream ? FLAG_END_STREAM : 0), sid, block, n);
+}
+
+/* Our preface (client) and SETTINGS, and the connection window above the default 65,535. */
+static void emit_preface(Conn *c) {
+    unsigned char settings[30];
+    uint32_t n = 0;
+    struct { unsigned id; uint32_t value; } values[] = {
+        {0x2, 0}, /* ENABLE_PUSH: a client only */
+        {0x3, c->local_max_streams},
+        {0x4, c->local_stream_window},
+        {0x5, c->local_max_frame},
+        {0x6, c->max_header_list},
+    };
+    if (!c->server) buf_append(&c->out, PREFACE, PREFACE_LEN);
+    for (size_t i = c->server ? 1 : 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        settings[n] = (unsigned char)(values[i].id >> 8);
+        settings[n + 1] = (unsigned char)values[i].id;
+        put32(settings + n + 2, values[i].value);
+        n += 6;
+    }
+    emit_frame(c, F_SETTINGS, 0, 0, settings, n);
+    if (c->conn_recv_window > 65535) emit_window_update(c, 0, (uint64_t)c->conn_recv_window - 65535);
+}
+
 /* Give back window for bytes passed on (or dropped), in batches. */
 static void credit(Conn *c, Stream *s, uint64_t n) {
     c->conn_unacked += n;
@@ -370,7 +470,7 @@ static void abort_fd(int fd) {
 /* Close the stream's socket and tell the owner the stream is finished. s is freed. */
 static void finish_stream(Conn *c, Stream *s) {
     uint32_t sid = s->id;
-    int attached = s->attached, reset = s->reset;
+    int known = s->known, reset = s->reset;
     uint64_t to_tunnel = s->to_tunnel, from_tunnel = s->from_tunnel;
     /* the connection's share of bytes nobody will read */
     uint64_t dropped = s->down.len;
@@ -386,7 +486,7 @@ static void finish_stream(Conn *c, Stream *s) {
     s->reset = 1; /* no stream window to give back any more */
     if (dropped) credit(c, NULL, dropped);
     drop_stream(c, s);
-    if (attached)
+    if (known)
         owner_call(c, str_finished,
                    Py_BuildValue("(kKKO)", (unsigned long)sid, (unsigned long long)to_tunnel,
                                  (unsigned long long)from_tunnel, reset ? Py_True : Py_False));
@@ -396,14 +496,13 @@ static void maybe_finish(Conn *c, Stream *s) {
     if (s->attached && s->eof_told && s->shut_wr && !s->down.len) finish_stream(c, s);
 }
 
-/* The TCP side failed: reset it here, then have h2 reset the stream (RST_STREAM). */
+/* The TCP side failed: reset it here and the stream (RST_STREAM CONNECT_ERROR). */
 static void tcp_failed(Conn *c, uint32_t sid) {
     Stream *s = find_stream(c, sid);
     if (!s || s->reset) return;
     s->reset = 1;
-    s->down.len = 0;
-    owner_call(c, str_tcp_reset, Py_BuildValue("(k)", (unsigned long)sid));
-    if ((s = find_stream(c, sid)) != NULL) finish_stream(c, s);
+    if (!DEAD(c)) emit_rst(c, sid, E_CONNECT);
+    finish_stream(c, s);
 }
 
 /* Frame what can be sent of s->up (bytes Python's StreamReader had already read). */
@@ -471,13 +570,13 @@ static int stream_read_up(Conn *c, Stream *s, int *failed) {
     return 0;
 }
 
-/* The TCP side sent FIN and every byte before it is queued: h2 ends the stream (END_STREAM). */
+/* The TCP side sent FIN and every byte before it is queued: END_STREAM. */
 static void tell_eof(Conn *c, uint32_t sid) {
     Stream *s = find_stream(c, sid);
     if (!s || s->eof_told || s->reset) return;
     s->eof_told = 1;
-    owner_call(c, str_tcp_eof, Py_BuildValue("(k)", (unsigned long)sid));
-    if ((s = find_stream(c, sid)) != NULL) maybe_finish(c, s);
+    if (!DEAD(c)) emit_frame(c, F_DATA, FLAG_END_STREAM, sid, NULL, 0);
+    maybe_finish(c, s);
 }
 
 static void resume_blocked(Conn *c) {
@@ -513,6 +612,17 @@ static void run_checks(Conn *c) {
         if (!s) return;
         s->check = 0;
         uint32_t sid = s->id;
+        if (s->refused) { /* above the peer's GOAWAY: never served, so retryable */
+            if (s->awaiting) {
+                s->awaiting = 0;
+                owner_call(c, str_response, Py_BuildValue("(kik)", (unsigned long)sid, 0,
+                                                          (unsigned long)E_REFUSED));
+                if (!(s = find_stream(c, sid))) continue;
+            }
+            s->reset = 1;
+            finish_stream(c, s);
+            continue;
+        }
         if (s->reset_pending) {
             s->reset_pending = 0;
             tcp_failed(c, sid);
@@ -534,8 +644,30 @@ static void conn_error(Conn *c, int code, const char *reason) {
     snprintf(c->error_reason, sizeof(c->error_reason), "%s", reason);
 }
 
-static void to_h2(Conn *c, const unsigned char *frame, size_t len) {
-    buf_append(&c->ctrl, frame, len);
+#define STOPPED(c) ((c)->error_code || (c)->errored || DEAD(c))
+
+/* A frame for a stream the peer could not have opened yet (RFC 9113 5.1: idle). */
+static int is_idle(Conn *c, uint32_t sid) {
+    if (c->server) return !(sid & 1) || sid > c->highest_stream;
+    return !(sid & 1) || sid >= c->next_stream;
+}
+
+/* The peer ended its direction of the stream (END_STREAM). */
+static void remote_ended(Conn *c, Stream *s) {
+    if (s->remote_end) return;
+    s->remote_end = 1;
+    if (s->attached && !s->down.len && !s->reset_pending && !s->shut_wr) {
+        shutdown(s->fd, SHUT_WR);
+        s->shut_wr = 1;
+        s->check = 1;
+    }
+}
+
+/* A stream error (RFC 9113 5.4.2): RST_STREAM with `code`, and the stream is gone here. */
+static void stream_error(Conn *c, Stream *s, uint32_t code) {
+    emit_rst(c, s->id, code);
+    s->reset = 1;
+    finish_stream(c, s);
 }
 
 static void deliver(Conn *c, Stream *s, const char *data, size_t len) {
@@ -575,20 +707,20 @@ static void on_data_frame(Conn *c, const unsigned char *frame, uint32_t len, int
     const unsigned char *payload = frame + 9;
     uint32_t pad = 0, offset = 0;
     if (!sid) {
-        to_h2(c, frame, 9 + len); /* h2 answers PROTOCOL_ERROR */
+        conn_error(c, E_PROTOCOL, "DATA on stream 0");
         return;
     }
     if (flags & FLAG_PADDED) {
         if (len < 1 || payload[0] >= len) {
-            to_h2(c, frame, 9 + len);
+            conn_error(c, E_PROTOCOL, "DATA padding longer than the frame");
             return;
         }
         pad = payload[0];
         offset = 1;
     }
     Stream *s = find_stream(c, sid);
-    if (!s && sid > c->highest_stream) {
-        to_h2(c, frame, 9 + len); /* an idle stream: h2 answers PROTOCOL_ERROR */
+    if (!s && is_idle(c, sid)) {
+        conn_error(c, E_PROTOCOL, "DATA on an idle stream");
         return;
     }
     if ((int64_t)len > c->conn_recv_window) {
@@ -609,17 +741,7 @@ static void on_data_frame(Conn *c, const unsigned char *frame, uint32_t len, int
     uint32_t data_len = len - offset - pad;
     if (offset + pad) credit(c, s, offset + pad);
     deliver(c, s, (const char *)payload + offset, data_len);
-    if (flags & FLAG_END_STREAM) {
-        s->remote_end = 1;
-        unsigned char end[9];
-        put_header(end, 0, F_DATA, FLAG_END_STREAM, sid); /* for h2's state machine */
-        to_h2(c, end, 9);
-        if (s->attached && !s->down.len && !s->reset_pending) {
-            shutdown(s->fd, SHUT_WR);
-            s->shut_wr = 1;
-            s->check = 1;
-        }
-    }
+    if (flags & FLAG_END_STREAM) remote_ended(c, s);
 }
 
 static void on_window_update(Conn *c, const unsigned char *frame, uint32_t len, uint32_t sid) {
@@ -628,51 +750,393 @@ static void on_window_update(Conn *c, const unsigned char *frame, uint32_t len, 
         return;
     }
     int64_t increment = be32(frame + 9) & 0x7fffffff;
-    if (!increment) {
-        to_h2(c, frame, 13); /* h2 answers PROTOCOL_ERROR */
-        return;
-    }
     if (!sid) {
+        if (!increment) {
+            conn_error(c, E_PROTOCOL, "WINDOW_UPDATE with increment 0");
+            return;
+        }
         c->conn_send_window += increment;
         if (c->conn_send_window > MAX_WINDOW)
             conn_error(c, E_FLOW_CONTROL, "WINDOW_UPDATE overflowed the connection window");
         return;
     }
     Stream *s = find_stream(c, sid);
-    if (!s) return; /* closed streams may still get WINDOW_UPDATE */
+    if (!s) {
+        if (is_idle(c, sid)) conn_error(c, E_PROTOCOL, "WINDOW_UPDATE on an idle stream");
+        return; /* closed streams may still get WINDOW_UPDATE */
+    }
+    if (!increment) {
+        stream_error(c, s, E_PROTOCOL);
+        return;
+    }
     s->send_window += increment;
-    if (s->send_window > MAX_WINDOW)
-        conn_error(c, E_FLOW_CONTROL, "WINDOW_UPDATE overflowed a stream window");
+    if (s->send_window > MAX_WINDOW) stream_error(c, s, E_FLOW_CONTROL);
 }
 
-static void on_settings(Conn *c, const unsigned char *frame, uint32_t len, int flags) {
-    to_h2(c, frame, 9 + len); /* h2 validates, records and acknowledges them */
-    if ((flags & FLAG_ACK) || len % 6) return;
+/* RFC 9113 6.5.2: validate and apply the peer's settings, then acknowledge them. */
+static void on_settings(Conn *c, const unsigned char *frame, uint32_t len, int flags,
+                        uint32_t sid) {
+    if (sid) {
+        conn_error(c, E_PROTOCOL, "SETTINGS on a stream");
+        return;
+    }
+    if (flags & FLAG_ACK) {
+        if (len) conn_error(c, E_FRAME_SIZE, "SETTINGS acknowledgement with a payload");
+        return;
+    }
+    if (len % 6) {
+        conn_error(c, E_FRAME_SIZE, "SETTINGS payload is not a multiple of 6 bytes");
+        return;
+    }
     for (uint32_t i = 0; i < len; i += 6) {
         const unsigned char *p = frame + 9 + i;
         unsigned id = ((unsigned)p[0] << 8) | p[1];
         uint32_t value = be32(p + 2);
-        if (id == 0x4 && value <= MAX_WINDOW) {
+        switch (id) {
+        case 0x2: /* ENABLE_PUSH */
+            if (value > 1 || (value && !c->server)) {
+                conn_error(c, E_PROTOCOL, "SETTINGS_ENABLE_PUSH invalid");
+                return;
+            }
+            break;
+        case 0x3: /* MAX_CONCURRENT_STREAMS */
+            c->peer_max_streams = value;
+            break;
+        case 0x4: { /* INITIAL_WINDOW_SIZE */
+            if (value > MAX_WINDOW) {
+                conn_error(c, E_FLOW_CONTROL, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1");
+                return;
+            }
             int64_t delta = (int64_t)value - c->peer_initial_window;
             c->peer_initial_window = value;
-            for (int k = 0; k < c->nstreams; k++) c->streams[k]->send_window += delta;
-        } else if (id == 0x5 && value >= 16384 && value <= 16777215) {
-            c->peer_max_frame = value;
+            for (int k = 0; k < c->nstreams; k++) {
+                c->streams[k]->send_window += delta;
+                if (c->streams[k]->send_window > MAX_WINDOW) {
+                    conn_error(c, E_FLOW_CONTROL, "SETTINGS_INITIAL_WINDOW_SIZE overflowed a window");
+                    return;
+                }
+            }
+            break;
         }
+        case 0x5: /* MAX_FRAME_SIZE */
+            if (value < 16384 || value > 16777215) {
+                conn_error(c, E_PROTOCOL, "SETTINGS_MAX_FRAME_SIZE outside 16384..16777215");
+                return;
+            }
+            c->peer_max_frame = value;
+            break;
+        case 0x8: /* ENABLE_CONNECT_PROTOCOL (RFC 8441) */
+            if (value > 1) {
+                conn_error(c, E_PROTOCOL, "SETTINGS_ENABLE_CONNECT_PROTOCOL invalid");
+                return;
+            }
+            break;
+        default: /* HEADER_TABLE_SIZE (we never index), MAX_HEADER_LIST_SIZE, unknown */
+            break;
+        }
+    }
+    emit_frame(c, F_SETTINGS, FLAG_ACK, 0, NULL, 0);
+}
+
+static void on_ping(Conn *c, const unsigned char *frame, uint32_t len, int flags, uint32_t sid) {
+    if (sid) {
+        conn_error(c, E_PROTOCOL, "PING on a stream");
+    } else if (len != 8) {
+        conn_error(c, E_FRAME_SIZE, "PING frame is not 8 bytes long");
+    } else if (!(flags & FLAG_ACK)) {
+        emit_frame(c, F_PING, FLAG_ACK, 0, frame + 9, 8);
     }
 }
 
-/* Cut the inbound bytes into frames. Stops at the first connection error. */
+static void on_rst(Conn *c, const unsigned char *frame, uint32_t len, uint32_t sid);
+
+static void on_goaway(Conn *c, const unsigned char *frame, uint32_t len, uint32_t sid) {
+    if (sid) {
+        conn_error(c, E_PROTOCOL, "GOAWAY on a stream");
+        return;
+    }
+    if (len < 8) {
+        conn_error(c, E_FRAME_SIZE, "GOAWAY frame shorter than 8 bytes");
+        return;
+    }
+    uint32_t last = be32(frame + 9) & 0x7fffffff, code = be32(frame + 13);
+    if (!c->goaway_received || last < c->goaway_last) c->goaway_last = last;
+    c->goaway_received = 1;
+    /* a client's streams above `last` were never seen by the server: refused (retryable) */
+    for (int i = 0; i < c->nstreams; i++) {
+        Stream *s = c->streams[i];
+        if (!c->server && s->id > c->goaway_last && !s->reset) {
+            s->refused = 1;
+            s->check = 1;
+        }
+    }
+    uint32_t reason_len = len - 8 > 200 ? 200 : len - 8;
+    owner_call(c, str_goaway,
+               Py_BuildValue("(kky#)", (unsigned long)code, (unsigned long)last,
+                             (const char *)frame + 17, (Py_ssize_t)reason_len));
+}
+
+static void on_rst(Conn *c, const unsigned char *frame, uint32_t len, uint32_t sid) {
+    if (!sid) {
+        conn_error(c, E_PROTOCOL, "RST_STREAM on stream 0");
+        return;
+    }
+    if (len != 4) {
+        conn_error(c, E_FRAME_SIZE, "RST_STREAM frame is not 4 bytes long");
+        return;
+    }
+    Stream *s = find_stream(c, sid);
+    if (!s) {
+        if (is_idle(c, sid)) conn_error(c, E_PROTOCOL, "RST_STREAM on an idle stream");
+        return;
+    }
+    uint32_t code = be32(frame + 9);
+    if (s->awaiting) {
+        s->awaiting = 0;
+        owner_call(c, str_response, Py_BuildValue("(kik)", (unsigned long)sid, 0,
+                                                  (unsigned long)code));
+        if (!(s = find_stream(c, sid))) return;
+    }
+    s->reset = 1;
+    finish_stream(c, s);
+}
+
+/* ---- header blocks ----------------------------------------------------------------------------- */
+
+static int emit_to_list(void *ctx, const uint8_t *name, size_t name_len, const uint8_t *value,
+                        size_t value_len) {
+    if (!ctx) return 0;
+    PyObject *field = Py_BuildValue("(y#y#)", (const char *)name, (Py_ssize_t)name_len,
+                                    (const char *)value, (Py_ssize_t)value_len);
+    if (!field) return -1;
+    int r = PyList_Append((PyObject *)ctx, field);
+    Py_DECREF(field);
+    return r;
+}
+
+typedef struct {
+    int status;   /* -1: none, 0: malformed */
+    int pseudo;   /* other pseudo-headers or a repeated :status */
+} Response;
+
+static int emit_status_field(void *ctx, const uint8_t *name, size_t name_len,
+                             const uint8_t *value, size_t value_len) {
+    Response *r = ctx;
+    if (name_len == 7 && !memcmp(name, ":status", 7)) {
+        if (r->status != -1) {
+            r->pseudo = 1;
+            return 0;
+        }
+        r->status = 0;
+        if (value_len == 3 && value[0] >= '1' && value[0] <= '9' && value[1] >= '0' &&
+            value[1] <= '9' && value[2] >= '0' && value[2] <= '9')
+            r->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+    } else if (name_len && name[0] == ':') {
+        r->pseudo = 1;
+    }
+    return 0;
+}
+
+/* Decode the block only to keep the HPACK state in step (a block nobody will read). */
+static int skip_block(Conn *c) {
+    const char *error = "";
+    int r = hpack_decode(&c->hpack, (const uint8_t *)c->hb.data + c->hb.off, c->hb.len,
+                         c->max_header_list, emit_to_list, NULL, &error);
+    if (r == HPACK_ERROR) {
+        conn_error(c, E_COMPRESSION, error);
+        return -1;
+    }
+    return 0;
+}
+
+/* Trailers on an open stream: they must end it (RFC 9113 8.1). */
+static void on_trailers(Conn *c, Stream *s, int end_stream) {
+    if (skip_block(c) < 0) return;
+    if (!end_stream) {
+        stream_error(c, s, E_PROTOCOL);
+        return;
+    }
+    remote_ended(c, s);
+}
+
+static void server_headers(Conn *c, uint32_t sid, int end_stream) {
+    Stream *s = find_stream(c, sid);
+    if (s) {
+        on_trailers(c, s, end_stream);
+        return;
+    }
+    if (!(sid & 1)) {
+        skip_block(c);
+        conn_error(c, E_PROTOCOL, "a client opened an even-numbered stream");
+        return;
+    }
+    if (sid <= c->highest_stream) { /* a closed stream */
+        if (skip_block(c) == 0) conn_error(c, E_STREAM_CLOSED, "HEADERS on a closed stream");
+        return;
+    }
+    c->highest_stream = sid;
+    int refuse = c->goaway_sent || c->closing || c->nstreams >= (int)c->local_max_streams;
+    PyObject *fields = refuse ? NULL : PyList_New(0);
+    if (!refuse && !fields) {
+        PyErr_Clear();
+        conn_error(c, E_INTERNAL, "out of memory");
+        return;
+    }
+    const char *error = "";
+    int r = hpack_decode(&c->hpack, (const uint8_t *)c->hb.data + c->hb.off, c->hb.len,
+                         c->max_header_list, emit_to_list, fields, &error);
+    if (r == HPACK_ERROR) {
+        Py_XDECREF(fields);
+        PyErr_Clear();
+        conn_error(c, E_COMPRESSION, error);
+        return;
+    }
+    if (refuse) {
+        emit_rst(c, sid, E_REFUSED);
+        return;
+    }
+    if (r == HPACK_TOO_LARGE) { /* this stream only: the HPACK state is intact */
+        Py_DECREF(fields);
+        emit_status(c, sid, 431, 1);
+        emit_rst(c, sid, E_NO);
+        return;
+    }
+    s = new_stream(c, sid);
+    if (!s) {
+        Py_DECREF(fields);
+        conn_error(c, E_INTERNAL, "out of memory");
+        return;
+    }
+    s->known = 1;
+    if (end_stream) s->remote_end = 1;
+    owner_call(c, str_request, Py_BuildValue("(kN)", (unsigned long)sid, fields));
+}
+
+/* The response to our CONNECT: 200 and the splice goes on; anything else ends the stream. */
+static void client_headers(Conn *c, uint32_t sid, int end_stream) {
+    Stream *s = find_stream(c, sid);
+    if (!s) {
+        if (is_idle(c, sid)) {
+            skip_block(c);
+            conn_error(c, E_PROTOCOL, "HEADERS on an idle stream");
+            return;
+        }
+        skip_block(c); /* a late answer on a stream we reset */
+        return;
+    }
+    if (!s->awaiting) {
+        on_trailers(c, s, end_stream);
+        return;
+    }
+    Response response = {-1, 0};
+    const char *error = "";
+    int r = hpack_decode(&c->hpack, (const uint8_t *)c->hb.data + c->hb.off, c->hb.len,
+                         c->max_header_list, emit_status_field, &response, &error);
+    if (r == HPACK_ERROR) {
+        conn_error(c, E_COMPRESSION, error);
+        return;
+    }
+    int status = response.status;
+    if (r == HPACK_TOO_LARGE || status <= 0 || response.pseudo) {
+        s->awaiting = 0;
+        owner_call(c, str_response, Py_BuildValue("(kik)", (unsigned long)sid, 0,
+                                                  (unsigned long)E_PROTOCOL));
+        if ((s = find_stream(c, sid)) != NULL) stream_error(c, s, E_PROTOCOL);
+        return;
+    }
+    if (status < 200) { /* informational: the answer is still to come */
+        if (end_stream && (s = find_stream(c, sid)) != NULL) stream_error(c, s, E_PROTOCOL);
+        return;
+    }
+    s->awaiting = 0;
+    if (end_stream) remote_ended(c, s);
+    owner_call(c, str_response, Py_BuildValue("(kik)", (unsigned long)sid, status, 0UL));
+    if (status != 200 && (s = find_stream(c, sid)) != NULL && !s->reset) {
+        /* refused: the client socket is reset, the stream cancelled (as h2's abort(CANCEL)) */
+        stream_error(c, s, E_CANCEL);
+    }
+}
+
+static void header_block_done(Conn *c) {
+    c->in_headers = 0;
+    if (c->server)
+        server_headers(c, c->hb_sid, c->hb_end_stream);
+    else
+        client_headers(c, c->hb_sid, c->hb_end_stream);
+    c->hb.off = c->hb.len = 0;
+    buf_shrink(&c->hb);
+}
+
+static void on_headers(Conn *c, const unsigned char *frame, uint32_t len, int flags,
+                       uint32_t sid) {
+    const unsigned char *payload = frame + 9;
+    uint32_t offset = 0, pad = 0;
+    if (!sid) {
+        conn_error(c, E_PROTOCOL, "HEADERS on stream 0");
+        return;
+    }
+    if (flags & FLAG_PADDED) {
+        if (len < 1) {
+            conn_error(c, E_FRAME_SIZE, "padded HEADERS without a pad length");
+            return;
+        }
+        pad = payload[0];
+        offset = 1;
+    }
+    if (flags & FLAG_PRIORITY) offset += 5; /* priorities are ignored (RFC 9113 5.3.2) */
+    if ((uint64_t)offset + pad > len) {
+        conn_error(c, E_PROTOCOL, "HEADERS padding longer than the frame");
+        return;
+    }
+    if (len - offset - pad > MAX_HEADER_BLOCK) {
+        conn_error(c, E_CALM, "header block longer than 64 KiB");
+        return;
+    }
+    c->hb.off = c->hb.len = 0;
+    if (buf_append(&c->hb, payload + offset, len - offset - pad) < 0) {
+        conn_error(c, E_INTERNAL, "out of memory");
+        return;
+    }
+    c->hb_sid = sid;
+    c->hb_end_stream = flags & FLAG_END_STREAM;
+    if (flags & FLAG_END_HEADERS)
+        header_block_done(c);
+    else
+        c->in_headers = 1;
+}
+
+static void on_continuation(Conn *c, const unsigned char *frame, uint32_t len, int flags,
+                            uint32_t sid) {
+    if (!c->in_headers || sid != c->hb_sid) {
+        conn_error(c, E_PROTOCOL, "CONTINUATION without a HEADERS frame before it");
+        return;
+    }
+    if (c->hb.len + len > MAX_HEADER_BLOCK) {
+        conn_error(c, E_CALM, "header block longer than 64 KiB");
+        return;
+    }
+    if (buf_append(&c->hb, frame + 9, len) < 0) {
+        conn_error(c, E_INTERNAL, "out of memory");
+        return;
+    }
+    if (flags & FLAG_END_HEADERS) header_block_done(c);
+}
+
+/* Cut the inbound bytes into frames and act on each. Stops at the first connection error. */
 static void parse(Conn *c) {
     const unsigned char *p = (const unsigned char *)c->in.data + c->in.off;
     size_t avail = c->in.len, used = 0;
     if (c->preface_left) {
         size_t n = avail < (size_t)c->preface_left ? avail : (size_t)c->preface_left;
-        to_h2(c, p, n); /* h2 checks the client preface */
+        if (memcmp(p, PREFACE + (PREFACE_LEN - c->preface_left), n)) {
+            conn_error(c, E_PROTOCOL, "the client did not send the HTTP/2 preface");
+            c->in.off = c->in.len = 0;
+            return;
+        }
         c->preface_left -= (int)n;
         used += n;
     }
-    while (!c->error_code && !c->errored && avail - used >= 9) {
+    while (!STOPPED(c) && avail - used >= 9) {
         const unsigned char *frame = p + used;
         uint32_t len = ((uint32_t)frame[0] << 16) | ((uint32_t)frame[1] << 8) | frame[2];
         int type = frame[3], flags = frame[4];
@@ -683,36 +1147,60 @@ static void parse(Conn *c) {
         }
         if (avail - used < 9 + (size_t)len) break;
         used += 9 + len;
-        if (c->in_headers) {
-            to_h2(c, frame, 9 + len);
-            if (type == F_CONTINUATION && (flags & FLAG_END_HEADERS)) c->in_headers = 0;
-            continue;
+        if (!c->got_settings) {
+            if (type != F_SETTINGS || (flags & FLAG_ACK)) {
+                conn_error(c, E_PROTOCOL, "the peer's first frame is not SETTINGS");
+                break;
+            }
+            c->got_settings = 1;
+        }
+        if (c->in_headers && type != F_CONTINUATION) {
+            conn_error(c, E_PROTOCOL, "a header block was interrupted by another frame");
+            break;
         }
         switch (type) {
         case F_DATA:
             on_data_frame(c, frame, len, flags, sid);
             break;
+        case F_HEADERS:
+            on_headers(c, frame, len, flags, sid);
+            break;
+        case F_PRIORITY:
+            if (!sid)
+                conn_error(c, E_PROTOCOL, "PRIORITY on stream 0");
+            else if (len != 5)
+                conn_error(c, E_FRAME_SIZE, "PRIORITY frame is not 5 bytes long");
+            break;
+        case F_RST:
+            on_rst(c, frame, len, sid);
+            break;
+        case F_SETTINGS:
+            on_settings(c, frame, len, flags, sid);
+            break;
+        case F_PUSH:
+            conn_error(c, E_PROTOCOL, c->server ? "a client sent PUSH_PROMISE"
+                                                : "PUSH_PROMISE, but push is disabled");
+            break;
+        case F_PING:
+            on_ping(c, frame, len, flags, sid);
+            break;
+        case F_GOAWAY:
+            on_goaway(c, frame, len, sid);
+            break;
         case F_WINDOW_UPDATE:
             on_window_update(c, frame, len, sid);
             break;
-        case F_SETTINGS:
-            on_settings(c, frame, len, flags);
+        case F_CONTINUATION:
+            on_continuation(c, frame, len, flags, sid);
             break;
-        case F_HEADERS:
-        case F_PUSH:
-            if (!(flags & FLAG_END_HEADERS)) c->in_headers = 1;
-            /* A server holds DATA for a stream h2 is about to report, until Python attaches
-             * it (or forgets it). */
-            if (type == F_HEADERS && c->server && sid > c->highest_stream && (sid & 1) &&
-                c->nstreams < MAX_HELD_STREAMS)
-                new_stream(c, sid);
-            to_h2(c, frame, 9 + len);
+        default: /* unknown frame types are ignored (RFC 9113 4.1) */
             break;
-        default:
-            to_h2(c, frame, 9 + len);
         }
     }
-    buf_consume(&c->in, used);
+    if (c->errored || DEAD(c) || used > c->in.len)
+        c->in.off = c->in.len = 0;
+    else
+        buf_consume(&c->in, used);
 }
 
 /* ---- teardown -------------------------------------------------------------------------------- */
@@ -737,7 +1225,13 @@ static void teardown(Conn *c) {
     }
     while (c->nstreams) {
         Stream *s = c->streams[c->nstreams - 1];
+        uint32_t sid = s->id;
         s->reset = 1;
+        if (s->awaiting) {
+            s->awaiting = 0;
+            owner_call(c, str_response, Py_BuildValue("(kik)", (unsigned long)sid, 0, 0UL));
+            if (!(s = find_stream(c, sid))) continue;
+        }
         finish_stream(c, s);
     }
     /* the owner's connection_lost(): once, whatever ended the connection */
@@ -754,20 +1248,16 @@ static void conn_lost(Conn *c, const char *reason) {
 
 /* After a loop callback: hand h2 its frames, report errors and loss, finish streams, flush. */
 static void after_callback(Conn *c) {
-    if (c->ctrl.len && c->owner) {
-        PyObject *bytes = PyBytes_FromStringAndSize(c->ctrl.data + c->ctrl.off, c->ctrl.len);
-        c->ctrl.len = 0;
-        c->ctrl.off = 0;
-        buf_shrink(&c->ctrl);
-        owner_call(c, str_frames, bytes ? PyTuple_Pack(1, bytes) : NULL);
-        Py_XDECREF(bytes);
-    }
     if (c->error_code && !DEAD(c)) {
+        /* a connection error: GOAWAY with its code, nothing more is parsed, and the
+         * connection closes once the GOAWAY is written */
         int code = c->error_code;
         c->error_code = 0;
-        tls_set_reading(c, 0); /* nothing more is parsed; h2 sends GOAWAY */
-        c->in.len = 0;
+        tls_set_reading(c, 0);
+        c->in.off = c->in.len = 0;
         c->errored = 1;
+        emit_goaway(c, (uint32_t)code, c->error_reason);
+        c->closing = 1;
         owner_call(c, str_error, Py_BuildValue("(is)", code, c->error_reason));
     }
     run_checks(c);
@@ -775,6 +1265,8 @@ static void after_callback(Conn *c) {
     resume_blocked(c);
     run_checks(c);
     tls_flush(c);
+    /* after a GOAWAY either way, the connection ends with its last stream */
+    if ((c->goaway_received || c->draining) && !c->nstreams && c->started) c->closing = 1;
     if (c->lost_pending) {
         c->lost_pending = 0;
         teardown(c);
@@ -787,13 +1279,15 @@ static void after_callback(Conn *c) {
 
 static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"context", "fd", "server_side", "loop", "owner",
-                             "stream_window", "connection_window", "max_frame_size", NULL};
+                             "stream_window", "connection_window", "max_frame_size",
+                             "max_concurrent_streams", "max_header_list_size", NULL};
     PyObject *context, *loop, *owner;
     int fd, server;
-    unsigned int stream_window, connection_window, max_frame;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OipOOIII", kwlist, &context, &fd, &server,
+    unsigned int stream_window, connection_window, max_frame, max_streams = 100,
+                                                              max_header_list = 16384;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OipOOIII|II", kwlist, &context, &fd, &server,
                                      &loop, &owner, &stream_window, &connection_window,
-                                     &max_frame))
+                                     &max_frame, &max_streams, &max_header_list))
         return -1;
     if (c->ssl) {
         PyErr_SetString(PyExc_RuntimeError, "Connection.__init__ called twice");
@@ -852,6 +1346,12 @@ static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
         !c->cb_tcp_writable)
         return -1;
     c->preface_left = server ? PREFACE_LEN : 0;
+    c->local_max_streams = max_streams;
+    c->max_header_list = max_header_list;
+    c->peer_max_streams = 0xffffffffU; /* unlimited until the peer's SETTINGS say otherwise */
+    c->next_stream = 1;
+    hpack_decoder_init(&c->hpack, 4096);
+    c->hpack_ready = 1;
     c->conn_send_window = 65535;
     c->peer_initial_window = 65535;
     c->peer_max_frame = 16384;
@@ -933,6 +1433,7 @@ static PyObject *Conn_alpn(Conn *c, PyObject *unused) {
 static PyObject *Conn_start(Conn *c, PyObject *unused) {
     if (c->started || c->torn_down) Py_RETURN_NONE;
     c->started = 1;
+    emit_preface(c);
     tls_set_reading(c, 1);
     c->in_callback++;
     /* the handshake may have read records already (e.g. the client's first frames) */
@@ -1066,57 +1567,29 @@ static PyObject *Conn_tcp_writable(Conn *c, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* send(data): queue bytes h2 wants on the wire (after every frame queued before) */
-static PyObject *Conn_send(Conn *c, PyObject *arg) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    int failed = 0;
-    if (!DEAD(c)) failed = buf_append(&c->out, view.buf, (size_t)view.len);
-    PyBuffer_Release(&view);
-    if (failed) return PyErr_NoMemory();
-    if (!c->in_callback) {
-        c->in_callback++;
-        Py_INCREF(c);
-        after_callback(c);
-        c->in_callback--;
-        Py_DECREF(c);
-    }
-    Py_RETURN_NONE;
+static void enter(Conn *c) {
+    Py_INCREF(c);
+    c->in_callback++;
 }
 
-static PyObject *Conn_open_stream(Conn *c, PyObject *arg) {
-    uint32_t sid = (uint32_t)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) return NULL;
-    if (!find_stream(c, sid) && !c->torn_down && !new_stream(c, sid)) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+/* The outermost call into this object flushes, reports and finishes what the call left. */
+static void leave(Conn *c) {
+    if (c->in_callback == 1) after_callback(c);
+    c->in_callback--;
+    Py_DECREF(c);
 }
 
-/* attach(sid, fd, buffered, eof): splice the stream to the TCP socket fd (owned from now on) */
-static PyObject *Conn_attach(Conn *c, PyObject *args) {
-    unsigned long sid;
-    int fd, eof;
-    Py_buffer buffered;
-    if (!PyArg_ParseTuple(args, "kiy*p", &sid, &fd, &buffered, &eof)) return NULL;
-    Stream *s = find_stream(c, (uint32_t)sid);
-    if (!s || s->attached || s->reset || c->torn_down) {
-        PyBuffer_Release(&buffered);
+/* Splice s to the TCP socket fd (owned from now on), with what was already read of it. */
+static int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, int eof) {
+    if (buf_append(&s->up, buffered, len) < 0) {
         close(fd);
-        PyErr_Format(PyExc_ConnectionError, "HBONE stream %lu is closed", sid);
-        return NULL;
-    }
-    int failed = buf_append(&s->up, buffered.buf, (size_t)buffered.len);
-    PyBuffer_Release(&buffered);
-    if (failed) {
-        close(fd);
-        return PyErr_NoMemory();
+        return -1;
     }
     s->fd = fd;
     s->attached = 1;
     s->tcp_eof = eof ? 1 : 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    Py_INCREF(c);
-    c->in_callback++;
     /* what the tunnel sent before the attach */
     if (s->down.len) {
         Buf held = s->down;
@@ -1125,7 +1598,7 @@ static PyObject *Conn_attach(Conn *c, PyObject *args) {
         s->from_tunnel -= held.len; /* counted when it arrived */
         buf_free(&held);
     }
-    if (s->remote_end && !s->down.len && !s->reset_pending) {
+    if (s->remote_end && !s->down.len && !s->reset_pending && !s->shut_wr) {
         shutdown(s->fd, SHUT_WR);
         s->shut_wr = 1;
     }
@@ -1134,66 +1607,188 @@ static PyObject *Conn_attach(Conn *c, PyObject *args) {
         set_blocked(c, s, 1);
     } else if (!s->tcp_eof) {
         stream_set_reading(c, s, 1);
-        /* A socket attached as accepted (no bytes read by Python) usually holds its first
-           message already: read it now rather than one loop turn later. */
+        /* A socket attached as accepted usually holds its first message already: read it now
+           (its DATA leaves in the same TLS write as what is queued before it). */
         int read_failed = 0;
         stream_read_up(c, s, &read_failed);
-        tls_flush(c);
         if (read_failed) s->reset_pending = 1;
     }
     s->check = 1;
-    after_callback(c);
-    c->in_callback--;
-    Py_DECREF(c);
-    Py_RETURN_NONE;
+    return 0;
 }
 
-/* remote_end(sid): h2 saw the peer end the stream (END_STREAM on HEADERS, say) */
-static PyObject *Conn_remote_end(Conn *c, PyObject *arg) {
-    uint32_t sid = (uint32_t)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) return NULL;
-    Stream *s = find_stream(c, sid);
-    if (s && !s->remote_end) {
-        s->remote_end = 1;
-        if (s->attached && !s->down.len && !s->reset) {
-            shutdown(s->fd, SHUT_WR);
-            s->shut_wr = 1;
-            s->check = 1;
-            if (!c->in_callback) {
-                Py_INCREF(c);
-                c->in_callback++;
-                after_callback(c);
-                c->in_callback--;
-                Py_DECREF(c);
-            }
-        }
+static PyObject *closed_stream(unsigned long sid, int fd) {
+    if (fd >= 0) close(fd);
+    PyErr_Format(PyExc_ConnectionError, "HBONE stream %lu is closed", sid);
+    return NULL;
+}
+
+/* room(): how many more streams open() takes now (0 once either side sent GOAWAY). */
+static long room(Conn *c) {
+    if (c->server || DEAD(c) || c->closing || c->goaway_sent || c->goaway_received ||
+        c->draining || c->next_stream > MAX_STREAM_ID - 2)
+        return 0;
+    uint32_t limit = c->peer_max_streams < c->local_max_streams ? c->peer_max_streams
+                                                                : c->local_max_streams;
+    return (long)limit > c->nstreams ? (long)limit - c->nstreams : 0;
+}
+
+static PyObject *Conn_room(Conn *c, PyObject *unused) { return PyLong_FromLong(room(c)); }
+
+/* open(block, fd=-1, buffered=b""): HEADERS (CONNECT) on a new stream; with fd, the socket's
+ * bytes follow as DATA at once, in the same TLS write. */
+static PyObject *Conn_open(Conn *c, PyObject *args) {
+    Py_buffer block, buffered = {0};
+    int fd = -1;
+    if (!PyArg_ParseTuple(args, "y*|iy*", &block, &fd, &buffered)) return NULL;
+    PyObject *result = NULL;
+    if (room(c) <= 0 || !c->started) {
+        if (fd >= 0) close(fd);
+        PyErr_SetString(PyExc_ConnectionError, "this HBONE connection takes no new streams");
+        goto done;
     }
+    uint32_t sid = c->next_stream;
+    Stream *s = new_stream(c, sid);
+    if (!s) {
+        if (fd >= 0) close(fd);
+        PyErr_NoMemory();
+        goto done;
+    }
+    c->next_stream += 2;
+    s->known = 1;
+    s->awaiting = 1;
+    enter(c);
+    const unsigned char *p = block.buf;
+    size_t left = (size_t)block.len;
+    int type = F_HEADERS;
+    do { /* CONTINUATION frames if the block is longer than the peer's frames */
+        uint32_t n = left > c->peer_max_frame ? c->peer_max_frame : (uint32_t)left;
+        emit_frame(c, type, n == left ? FLAG_END_HEADERS : 0, sid, p, n);
+        p += n;
+        left -= n;
+        type = F_CONTINUATION;
+    } while (left);
+    int failed = 0;
+    if (fd >= 0)
+        failed = attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, 0);
+    leave(c);
+    result = failed ? PyErr_NoMemory() : PyLong_FromUnsignedLong(sid);
+done:
+    PyBuffer_Release(&block);
+    if (buffered.obj) PyBuffer_Release(&buffered);
+    return result;
+}
+
+/* respond(sid, fd, buffered=b"", eof=False): server: 200, then splice fd (owned from now on) */
+static PyObject *Conn_respond(Conn *c, PyObject *args) {
+    unsigned long sid;
+    int fd, eof = 0;
+    Py_buffer buffered = {0};
+    if (!PyArg_ParseTuple(args, "ki|y*p", &sid, &fd, &buffered, &eof)) return NULL;
+    Stream *s = find_stream(c, (uint32_t)sid);
+    PyObject *result = NULL;
+    if (!c->server || !s || s->reset || s->answered || s->attached || DEAD(c)) {
+        closed_stream(sid, fd);
+        goto done;
+    }
+    enter(c);
+    emit_status(c, (uint32_t)sid, 200, 0);
+    s->answered = 1;
+    int failed = attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, eof);
+    leave(c);
+    if (failed)
+        PyErr_NoMemory();
+    else
+        result = Py_NewRef(Py_None);
+done:
+    if (buffered.obj) PyBuffer_Release(&buffered);
+    return result;
+}
+
+/* accept(sid): server: 200 without a socket yet (attach() follows) */
+static PyObject *Conn_accept(Conn *c, PyObject *arg) {
+    unsigned long sid = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    Stream *s = find_stream(c, (uint32_t)sid);
+    if (!c->server || !s || s->reset || s->answered || DEAD(c)) return closed_stream(sid, -1);
+    enter(c);
+    emit_status(c, (uint32_t)sid, 200, 0);
+    s->answered = 1;
+    leave(c);
     Py_RETURN_NONE;
 }
 
-/* reset_stream(sid): the stream was reset (either way) or refused: abort its TCP socket with
- * RST, drop what it holds, and report it finished. Unknown streams are ignored. */
-static PyObject *Conn_reset_stream(Conn *c, PyObject *arg) {
-    uint32_t sid = (uint32_t)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) return NULL;
-    Stream *s = find_stream(c, sid);
-    if (!s || s->reset) Py_RETURN_NONE;
-    Py_INCREF(c);
+/* refuse(sid, status): server: answer status with END_STREAM, then RST_STREAM(NO_ERROR) so
+ * that a client that never half-closes does not hold a stream slot (RFC 9113 8.1). */
+static PyObject *Conn_refuse(Conn *c, PyObject *args) {
+    unsigned long sid;
+    int status;
+    if (!PyArg_ParseTuple(args, "ki", &sid, &status)) return NULL;
+    Stream *s = find_stream(c, (uint32_t)sid);
+    if (!c->server || !s || s->reset || s->answered) Py_RETURN_NONE; /* the client gave up */
+    enter(c);
+    if (!DEAD(c)) {
+        emit_status(c, (uint32_t)sid, status, 1);
+        emit_rst(c, (uint32_t)sid, E_NO);
+    }
+    s->answered = 1;
     s->reset = 1;
+    s->known = 0; /* Python ended it: no callback */
     finish_stream(c, s);
-    if (!c->in_callback) {
-        c->in_callback++;
-        after_callback(c);
-        c->in_callback--;
-    }
-    Py_DECREF(c);
+    leave(c);
     Py_RETURN_NONE;
 }
 
-/* close(): stop once the queued bytes (h2's GOAWAY) are written; abort(): now */
+/* attach(sid, fd, buffered, eof): splice an answered stream to a TCP socket (owned after) */
+static PyObject *Conn_attach(Conn *c, PyObject *args) {
+    unsigned long sid;
+    int fd, eof;
+    Py_buffer buffered;
+    if (!PyArg_ParseTuple(args, "kiy*p", &sid, &fd, &buffered, &eof)) return NULL;
+    Stream *s = find_stream(c, (uint32_t)sid);
+    if (!s || s->attached || s->reset || s->awaiting || (c->server && !s->answered) ||
+        c->torn_down) {
+        PyBuffer_Release(&buffered);
+        return closed_stream(sid, fd);
+    }
+    enter(c);
+    int failed = attach_common(c, s, fd, buffered.buf, (size_t)buffered.len, eof);
+    PyBuffer_Release(&buffered);
+    leave(c);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* reset_stream(sid, code): RST_STREAM(code) and abort the stream's TCP socket (RST). */
+static PyObject *Conn_reset_stream(Conn *c, PyObject *args) {
+    unsigned long sid, code = E_CANCEL;
+    if (!PyArg_ParseTuple(args, "k|k", &sid, &code)) return NULL;
+    Stream *s = find_stream(c, (uint32_t)sid);
+    if (!s || s->reset) Py_RETURN_NONE;
+    enter(c);
+    if (!DEAD(c)) emit_rst(c, (uint32_t)sid, (uint32_t)code);
+    s->reset = 1;
+    s->awaiting = 0;
+    finish_stream(c, s);
+    leave(c);
+    Py_RETURN_NONE;
+}
+
+/* drain(): GOAWAY(NO_ERROR); open streams may finish, then the connection closes */
+static PyObject *Conn_drain(Conn *c, PyObject *unused) {
+    if (DEAD(c) || c->closing) Py_RETURN_NONE;
+    enter(c);
+    if (c->started && !c->goaway_sent) emit_goaway(c, E_NO, "");
+    c->draining = 1;
+    leave(c);
+    Py_RETURN_NONE;
+}
+
+/* close(): GOAWAY, and stop once the queued bytes are written; abort(): now */
 static PyObject *Conn_close(Conn *c, PyObject *unused) {
     if (c->torn_down) Py_RETURN_NONE;
     Py_INCREF(c);
+    if (c->started && !c->goaway_sent && !DEAD(c)) emit_goaway(c, E_NO, "");
     c->closing = 1;
     if (!c->in_callback) {
         c->in_callback++;
@@ -1266,7 +1861,8 @@ static void Conn_dealloc(Conn *c) {
     if (c->ssl) SSL_free(c->ssl);
     buf_free(&c->in);
     buf_free(&c->out);
-    buf_free(&c->ctrl);
+    buf_free(&c->hb);
+    if (c->hpack_ready) hpack_decoder_free(&c->hpack);
     Py_XDECREF(c->fd_obj);
     Conn_clear(c);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -1279,13 +1875,21 @@ static PyMethodDef Conn_methods[] = {
      "The verified peer certificate (DER), or None."},
     {"alpn", (PyCFunction)Conn_alpn, METH_NOARGS, "The negotiated ALPN protocol, or None."},
     {"start", (PyCFunction)Conn_start, METH_NOARGS, "Start moving bytes (after the handshake)."},
-    {"send", (PyCFunction)Conn_send, METH_O, "Queue bytes (h2's frames) for the TLS connection."},
-    {"open_stream", (PyCFunction)Conn_open_stream, METH_O, "Hold DATA for a new stream."},
+    {"open", (PyCFunction)Conn_open, METH_VARARGS,
+     "open(block, fd=-1, buffered=b''): client: send a CONNECT (an HPACK block without the "
+     "dynamic table) and splice fd (owned after) once answered 200; returns the stream id."},
+    {"room", (PyCFunction)Conn_room, METH_NOARGS, "How many more streams open() takes now."},
+    {"respond", (PyCFunction)Conn_respond, METH_VARARGS,
+     "respond(stream_id, fd, buffered=b'', eof=False): server: answer 200 and splice fd."},
+    {"accept", (PyCFunction)Conn_accept, METH_O, "Server: answer 200 (attach() follows)."},
+    {"refuse", (PyCFunction)Conn_refuse, METH_VARARGS,
+     "refuse(stream_id, status): server: answer status and end the stream."},
     {"attach", (PyCFunction)Conn_attach, METH_VARARGS,
      "attach(stream_id, fd, buffered, eof): splice the stream to a TCP socket (owned after)."},
-    {"remote_end", (PyCFunction)Conn_remote_end, METH_O, "The peer ended the stream."},
-    {"reset_stream", (PyCFunction)Conn_reset_stream, METH_O,
-     "The stream is reset: abort its TCP socket."},
+    {"reset_stream", (PyCFunction)Conn_reset_stream, METH_VARARGS,
+     "reset_stream(stream_id, code): RST_STREAM, and abort its TCP socket."},
+    {"drain", (PyCFunction)Conn_drain, METH_NOARGS,
+     "GOAWAY; open streams finish, then the connection closes."},
     {"close", (PyCFunction)Conn_close, METH_NOARGS, "Close once queued bytes are written."},
     {"abort", (PyCFunction)Conn_abort, METH_NOARGS, "Close now."},
     {"stats", (PyCFunction)Conn_stats, METH_NOARGS, "Buffer sizes and windows, for tests."},
@@ -1333,17 +1937,18 @@ PyMODINIT_FUNC PyInit__native(void) {
     INTERN(str_remove_reader, "remove_reader");
     INTERN(str_add_writer, "add_writer");
     INTERN(str_remove_writer, "remove_writer");
-    INTERN(str_frames, "_native_frames");
+    INTERN(str_request, "_native_request");
+    INTERN(str_response, "_native_response");
+    INTERN(str_goaway, "_native_goaway");
     INTERN(str_error, "_native_error");
     INTERN(str_lost, "_native_lost");
-    INTERN(str_tcp_eof, "_native_tcp_eof");
-    INTERN(str_tcp_reset, "_native_tcp_reset");
     INTERN(str_finished, "_native_finished");
     if (PyType_Ready(&ConnType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ConnType);
     if (PyModule_AddObject(m, "Connection", (PyObject *)&ConnType) < 0) return NULL;
+    if (weft_hpack_add_functions(m) < 0) return NULL;
     if (PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0)
         return NULL;
     /* weft.hbone.native_session refuses a module built from other sources (a stale build) */

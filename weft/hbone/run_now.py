@@ -1,0 +1,57 @@
+"""Run a coroutine synchronously as far as it goes without waiting; continue it in a task if not.
+
+The native data path answers most tunnels within the loop callback that heard of them (the
+policy decision and a connect to a local workload finish without waiting): a task, its
+futures and their callbacks per connection were a measurable part of an agent's CPU. The same
+coroutine serves both cases, so the rare one that must wait keeps the code path of the common
+one.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """A coroutine that suspended in run_now(): `await pending.resume()` (in a task) goes on."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def resume(self) -> Coroutine[Any, Any, T]:
+        return _resume(self._coro, self._yielded)
+
+
+def run_now(coro: Coroutine[Any, Any, T]) -> T | Pending[T]:
+    """`coro`'s result if it finishes without suspending; else a Pending to finish in a task.
+    Its exceptions propagate as they would from `await coro`."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    return Pending(coro, yielded)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
+    """Hand what `coro` yielded (a future) to the running task, and feed back what it sends."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as error:  # cancellation included: the coroutine sees it
+            try:
+                yielded = coro.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
