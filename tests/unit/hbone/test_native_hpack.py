@@ -192,14 +192,24 @@ def decode_or_error(
         return error
 
 
+def hpacks_decoding(blocks: list[bytes], settings_max: int) -> list[Fields] | None:
+    """What hpack's (Python) decoder makes of the blocks, or None if it refuses them."""
+    decoder = hpack.Decoder(max_header_list_size=1 << 30)
+    decoder.max_allowed_table_size = decoder.header_table_size = settings_max
+    try:
+        return [[tuple(field) for field in decoder.decode(block, raw=True)] for block in blocks]
+    except hpack.HPACKError:
+        return None
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.binary(max_size=200), min_size=1, max_size=4), st.integers(0, 4096))
 def test_random_bytes_decode_or_raise_value_error(
     decode: Decode, blocks: list[bytes], settings_max: int
 ) -> None:
     outcome = decode_or_error(decode, blocks, settings_max=settings_max)
-    if isinstance(outcome, list):
-        assert len(outcome) == len(blocks)
+    if isinstance(outcome, list):  # then hpack's decoder, the reference, agrees
+        assert outcome == hpacks_decoding(blocks, settings_max)
     elif isinstance(outcome, OverflowError):  # a small block can name a large entry many times
         assert "header list larger" in outcome.args[0]
     else:
@@ -218,7 +228,10 @@ def test_corrupted_valid_blocks_decode_or_raise_value_error(
     cut = data.draw(st.integers(0, len(corrupted)))
     outcome = decode_or_error(decode, [bytes(corrupted[:cut])], settings_max=256)
     assert not isinstance(outcome, OverflowError)
-    assert isinstance(outcome, list) or str(outcome)
+    if isinstance(outcome, list):
+        assert outcome == hpacks_decoding([bytes(corrupted[:cut])], 256)
+    else:
+        assert str(outcome)
 
 
 # ---- what the decoder refuses -----------------------------------------------------------------
