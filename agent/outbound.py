@@ -27,8 +27,10 @@ from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
 from weft.hbone.accept import accept_waiting, listening_socket
-from weft.hbone.native_session import NativeStream
+from weft.hbone.native_session import NativeStream, unanswered_error
+from weft.hbone.pool import PoolKey
 from weft.hbone.relay import abort_socket, abort_tcp, relay_socket
+from weft.hbone.run_now import Pending, in_task, run_now
 from weft.identity import Identity
 from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Workload
 
@@ -215,16 +217,22 @@ class OutboundProxy:
 
     def _start(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         sock.setblocking(False)  # TCP_NODELAY: set by C at attach, or by an asyncio transport
-        task = asyncio.get_running_loop().create_task(self._handle(sock, peer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Served within this callback as far as it goes without waiting (an HBONE tunnel on a
+        # ready native connection goes all the way: no task per connection); a task goes on
+        # from where it had to wait.
+        outcome = run_now(self._handle(sock, peer))
+        if isinstance(outcome, Pending):
+            task = asyncio.get_running_loop().create_task(outcome.resume())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         local = sock.getsockname()
         record = ConnectionRecord("outbound", f"{peer[0]}:{peer[1]}", "?")
         accepted = _Accepted(sock)
+        handed_off = False  # C reports the end (the record is closed then)
         try:
-            await self._serve(accepted, peer, (local[0], local[1]), record)
+            handed_off = await self._serve(accepted, peer, (local[0], local[1]), record)
         except Exception as err:
             log.exception("outbound connection from %s failed", record.src)
             record.outcome, record.reason = "error", repr(err)
@@ -233,7 +241,8 @@ class OutboundProxy:
             accepted.abort()
             raise
         finally:
-            self._telemetry.connection_closed(record)
+            if not handed_off:
+                self._telemetry.connection_closed(record)
 
     async def _serve(
         self,
@@ -241,12 +250,13 @@ class OutboundProxy:
         peer: tuple[str, int],
         local: tuple[str, int],
         record: ConnectionRecord,
-    ) -> None:
+    ) -> bool:
+        """Serve one accepted connection; True if C took it and will report its end."""
         original = self._original_destination(peer, local)
         if original is None:
             record.outcome, record.reason = "error", "original destination not recorded"
             accepted.abort()
-            return
+            return False
         address, port, cgroup_id = original
         record.dst = f"{address_text(address)}:{port}"
         state = self._state()
@@ -255,7 +265,7 @@ class OutboundProxy:
         if source is None or source.node != state.node:
             record.outcome, record.reason = "error", "source is not a workload of this node"
             accepted.abort()
-            return
+            return False
         source_identity = state.identity(source)
         record.source_workload = source.metadata.name
         record.source_namespace = source.metadata.namespace
@@ -270,20 +280,22 @@ class OutboundProxy:
         if route.kind == RouteKind.REFUSED:
             record.outcome, record.reason = "unavailable", route.reason
             accepted.abort()
-            return
+            return False
         if route.kind == RouteKind.PASSTHROUGH:
             record.security = "none"
+            await in_task()
             await self._plain(accepted, route, record)
         elif route.kind == RouteKind.SAME_NODE:
             assert route.endpoint is not None
             record.security = "mutual_tls"  # authorized as if it had crossed HBONE
             record.destination_principal = state.identity(route.endpoint).uri
+            await in_task()
             upstream = await self._local.connect_local(
                 route.endpoint, source_identity, source_ip, route.port, record
             )
             if upstream is None:
                 accepted.abort()
-                return
+                return False
             self._telemetry.connection_opened(record)
             client = await accepted.streams()
             maps = self._splice_maps()
@@ -300,15 +312,16 @@ class OutboundProxy:
                 route.waypoint.metadata.namespace, route.waypoint.service_account,
                 state.trust_domain,
             )  # fmt: skip
-            await self._hbone(
+            return await self._hbone(
                 accepted, state=state, source=source_identity, route=route, peer=peer,
                 record=record, destination=waypoint_identity,
             )  # fmt: skip
         else:
-            await self._hbone(
+            return await self._hbone(
                 accepted, state=state, source=source_identity, route=route, peer=peer,
                 record=record,
             )  # fmt: skip
+        return False
 
     async def _plain(self, accepted: _Accepted, route: Route, record: ConnectionRecord) -> None:
         try:
@@ -334,7 +347,7 @@ class OutboundProxy:
         peer: tuple[str, int],
         record: ConnectionRecord,
         destination: Identity | None = None,
-    ) -> None:
+    ) -> bool:
         assert route.peer is not None
         if destination is None:
             assert route.endpoint is not None
@@ -352,6 +365,11 @@ class OutboundProxy:
                 f"k8s.pod.name={record.source_workload}",
             ),
         )
+        if accepted.writer is None and self._pool.data_path == "native":
+            key = PoolKey(source, destination, route.peer)
+            if self._open_now(accepted, key, authority, headers, record):
+                return True
+        await in_task()
         try:
             stream = await self._pool.open_stream(
                 source, destination, route.peer, authority, headers
@@ -361,7 +379,7 @@ class OutboundProxy:
             if isinstance(err, TunnelRefusedError) and err.status == 401:
                 record.outcome = "denied"
             accepted.abort()
-            return
+            return False
         self._telemetry.connection_opened(record)
         if isinstance(stream, NativeStream) and accepted.writer is None:
             # C takes the accepted socket as it is: no asyncio transport was ever made for it.
@@ -370,6 +388,55 @@ class OutboundProxy:
             result = await relay(stream, *await accepted.streams())
         record.sent_bytes, record.received_bytes = result.bytes_to_tunnel, result.bytes_from_tunnel
         record.outcome = "reset" if result.reset else "ok"
+        return False
+
+    def _open_now(
+        self,
+        accepted: _Accepted,
+        key: PoolKey,
+        authority: str,
+        headers: tuple[tuple[str, str], ...],
+        record: ConnectionRecord,
+    ) -> bool:
+        """The native fast path: a ready pooled connection with room takes the accepted socket
+        in one call (C sends the CONNECT and the client's first bytes together, splices on 200,
+        resets the client on any other answer). True if it did; the record is then completed
+        and closed by C's two callbacks."""
+        telemetry = self._telemetry
+        opened = False
+
+        def on_response(status: int, error_code: int) -> None:
+            nonlocal opened
+            if status == 200:
+                opened = True
+                telemetry.connection_opened(record)
+                return
+            error = (
+                TunnelRefusedError(authority, status) if status else unanswered_error(error_code)
+            )
+            record.outcome = "denied" if status == 401 else "unavailable"
+            record.reason = str(error)
+
+        def on_end(to_tunnel: int, from_tunnel: int, reset: bool) -> None:
+            record.sent_bytes, record.received_bytes = to_tunnel, from_tunnel
+            if opened:
+                record.outcome = "reset" if reset else "ok"
+            telemetry.connection_closed(record)
+
+        sock = accepted.sock
+        try:
+            stream = self._pool.open_socket_now(
+                key, authority, headers, sock.fileno(), on_response=on_response, on_end=on_end
+            )
+        except HboneError as err:  # C closed the socket
+            sock.detach()
+            record.outcome, record.reason = "unavailable", str(err)
+            telemetry.connection_closed(record)
+            return True
+        if stream is None:
+            return False
+        sock.detach()  # C owns the descriptor now
+        return True
 
 
 class LocalInbound(Protocol):

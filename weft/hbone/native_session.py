@@ -185,6 +185,7 @@ class NativeSession:
         self.streams: dict[int, NativeStream] = {}  # C's streams Python knows of
         self.on_request: RequestCallback | None = None
         self._responses: dict[int, ResponseCallback] = {}
+        self._next_stream_id = 1  # client: C checks open() names the next odd id
         self._lost = False
         self._goaway = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -280,14 +281,18 @@ class NativeSession:
         or await: C calls on_response once, then on_end once. StreamClosedError (fd closed) if
         this connection takes no new stream."""
         block = header_block(authority, headers)
-        try:
-            stream_id = self.conn.open(block, fd)
-        except ConnectionError as error:
-            raise StreamClosedError(f"cannot open a stream on this connection: {error}") from error
-        stream = self._register(stream_id, authority)
+        stream_id = self._next_stream_id
+        stream = self._register(stream_id, authority)  # C may report on it within open()
         stream.attached = True
         stream.on_end = on_end
         self._responses[stream_id] = on_response
+        try:
+            self.conn.open(stream_id, block, fd)
+        except ConnectionError as error:  # C closed fd
+            self.streams.pop(stream_id, None)
+            self._responses.pop(stream_id, None)
+            raise StreamClosedError(f"cannot open a stream on this connection: {error}") from error
+        self._next_stream_id += 2
         return stream
 
     async def open_tunnel(
@@ -299,10 +304,12 @@ class NativeSession:
             raise StreamClosedError("this HBONE connection is closing; open a new one")
         try:
             block = header_block(authority, tuple(headers))
-            stream_id = self.conn.open(block)
+            stream_id = self._next_stream_id
+            self.conn.open(stream_id, block)
         except (ConnectionError, ValueError) as error:
             raise StreamClosedError(f"cannot open a stream on this connection: {error}") from error
-        stream = self._register(stream_id, authority)
+        self._next_stream_id += 2
+        stream = self._register(stream_id, authority)  # no callback comes without a socket
         response: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def answered(status: int, error_code: int) -> None:

@@ -9,6 +9,7 @@ one.
 
 from __future__ import annotations
 
+import asyncio
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
@@ -39,9 +40,33 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T | Pending[T]:
     return Pending(coro, yielded)
 
 
+class _InTask:
+    """What in_task() yields to run_now(): go on in a task from here."""
+
+
+_IN_TASK = _InTask()
+
+
+@types.coroutine
+def _yield_in_task() -> Generator[Any, Any, None]:
+    yield _IN_TASK
+
+
+async def in_task() -> None:
+    """Within run_now(): go on in a task from here (asyncio.timeout() and the like need one).
+    Elsewhere (already in a task): nothing."""
+    if asyncio.current_task() is None:
+        await _yield_in_task()
+
+
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
     """Hand what `coro` yielded (a future) to the running task, and feed back what it sends."""
+    if yielded is _IN_TASK:  # now in the task: go on at once
+        try:
+            yielded = coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
     while True:
         try:
             value = yield yielded

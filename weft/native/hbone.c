@@ -997,7 +997,7 @@ static void server_headers(Conn *c, uint32_t sid, int end_stream) {
     }
     if (r == HPACK_TOO_LARGE) { /* this stream only: the HPACK state is intact */
         Py_DECREF(fields);
-        emit_status(c, sid, 431, 1);
+        emit_status(c, sid, 400, 1);
         emit_rst(c, sid, E_NO);
         return;
     }
@@ -1635,12 +1635,14 @@ static long room(Conn *c) {
 
 static PyObject *Conn_room(Conn *c, PyObject *unused) { return PyLong_FromLong(room(c)); }
 
-/* open(block, fd=-1, buffered=b""): HEADERS (CONNECT) on a new stream; with fd, the socket's
+/* open(sid, block, fd=-1, buffered=b""): HEADERS (CONNECT) on a new stream, whose id the
+ * caller names (it is known to Python before any callback about it); with fd, the socket's
  * bytes follow as DATA at once, in the same TLS write. */
 static PyObject *Conn_open(Conn *c, PyObject *args) {
     Py_buffer block, buffered = {0};
     int fd = -1;
-    if (!PyArg_ParseTuple(args, "y*|iy*", &block, &fd, &buffered)) return NULL;
+    unsigned long wanted;
+    if (!PyArg_ParseTuple(args, "ky*|iy*", &wanted, &block, &fd, &buffered)) return NULL;
     PyObject *result = NULL;
     if (room(c) <= 0 || !c->started) {
         if (fd >= 0) close(fd);
@@ -1648,6 +1650,12 @@ static PyObject *Conn_open(Conn *c, PyObject *args) {
         goto done;
     }
     uint32_t sid = c->next_stream;
+    if (wanted != sid) {
+        if (fd >= 0) close(fd);
+        PyErr_Format(PyExc_ValueError, "the next stream id is %lu, not %lu", (unsigned long)sid,
+                     wanted);
+        goto done;
+    }
     Stream *s = new_stream(c, sid);
     if (!s) {
         if (fd >= 0) close(fd);
@@ -1876,8 +1884,8 @@ static PyMethodDef Conn_methods[] = {
     {"alpn", (PyCFunction)Conn_alpn, METH_NOARGS, "The negotiated ALPN protocol, or None."},
     {"start", (PyCFunction)Conn_start, METH_NOARGS, "Start moving bytes (after the handshake)."},
     {"open", (PyCFunction)Conn_open, METH_VARARGS,
-     "open(block, fd=-1, buffered=b''): client: send a CONNECT (an HPACK block without the "
-     "dynamic table) and splice fd (owned after) once answered 200; returns the stream id."},
+     "open(stream_id, block, fd=-1, buffered=b''): client: send a CONNECT (an HPACK block "
+     "without the dynamic table) on the next stream and splice fd (owned after)."},
     {"room", (PyCFunction)Conn_room, METH_NOARGS, "How many more streams open() takes now."},
     {"respond", (PyCFunction)Conn_respond, METH_VARARGS,
      "respond(stream_id, fd, buffered=b'', eof=False): server: answer 200 and splice fd."},
