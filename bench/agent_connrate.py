@@ -170,9 +170,13 @@ def _report_state(side: str, agent: object) -> None:
     else:
         for _, server in agent.servers.values():  # type: ignore[attr-defined]
             sessions += list(server._sessions)
-    held = [(len(s.streams), len(s.core._h2.streams)) for s in sessions]
+    # (streams Python knows, streams h2 or C holds): a native session has no h2 object
+    held = [
+        (len(s.streams), s.stats()["streams"] if hasattr(s, "stats") else len(s.core._h2.streams))
+        for s in sessions
+    ]
     print(
-        f"{side}: sessions (streams, h2 streams) {held}, objects {len(gc.get_objects())}",
+        f"{side}: sessions (streams, h2/C streams) {held}, objects {len(gc.get_objects())}",
         file=sys.stderr,
     )
 
