@@ -161,11 +161,11 @@ block_plan = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(block_plan, min_size=1, max_size=8))
-def test_blocks_from_hpacks_encoder_decode_to_the_same_lists(
-    decode: Decode, plan: list[tuple[list[int], list[tuple[bytes, bytes, bool]], bool]]
-) -> None:
+Plan = list[tuple[list[int], list[tuple[bytes, bytes, bool]], bool]]
+
+
+def encode_plan(plan: Plan) -> tuple[list[bytes], list[Fields]]:
+    """The blocks hpack's encoder makes of the plan (one encoder), and their header lists."""
     encoder = hpack.Encoder()
     blocks, expected = [], []
     for sizes, headers, huffman in plan:
@@ -176,7 +176,41 @@ def test_blocks_from_hpacks_encoder_decode_to_the_same_lists(
                 encoder.header_table_size = size
         blocks.append(encoder.encode(headers, huffman=huffman))
         expected.append([(name, value) for name, value, _ in headers])
+    return blocks, expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(block_plan, min_size=1, max_size=8))
+def test_blocks_from_hpacks_encoder_decode_to_the_same_lists(decode: Decode, plan: Plan) -> None:
+    blocks, expected = encode_plan(plan)
     assert decode(blocks, max_list_size=1 << 20) == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(block_plan, min_size=1, max_size=6), st.integers(0, 800))
+def test_header_list_limit_cuts_only_the_large_lists_and_the_table_stays_in_step(
+    decode: Decode, plan: Plan, limit: int
+) -> None:
+    blocks, expected = encode_plan(plan)
+    # each list up to the field that crosses the limit, exclusive
+    cut, too_large = [], False
+    for fields_sent in expected:
+        size, fitting = 0, []
+        for name, value in fields_sent:
+            size += len(name) + len(value) + 32
+            if size > limit:
+                too_large = True
+                break
+            fitting.append((name, value))
+        cut.append(fitting)
+    try:
+        result = decode(blocks, max_list_size=limit)
+    except OverflowError as error:
+        assert too_large
+        result = error.args[1]
+    else:
+        assert not too_large
+    assert result == cut
 
 
 # ---- robustness -------------------------------------------------------------------------------
