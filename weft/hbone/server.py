@@ -18,7 +18,7 @@ from weft.hbone.errors import HboneError, StreamClosedError
 from weft.hbone.events import TunnelRequested
 from weft.hbone.native_session import NativeSession, NativeStream, check_data_path
 from weft.hbone.relay import RelayResult, relay
-from weft.hbone.request import ConnectRequest, MalformedRequestError, validate_connect
+from weft.hbone.request import ConnectRequest, MalformedRequestError, validate_connect_fields
 from weft.hbone.run_now import Pending, run_now
 from weft.hbone.session import TunnelSession
 from weft.hbone.stream import HboneStream
@@ -195,7 +195,7 @@ class HboneServer:
         """C decoded a CONNECT: validate it (400 on this stream only), then authorize, connect
         and answer, synchronously when nothing has to wait (see run_now)."""
         try:
-            request = validate_connect(fields)
+            request = validate_connect_fields(tuple(fields))
         except MalformedRequestError as error:
             log.info("HBONE stream %d answered 400: %s", stream_id, error)
             session.conn.refuse(stream_id, 400)
