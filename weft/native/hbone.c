@@ -652,15 +652,20 @@ static int is_idle(Conn *c, uint32_t sid) {
     return !(sid & 1) || sid >= c->next_stream;
 }
 
+/* Everything from the tunnel is written to the socket: half-close it (FIN), or, when its own
+ * direction has ended too (FIN read, END_STREAM sent), leave the FIN to the close() that
+ * finishes the stream: one system call less per connection. */
+static void write_side_done(Stream *s) {
+    s->shut_wr = 1;
+    s->check = 1;
+    if (!(s->tcp_eof && s->eof_told)) shutdown(s->fd, SHUT_WR);
+}
+
 /* The peer ended its direction of the stream (END_STREAM). */
 static void remote_ended(Conn *c, Stream *s) {
     if (s->remote_end) return;
     s->remote_end = 1;
-    if (s->attached && !s->down.len && !s->reset_pending && !s->shut_wr) {
-        shutdown(s->fd, SHUT_WR);
-        s->shut_wr = 1;
-        s->check = 1;
-    }
+    if (s->attached && !s->down.len && !s->reset_pending && !s->shut_wr) write_side_done(s);
 }
 
 /* A stream error (RFC 9113 5.4.2): RST_STREAM with `code`, and the stream is gone here. */
@@ -1552,11 +1557,7 @@ static PyObject *Conn_tcp_writable(Conn *c, PyObject *arg) {
         if (!s->down.len) {
             buf_shrink(&s->down);
             stream_set_writing(c, s, 0);
-            if (s->remote_end && !s->shut_wr && !s->reset_pending) {
-                shutdown(s->fd, SHUT_WR);
-                s->shut_wr = 1;
-                s->check = 1;
-            }
+            if (s->remote_end && !s->shut_wr && !s->reset_pending) write_side_done(s);
         }
     } else if (s && s->writing) {
         stream_set_writing(c, s, 0);
@@ -1598,10 +1599,7 @@ static int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_
         s->from_tunnel -= held.len; /* counted when it arrived */
         buf_free(&held);
     }
-    if (s->remote_end && !s->down.len && !s->reset_pending && !s->shut_wr) {
-        shutdown(s->fd, SHUT_WR);
-        s->shut_wr = 1;
-    }
+    if (s->remote_end && !s->down.len && !s->reset_pending && !s->shut_wr) write_side_done(s);
     if (s->up.len) drain_up(c, s);
     if (s->up.len) {
         set_blocked(c, s, 1);
