@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.connect_trace import ConnectTracer
+from bench.connect_trace import ConnectTracer, ProgramTimes, program_costs
 from bench.loads.catalog import SERVICE_PORTS
 from bench.loads.connrate import MESSAGE_BYTES, parse_conn_output
 from bench.native import NativeTools, build_tools
@@ -60,8 +60,9 @@ VARIANTS: dict[str, Scheduling] = {
     "nice0": Scheduling(nice=0),  # what the agents run at outside the bench
     "batch": Scheduling(policy=os.SCHED_BATCH),  # no wakeup preemption of the client
     "batch-nice0": Scheduling(nice=0, policy=os.SCHED_BATCH),
-    # A diagnostic, not a fix: the agent can never run on the client's CPU.
+    # Diagnostics, not fixes: the agent never / always on the client's CPU.
     "pinned": Scheduling(agent_cpus=frozenset({1}), client_cpu=0),
+    "same-cpu": Scheduling(agent_cpus=frozenset({0}), client_cpu=0),
 }
 
 
@@ -88,7 +89,25 @@ class Arm:
     name: str
     client: str
     host: str
-    variant: Scheduling | None  # None: the direct arm (no agent involved)
+    scheduling: Scheduling
+    captured: bool  # False: direct-same-node (no agent involved; only client_cpu applies)
+    reference: str = ""  # the direct arm a captured arm is compared with
+
+
+def make_arms(
+    variants: Sequence[str], direct: tuple[str, str], captured: tuple[str, str]
+) -> list[Arm]:
+    """`direct` first, a captured arm per variant; a variant that pins the client gets a direct
+    arm pinned the same way as its reference, so pinning alone does not count as the capture."""
+    arms = [Arm(DIRECT, *direct, Scheduling(), captured=False)]
+    for name in variants:
+        scheduling = VARIANTS[name]
+        reference = DIRECT
+        if scheduling.client_cpu is not None:
+            reference = f"{DIRECT}:{name}"
+            arms.append(Arm(reference, *direct, scheduling, captured=False))
+        arms.append(Arm(f"weft:{name}", *captured, scheduling, captured=True, reference=reference))
+    return arms
 
 
 @dataclass
@@ -97,16 +116,19 @@ class ArmRounds:
     p90_us: list[float]
     conn_s: list[float]
     at: list[float]  # seconds since the start, per round
+    idle: list[float]  # the machine's idle fraction during the run (both CPUs, all tasks)
     trace: list[dict[str, Any]]
+    bpf: list[dict[str, dict[str, float]]]  # traced: Weft's programs' runs and ns per run
 
 
 def run_once(
     testbed: Testbed, arm: Arm, agent_pid: int, tools: NativeTools, seconds: float
-) -> tuple[float, float, float]:
-    """One conn_client run on `arm`: connect() p50 and p90 (us) and connections per second."""
-    if arm.variant is not None:
-        apply_scheduling(agent_pid, arm.variant)
-    client_cpu = arm.variant.client_cpu if arm.variant else None
+) -> tuple[float, float, float, int]:
+    """One conn_client run on `arm`: connect() p50 and p90 (us), connections per second, and
+    connections made."""
+    if arm.captured:
+        apply_scheduling(agent_pid, arm.scheduling)
+    client_cpu = arm.scheduling.client_cpu
     pin = ["taskset", "-c", str(client_cpu)] if client_cpu is not None else []
     argv = [str(tools.conn_client), arm.host, str(SERVICE_PORTS["echo"]), str(MESSAGE_BYTES)]
     argv += [f"{seconds:g}", "500000", "1"]
@@ -115,7 +137,7 @@ def run_once(
     if run.connections == 0 or run.failures > run.connections // 100:
         raise RuntimeError(f"{arm.name}: {run.failures} failed, {run.connections} completed")
     connect_us = [ns / 1000 for ns in run.connect_ns]
-    return percentile(connect_us, 0.5), percentile(connect_us, 0.9), run.rate
+    return percentile(connect_us, 0.5), percentile(connect_us, 0.9), run.rate, run.connections
 
 
 def measure(
@@ -128,44 +150,99 @@ def measure(
     seconds: float,
     tracer: ConnectTracer | None,
 ) -> dict[str, ArmRounds]:
-    collected = {arm.name: ArmRounds([], [], [], [], []) for arm in arms}
+    collected = {arm.name: ArmRounds([], [], [], [], [], [], []) for arm in arms}
+    programs = ProgramTimes() if tracer is not None else None
+    try:
+        _rounds(testbed, arms, agent_pid, tools, rounds, seconds, tracer, programs, collected)
+    finally:
+        if programs is not None:
+            programs.close()
+    apply_scheduling(agent_pid, VARIANTS["nice-5"])  # as the bench leaves it
+    return collected
+
+
+def _rounds(  # noqa: PLR0917 - the internals of measure()
+    testbed: Testbed,
+    arms: Sequence[Arm],
+    agent_pid: int,
+    tools: NativeTools,
+    rounds: int,
+    seconds: float,
+    tracer: ConnectTracer | None,
+    programs: ProgramTimes | None,
+    collected: dict[str, ArmRounds],
+) -> None:
     start = time.monotonic()
     for index in range(rounds):
         shift = index % len(arms)
         for arm in [*arms[shift:], *arms[:shift]]:
             if tracer is not None:
                 tracer.take()  # drop what came before this run
-            p50, p90, rate = run_once(testbed, arm, agent_pid, tools, seconds)
+            before, prog_before = _cpu_times(), programs.snapshot() if programs else {}
+            p50, p90, rate, count = run_once(testbed, arm, agent_pid, tools, seconds)
+            after = _cpu_times()
             figures = collected[arm.name]
+            if programs is not None:
+                figures.bpf.append(program_costs(prog_before, programs.snapshot(), count))
             figures.p50_us.append(p50)
             figures.p90_us.append(p90)
             figures.conn_s.append(rate)
             figures.at.append(round(time.monotonic() - start, 1))
+            busy, idle = (b - a for a, b in zip(before, after, strict=True))
+            figures.idle.append(round(idle / max(busy + idle, 1), 3))
+            kernel = ""
             if tracer is not None:
-                figures.trace.append(tracer.take().summary())
+                traced = tracer.take().summary()
+                figures.trace.append(traced)
+                kernel = f"  in the kernel {traced.get('connect_p50_us', 0.0):6.1f} us"
+            if figures.bpf:
+                ns = sum(
+                    c["runs_per_connection"] * c["ns_per_run"] for c in figures.bpf[-1].values()
+                )
+                kernel += f"  eBPF {ns / 1000:5.2f} us/conn"
             print(f"round {index + 1}/{rounds} {arm.name:<14} connect() p50 {p50:6.1f} us  "
-                  f"p90 {p90:6.1f} us  {rate:8,.0f} conn/s", flush=True)  # fmt: skip
-    apply_scheduling(agent_pid, VARIANTS["nice-5"])  # as the bench leaves it
-    return collected
+                  f"p90 {p90:6.1f} us  {rate:8,.0f} conn/s{kernel}", flush=True)  # fmt: skip
 
 
-def summarize(collected: dict[str, ArmRounds]) -> dict[str, Any]:
+def summarize(arms: Sequence[Arm], collected: dict[str, ArmRounds]) -> dict[str, Any]:
     """Per arm: its p50 median and spread; per captured arm: the per-round added p50."""
-    direct = collected[DIRECT].p50_us
     summary: dict[str, Any] = {}
-    for name, figures in collected.items():
+    for arm in arms:
+        name, figures = arm.name, collected[arm.name]
         entry: dict[str, Any] = {
             "p50_us_median": median(figures.p50_us),
             "p50_spread": spread(figures.p50_us),
             "p90_us_median": median(figures.p90_us),
             "conn_s_median": median(figures.conn_s),
+            "idle_median": median(figures.idle),
         }
-        if name != DIRECT:
+        kernel = _syscall_p50s(figures)
+        if kernel:  # traced: connect()'s own p50 inside the system call
+            entry["syscall_p50_us_median"] = median(kernel)
+        if arm.captured:
+            direct = collected[arm.reference].p50_us
             added = [mine - base for mine, base in zip(figures.p50_us, direct, strict=True)]
+            entry["reference"] = arm.reference
             low, high = median_interval(added)
             entry.update(added_us=added, added_us_median=median(added), added_us_ci95=[low, high])
+            ours, theirs = _syscall_p50s(figures), _syscall_p50s(collected[arm.reference])
+            if ours and len(ours) == len(theirs):
+                inside = [mine - base for mine, base in zip(ours, theirs, strict=True)]
+                entry.update(syscall_added_us_median=median(inside),
+                             syscall_added_us_ci95=list(median_interval(inside)))  # fmt: skip
         summary[name] = entry
     return summary
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, idle) jiffies of the whole machine, from /proc/stat's first line."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, idle
+
+
+def _syscall_p50s(figures: ArmRounds) -> list[float]:
+    return [float(t["connect_p50_us"]) for t in figures.trace if t.get("calls")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,11 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = direct.setup(testbed, layout, workdir)
             meshed = weft.setup(testbed, layout, workdir)
             agent_pid = weft.mesh_pids()[0]
-            arms = [Arm(DIRECT, base.client, base.addresses["echo"][0], None)]
-            arms += [
-                Arm(f"weft:{name}", meshed.client, meshed.addresses["echo"][0], VARIANTS[name])
-                for name in variants
-            ]
+            arms = make_arms(
+                variants,
+                (base.client, base.addresses["echo"][0]),
+                (meshed.client, meshed.addresses["echo"][0]),
+            )
             collected = measure(
                 testbed, arms, agent_pid, tools=tools, rounds=args.rounds, seconds=args.seconds,
                 tracer=tracer,
@@ -216,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for pid in server_pids:
                 testbed.stop(pid)
     machine["loadavg_at_end"] = list(os.getloadavg())
-    summary = summarize(collected)
+    summary = summarize(arms, collected)
     record = {
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -238,9 +315,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(record, indent=1) + "\n")
     for name, entry in summary.items():
         line = f"{name:<14} p50 {entry['p50_us_median']:6.1f} us (spread {entry['p50_spread']:.0%})"
+        line += f" idle {entry['idle_median']:.0%}"
+        if "syscall_p50_us_median" in entry:
+            line += f"  in the kernel {entry['syscall_p50_us_median']:5.1f} us"
         if "added_us_median" in entry:
             low, high = entry["added_us_ci95"]
             line += f"  added {entry['added_us_median']:+.1f} us (95% CI {low:+.1f} .. {high:+.1f})"
+        if "syscall_added_us_median" in entry:
+            low, high = entry["syscall_added_us_ci95"]
+            inside = entry["syscall_added_us_median"]
+            line += f", in the kernel {inside:+.1f} ({low:+.1f} .. {high:+.1f})"
         print(line)
     print(f"load average at the end {machine['loadavg_at_end']}; result: {out}")
     return 0
