@@ -15,7 +15,14 @@ setup(
             sources=sorted(glob("weft/native/*.c")),
             depends=sorted(glob("weft/native/*.h")),
             libraries=["ssl", "crypto"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            # hidden: the engine's files share functions (native.h) that must not be exported
+            extra_compile_args=[
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Wno-unused-parameter",
+                "-fvisibility=hidden",
+            ],
             optional=True,
         )
     ]
