@@ -14,8 +14,10 @@ Outbound, one pool per process reuses TLS connections per (source, destination, 
     await relay(stream, app_reader, app_writer)
 
 Both take `data_path="native"` to run their connections on weft._native (`native_session`): C
-then owns TLS, framing, DATA, flow control and each relayed stream's TCP socket, and h2 sees only
-the other frames; such streams can only be relay()ed. The node agent uses it by default.
+then speaks all of HTTP/2 (there is no h2 object) and owns each relayed stream's TCP socket; such
+streams can only be relay()ed, or opened and answered with a socket in one call
+(`HbonePool.open_socket_now`, `HboneServer(connect_socket=...)`). The node agent uses it by
+default.
 """
 
 from weft.hbone.connection import ClientConnection, ServerConnection, TunnelSettings
