@@ -17,13 +17,15 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
-from hbone_testing import TestCa, run
+from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_native_hbone import Mesh, assert_serving, h2_client, mesh_on, native_server, settle
 
+from weft.hbone import HbonePool
+from weft.hbone.errors import TunnelUnavailableError
 from weft.hbone.native_session import NativeSession, native_available
-from weft.tls import Svid, client_context
+from weft.tls import Svid, client_context, server_context
 
 pytestmark = [
     pytest.mark.native,
@@ -319,6 +321,42 @@ def test_a_draining_server_finishes_its_streams_and_the_pool_dials_anew(
             assert await reader.read() == b""
             writer.close()
             await settle(lambda: server_session.lost)
+
+    run(main)
+
+
+def test_a_client_refuses_its_streams_above_the_last_id_of_a_goaway(
+    ca: TestCa, client_svid: Svid, server_svid: Svid
+) -> None:
+    """An h2 server answers the first CONNECT with GOAWAY(last stream 0): the native client's
+    stream was never served, so open_stream() fails as unavailable (not refused by policy) and
+    the pool stops using that connection, which closes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        server.initiate_connection()
+        writer.write(server.data_to_send())
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for event in server.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        server.close_connection(last_stream_id=0)
+                writer.write(server.data_to_send())
+        writer.close()
+
+    async def main() -> None:
+        listener = await asyncio.start_server(
+            serve, "127.0.0.1", 0, ssl=server_context(server_svid, ca.bundle_pem)
+        )
+        port = listener.sockets[0].getsockname()[1]
+        pool = HbonePool(lambda _: client_context(client_svid, ca.bundle_pem), data_path="native")
+        try:
+            with pytest.raises(TunnelUnavailableError, match="refused the stream unserved"):
+                await pool.open_stream(CLIENT_ID, SERVER_ID, ("127.0.0.1", port), "127.0.0.1:9")
+            await settle(lambda: pool.connection_count() == 0)
+        finally:
+            await pool.close()
+            listener.close()
 
     run(main)
 
