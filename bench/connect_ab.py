@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +54,14 @@ class Scheduling:
     policy: int = os.SCHED_OTHER
     agent_cpus: frozenset[int] | None = None  # None: every CPU
     client_cpu: int | None = None
+    # Keep every CPU out of idle with a SCHED_IDLE busy loop per CPU during the run (it yields
+    # to any other task at once): tells apart a cost of the path from one of waking idle CPUs.
+    spin: bool = False
+
+    @property
+    def changes_client(self) -> bool:
+        """Whether it changes how the client runs too (then direct needs the same)."""
+        return self.client_cpu is not None or self.spin
 
 
 VARIANTS: dict[str, Scheduling] = {
@@ -63,6 +72,7 @@ VARIANTS: dict[str, Scheduling] = {
     # Diagnostics, not fixes: the agent never / always on the client's CPU.
     "pinned": Scheduling(agent_cpus=frozenset({1}), client_cpu=0),
     "same-cpu": Scheduling(agent_cpus=frozenset({0}), client_cpu=0),
+    "spin": Scheduling(spin=True),
 }
 
 
@@ -103,7 +113,7 @@ def make_arms(
     for name in variants:
         scheduling = VARIANTS[name]
         reference = DIRECT
-        if scheduling.client_cpu is not None:
+        if scheduling.changes_client:
             reference = f"{DIRECT}:{name}"
             arms.append(Arm(reference, *direct, scheduling, captured=False))
         arms.append(Arm(f"weft:{name}", *captured, scheduling, captured=True, reference=reference))
@@ -121,8 +131,13 @@ class ArmRounds:
     bpf: list[dict[str, dict[str, float]]]  # traced: Weft's programs' runs and ns per run
 
 
-def run_once(
-    testbed: Testbed, arm: Arm, agent_pid: int, tools: NativeTools, seconds: float
+def run_once(  # noqa: PLR0917
+    testbed: Testbed,
+    arm: Arm,
+    agent_pid: int,
+    tools: NativeTools,
+    seconds: float,
+    interval_us: int = 0,
 ) -> tuple[float, float, float, int]:
     """One conn_client run on `arm`: connect() p50 and p90 (us), connections per second, and
     connections made."""
@@ -131,13 +146,34 @@ def run_once(
     client_cpu = arm.scheduling.client_cpu
     pin = ["taskset", "-c", str(client_cpu)] if client_cpu is not None else []
     argv = [str(tools.conn_client), arm.host, str(SERVICE_PORTS["echo"]), str(MESSAGE_BYTES)]
-    argv += [f"{seconds:g}", "500000", "1"]
-    proc = testbed.exec(arm.client, prioritized([*pin, *argv]), timeout=seconds + 20)
+    argv += [f"{seconds:g}", "500000", "1", str(interval_us)]
+    with _spinning(arm.scheduling.spin):
+        proc = testbed.exec(arm.client, prioritized([*pin, *argv]), timeout=seconds + 20)
     run = parse_conn_output(proc.stdout)
     if run.connections == 0 or run.failures > run.connections // 100:
         raise RuntimeError(f"{arm.name}: {run.failures} failed, {run.connections} completed")
     connect_us = [ns / 1000 for ns in run.connect_ns]
     return percentile(connect_us, 0.5), percentile(connect_us, 0.9), run.rate, run.connections
+
+
+_SPIN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+
+
+@contextlib.contextmanager
+def _spinning(enabled: bool) -> Iterator[None]:
+    """A SCHED_IDLE busy loop on each CPU while the block runs (none if not `enabled`)."""
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        if enabled:
+            for cpu in range(os.cpu_count() or 1):
+                argv = ["taskset", "-c", str(cpu), sys.executable, "-c", _SPIN]
+                spinners.append(subprocess.Popen(argv))
+            time.sleep(0.2)  # started and in their loops
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(timeout=10)
 
 
 def measure(
@@ -148,12 +184,16 @@ def measure(
     tools: NativeTools,
     rounds: int,
     seconds: float,
+    interval_us: int = 0,
     tracer: ConnectTracer | None,
 ) -> dict[str, ArmRounds]:
     collected = {arm.name: ArmRounds([], [], [], [], [], [], []) for arm in arms}
     programs = ProgramTimes() if tracer is not None else None
     try:
-        _rounds(testbed, arms, agent_pid, tools, rounds, seconds, tracer, programs, collected)
+        _rounds(
+            testbed, arms, agent_pid, tools, rounds, (seconds, interval_us), tracer, programs,
+            collected,
+        )  # fmt: skip
     finally:
         if programs is not None:
             programs.close()
@@ -167,7 +207,7 @@ def _rounds(  # noqa: PLR0917 - the internals of measure()
     agent_pid: int,
     tools: NativeTools,
     rounds: int,
-    seconds: float,
+    pacing: tuple[float, int],  # seconds per run, microseconds between connection starts
     tracer: ConnectTracer | None,
     programs: ProgramTimes | None,
     collected: dict[str, ArmRounds],
@@ -179,7 +219,7 @@ def _rounds(  # noqa: PLR0917 - the internals of measure()
             if tracer is not None:
                 tracer.take()  # drop what came before this run
             before, prog_before = _cpu_times(), programs.snapshot() if programs else {}
-            p50, p90, rate, count = run_once(testbed, arm, agent_pid, tools, seconds)
+            p50, p90, rate, count = run_once(testbed, arm, agent_pid, tools, *pacing)
             after = _cpu_times()
             figures = collected[arm.name]
             if programs is not None:
@@ -252,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                         help="agent scheduling variants to compare (default: nice-5)")  # fmt: skip
     parser.add_argument("--trace", action="store_true", help="attach bench.connect_trace")
+    parser.add_argument("--interval-us", type=int, default=0,
+                        help="pace: a connection at most every N us, on every path")  # fmt: skip
     parser.add_argument("--testbed", choices=("lab", "running"), default="lab")
     parser.add_argument("--label", help="results file suffix")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -283,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             collected = measure(
                 testbed, arms, agent_pid, tools=tools, rounds=args.rounds, seconds=args.seconds,
+                interval_us=args.interval_us,
                 tracer=tracer,
             )  # fmt: skip
         finally:
@@ -304,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": args.seconds,
             "variants": {name: _describe(VARIANTS[name]) for name in variants},
             "trace": args.trace,
+            "interval_us": args.interval_us,
             "order": "each round runs every arm once; the order rotates round to round",
         },
         "arms": {name: vars(figures) for name, figures in collected.items()},
@@ -338,6 +382,7 @@ def _describe(scheduling: Scheduling) -> dict[str, Any]:
         ),
         "agent_cpus": sorted(scheduling.agent_cpus) if scheduling.agent_cpus else "all",
         "client_cpu": scheduling.client_cpu,
+        "spin": scheduling.spin,
     }
 
 

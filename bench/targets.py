@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bench.result import BenchResult
-from bench.stats import median
+from bench.stats import median, median_interval
+
+# Below this many rounds the median's 95% interval is just the rounds' range: not shown.
+MIN_ROUNDS_FOR_INTERVAL = 6
 
 
 class Measure(Enum):
@@ -140,8 +143,13 @@ def check_target(result: BenchResult, target: Target) -> CheckResult:
         measured = median(ratios)
         note = f"median of {len(ratios)} per-round ratios"
     else:
-        measured = median([mine - theirs for mine, theirs in pairs])
+        differences = [mine - theirs for mine, theirs in pairs]
+        measured = median(differences)
         note = f"median of {len(pairs)} per-round differences ({target.metric})"
+        if len(differences) >= MIN_ROUNDS_FOR_INTERVAL:
+            # How sure the verdict is: the rounds' differences are noisy (bench/README.md).
+            low, high = median_interval(differences)
+            note += f", 95% CI {low:+,.1f} .. {high:+,.1f}"
     return CheckResult(target, measured, _OPS[target.op](measured, target.bound), note)
 
 

@@ -1,8 +1,15 @@
-"""New connections per second, each with one 1 KiB exchange: one at a time and 8 at a time.
+"""New connections per second, each with one 1 KiB exchange: one at a time and 8 at a time;
+and connect()'s own latency, at a paced rate the same on every path.
 
 One at a time the rate is latency-bound (a proxy adds its round trips to every connection);
 with PARALLEL loops in flight it is bound by what each connection costs the proxy's CPU, which is
 what pooled HBONE tunnels save over a TLS handshake per connection. conn_client does both.
+
+connect() p50 comes from a third, paced run (a connection every PACED_INTERVAL_US): back to back,
+a path whose connections take longer leaves the client's CPU idle longer before each connect(),
+and on this machine a connect() on a CPU just out of idle takes 10-25 us longer (bench/README.md
+"The connect() figure"), which would count against the slower path whatever connect() itself
+costs on it. Paced, every path's client waits the same before each connect().
 """
 
 from __future__ import annotations
@@ -15,8 +22,12 @@ from bench.stats import percentile
 
 MESSAGE_BYTES = 1024
 PARALLEL = 8  # connect/exchange/close loops in flight in the concurrent run
+RUNS = 3  # one at a time, PARALLEL at a time, paced: each gets a third of the load's seconds
+# Longer than a connection through any same-node path (weft-same-node's is about 1 ms), so both
+# sides of the capture figure are paced, not back to back.
+PACED_INTERVAL_US = 2000
 CONN_S = Metric("conn_s", "rate", "conn/s", higher_is_better=True)
-CONNECT_P50 = Metric("connect_p50_us", "connect() p50", "us", higher_is_better=False)
+CONNECT_P50 = Metric("connect_p50_us", "connect() p50, paced", "us", higher_is_better=False)
 CONN_S_PARALLEL = Metric(
     f"conn_s_{PARALLEL}", f"rate, {PARALLEL} at a time", "conn/s", higher_is_better=True
 )
@@ -58,11 +69,12 @@ def parse_conn_output(text: str) -> ConnectionRun:
     )
 
 
-def conn_argv(ctx: LoadContext, parallel: int) -> list[str]:
-    """conn_client's command line for half the load's time (the two runs share it, so the mesh
+def conn_argv(ctx: LoadContext, parallel: int, interval_us: int = 0) -> list[str]:
+    """conn_client's command line for a third of the load's time (the RUNS share it, so the mesh
     CPU the runner accounts over the load's seconds stays a figure of cores)."""
     argv = [str(ctx.tools.conn_client), ctx.host, str(ctx.port), str(MESSAGE_BYTES)]
-    return [*argv, f"{ctx.seconds / 2:g}", str(ctx.max_count), str(parallel)]
+    argv += [f"{ctx.seconds / RUNS:g}", str(ctx.max_count), str(parallel)]
+    return [*argv, str(interval_us)] if interval_us else argv
 
 
 def _checked(run: ConnectionRun, what: str) -> ConnectionRun:
@@ -79,9 +91,12 @@ def run_connrate(ctx: LoadContext) -> LoadOutcome:
     )
     what = f"conn_client x{PARALLEL}"
     parallel = _checked(parse_conn_output(run_client(ctx, conn_argv(ctx, PARALLEL), what)), what)
+    what = f"conn_client paced every {PACED_INTERVAL_US} us"
+    argv = conn_argv(ctx, 1, PACED_INTERVAL_US)
+    paced = _checked(parse_conn_output(run_client(ctx, argv, what)), what)
     values = {
         CONN_S.key: serial.rate,
-        CONNECT_P50.key: percentile([ns / 1000 for ns in serial.connect_ns], 0.5),
+        CONNECT_P50.key: percentile([ns / 1000 for ns in paced.connect_ns], 0.5),
         CONN_S_PARALLEL.key: parallel.rate,
     }
     # The latency plot shows one connection at a time: concurrency would add queueing to it.
@@ -90,7 +105,7 @@ def run_connrate(ctx: LoadContext) -> LoadOutcome:
 
 CONNRATE = Load(
     "connrate",
-    f"new connections, 1 KiB exchange each (1, then {PARALLEL} at a time)",
+    f"new connections, 1 KiB exchange each (1, then {PARALLEL} at a time, then paced)",
     "echo",
     (CONN_S, CONNECT_P50, CONN_S_PARALLEL),
     run_connrate,

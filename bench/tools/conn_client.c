@@ -10,7 +10,11 @@
  * makes no progress for IO_TIMEOUT_S (connect, send or receive) is a failure, not a hang of the
  * whole run: its error is printed, and the load fails the run if more than 1% fail.
  *
- * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY]
+ * With INTERVAL_US, each thread starts a connection at most every INTERVAL_US microseconds
+ * (paced: it sleeps until the next start if the last connection finished sooner), so the time a
+ * client's CPU sits idle before each connect() is the same whatever path is measured.
+ *
+ * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY [INTERVAL_US]]
  * stdout: "connections N failures F elapsed_ns E" then "CONNECT_NS TOTAL_NS" per connection.
  */
 #include <arpa/inet.h>
@@ -33,7 +37,7 @@
 
 static struct sockaddr_in target;
 static size_t size;
-static uint64_t start_ns, limit_ns;
+static uint64_t start_ns, limit_ns, interval_ns;
 static long max_conns;
 static uint32_t *connect_ns, *total_ns;
 static long next_slot;              /* connections completed, in all threads (atomic) */
@@ -72,8 +76,18 @@ static void *loop(void *unused) {
     if (buf == NULL)
         return NULL;
     memset(buf, 'x', size);
+    uint64_t next_start = now_ns();
     while (__atomic_load_n(&failures, __ATOMIC_RELAXED) < MAX_FAILURES &&
            __atomic_load_n(&next_slot, __ATOMIC_RELAXED) < max_conns) {
+        if (interval_ns) {
+            struct timespec at = {.tv_sec = (time_t)(next_start / 1000000000ull),
+                                  .tv_nsec = (long)(next_start % 1000000000ull)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL) == EINTR)
+                ;
+            uint64_t now = now_ns();
+            /* Behind (a connection took longer than the interval): no burst to catch up. */
+            next_start = next_start + interval_ns > now ? next_start + interval_ns : now + interval_ns;
+        }
         uint64_t t0 = now_ns();
         if (t0 - start_ns >= limit_ns)
             break;
@@ -115,14 +129,16 @@ static void *loop(void *unused) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6 && argc != 7) {
-        fprintf(stderr, "usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY]\n");
+    if (argc < 6 || argc > 8) {
+        fprintf(stderr, "usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS "
+                        "[CONCURRENCY [INTERVAL_US]]\n");
         return 2;
     }
     size = (size_t)atol(argv[3]);
     limit_ns = (uint64_t)(atof(argv[4]) * 1e9);
     max_conns = atol(argv[5]);
-    long concurrency = argc == 7 ? atol(argv[6]) : 1;
+    long concurrency = argc >= 7 ? atol(argv[6]) : 1;
+    interval_ns = argc == 8 ? (uint64_t)atol(argv[7]) * 1000ull : 0;
     target.sin_family = AF_INET;
     target.sin_port = htons((unsigned short)atoi(argv[2]));
     if (size == 0 || max_conns <= 0 || concurrency < 1 || concurrency > MAX_CONCURRENCY ||

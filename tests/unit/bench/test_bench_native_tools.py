@@ -136,6 +136,21 @@ def test_conn_client_keeps_its_concurrency_in_flight(tools: NativeTools) -> None
     assert run.elapsed_ns < 1.5e9
 
 
+def test_conn_client_paces_its_connections_when_given_an_interval(
+    tools: NativeTools, echo_port: int
+) -> None:
+    """INTERVAL_US 20 ms for 0.5 s: about 25 connections, where back to back makes hundreds."""
+    out = subprocess.run(
+        [str(tools.conn_client), "127.0.0.1", str(echo_port), "1024", "0.5", "10000", "1",
+         "20000"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    run = parse_conn_output(out.stdout)
+    assert run.failures == 0
+    assert 15 <= run.connections <= 26
+    assert all(ns > 0 for ns in run.connect_ns)
+
+
 class _LocalTestbed:
     """Runs a load's client on this machine (the loopback stands in for the lab's workloads)."""
 

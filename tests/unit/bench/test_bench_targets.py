@@ -85,6 +85,20 @@ def test_added_target_is_a_difference_in_microseconds() -> None:
     check = check_target(result, target)
     assert check.measured == pytest.approx(13.0)
     assert check.verdict == "FAIL"
+    assert "CI" not in check.note  # two rounds: no interval worth showing
+
+
+def test_added_target_notes_the_medians_interval_when_rounds_allow() -> None:
+    target = _target("capture adds < 10 us to connect() p50")
+    weft = [31.0, 32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0, 39.0, 40.0]
+    result = _result(
+        [_info("weft-same-node"), _info("direct-same-node")],
+        [_figure("weft-same-node", "connrate", "connect_p50_us", weft),
+         _figure("direct-same-node", "connrate", "connect_p50_us", [30.0] * 10)],
+    )  # fmt: skip
+    check = check_target(result, target)
+    assert check.measured == pytest.approx(5.5)
+    assert "95% CI +2.0 .. +9.0" in check.note  # 10 rounds: the 2nd and 9th of the differences
 
 
 def test_added_latency_target_compares_overheads_over_direct() -> None:
