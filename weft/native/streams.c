@@ -316,11 +316,15 @@ int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, 
         set_blocked(c, s, 1);
     } else if (!s->tcp_eof) {
         stream_set_reading(c, s, 1);
-        /* A socket attached as accepted usually holds its first message already: read it now
-           (its DATA leaves in the same TLS write as what is queued before it). */
-        int read_failed = 0;
-        stream_read_up(c, s, &read_failed);
-        if (read_failed) s->reset_pending = 1;
+        /* A client's socket, attached as accepted, usually holds its first message already:
+           read it now (its DATA leaves in the same TLS write as the HEADERS before it). A
+           server's socket was just connected to a workload that has not spoken yet: that
+           read would only find EAGAIN (a system call per connection for nothing). */
+        if (!c->server) {
+            int read_failed = 0;
+            stream_read_up(c, s, &read_failed);
+            if (read_failed) s->reset_pending = 1;
+        }
     }
     s->check = 1;
     return 0;
