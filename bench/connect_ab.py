@@ -1,17 +1,19 @@
 """The capture's connect() figure alone: many short interleaved rounds, direct vs captured.
 
-`weft bench weft-same-node connrate` measures connect() p50 in 7 rounds of one second each, beside
-the connection-rate runs; this asks only that question, with more rounds (the order of the arms
-rotates each round) and with *variants* of how the client's node agent is scheduled, applied to
-the running agent between runs (no restart, so every arm shares the same lab, agent and state):
+`weft bench ... connrate` measures connect() p50 in 7 rounds, beside the connection-rate runs;
+this asks only that question, with more rounds (the order of the arms rotates each round) and
+with *variants* of how the client's node agent is scheduled, applied to the running agent
+between runs (no restart, so every arm shares the same lab, agent and state):
 
-    sudo .venv/bin/python -m bench.connect_ab --rounds 20 --variant nice-5 --variant batch
+    sudo .venv/bin/python -m bench.connect_ab --rounds 16 --interval-us 2000 --variant nice-5
 
 Each arm's figure per round is conn_client's connect() p50 over SECONDS of one-at-a-time
-connections; the result is the median of the per-round differences to `direct-same-node`, with
-a distribution-free 95% interval of that median. `--trace` attaches bench.connect_trace and
-reports, per arm, how often the client's connect() left the CPU and why (asleep or preempted,
-and by what). Results go to bench/results/<UTC time>-connect-ab[-LABEL].json.
+connections (paced with --interval-us, as the connrate load paces it); the result is the median
+of the per-round differences to `direct-same-node`, with a distribution-free 95% interval of that
+median. Variants that pin the client or keep the CPUs busy get a direct arm run the same way.
+`--trace` attaches bench.connect_trace: per arm, the system call's own p50, how often the client
+left the CPU around connect() and why, the wakeups and IPIs sent from inside it, and the time
+Weft's eBPF programs took. Results go to bench/results/<UTC time>-connect-ab[-LABEL].json.
 """
 
 from __future__ import annotations
