@@ -75,6 +75,7 @@ VARIANTS: dict[str, Scheduling] = {
     "pinned": Scheduling(agent_cpus=frozenset({1}), client_cpu=0),
     "same-cpu": Scheduling(agent_cpus=frozenset({0}), client_cpu=0),
     "spin": Scheduling(spin=True),
+    "spin-batch": Scheduling(policy=os.SCHED_BATCH, spin=True),
 }
 
 
