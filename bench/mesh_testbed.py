@@ -66,6 +66,10 @@ WAYPOINT_WORKLOAD = "mesh-wp"
 REQUESTS_METRIC = "istio_requests_total"
 ENROLL_TIMEOUT = 60.0
 OPENED_METRIC = "istio_tcp_connections_opened_total"
+# WEFT_BENCH_AGENT_POLICY=batch runs the mesh's agents and waypoint at SCHED_BATCH (no wakeup
+# preemption of the task on the CPU they wake on), for A/B runs against the default SCHED_OTHER
+# (bench/README.md "The connect() figure"). Unset: SCHED_OTHER, as everywhere else.
+AGENT_POLICY_ENV = "WEFT_BENCH_AGENT_POLICY"
 
 
 @dataclass
@@ -180,8 +184,11 @@ def _prioritize(pid: int) -> None:
     `prioritized`, so without this they ran at nice 0 against the peers' -5 on a machine shared
     with other work.
     """
+    batch = os.environ.get(AGENT_POLICY_ENV) == "batch"  # an experiment: see AGENT_POLICY_ENV
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for task in Path(f"/proc/{pid}/task").iterdir():
+            if batch:
+                os.sched_setscheduler(int(task.name), os.SCHED_BATCH, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, int(task.name), NICE)
             for child in (task / "children").read_text().split():
                 _prioritize(int(child))
