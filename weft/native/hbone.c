@@ -69,10 +69,9 @@ static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
     c->owner = owner;
     c->cb_tls_readable = PyObject_GetAttrString((PyObject *)c, "_tls_readable");
     c->cb_tls_writable = PyObject_GetAttrString((PyObject *)c, "_tls_writable");
-    c->cb_tcp_readable = PyObject_GetAttrString((PyObject *)c, "_tcp_readable");
-    c->cb_tcp_writable = PyObject_GetAttrString((PyObject *)c, "_tcp_writable");
-    if (!c->fd_obj || !c->cb_tls_readable || !c->cb_tls_writable || !c->cb_tcp_readable ||
-        !c->cb_tcp_writable)
+    c->cb_tcp_ready = PyObject_GetAttrString((PyObject *)c, "_tcp_ready");
+    c->epfd = -1;
+    if (!c->fd_obj || !c->cb_tls_readable || !c->cb_tls_writable || !c->cb_tcp_ready)
         return -1;
     c->preface_left = server ? PREFACE_LEN : 0;
     c->local_max_streams = max_streams;
@@ -196,58 +195,48 @@ static PyObject *Conn_tls_writable(Conn *c, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Conn_tcp_readable(Conn *c, PyObject *arg) {
-    uint32_t sid = (uint32_t)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) return NULL;
-    Py_INCREF(c);
-    c->in_callback++;
-    Stream *s = find_stream(c, sid);
-    if (s && s->fd >= 0 && !s->reset && !c->torn_down) {
-        int failed = 0;
-        int eof = stream_read_up(c, s, &failed);
-        tls_flush(c);
-        if (failed) {
-            s->reset_pending = 1;
-            s->check = 1;
-        } else if (eof) {
-            s->check = 1;
+/* A socket is writable again: write what the tunnel sent that it had not taken. */
+static void tcp_writable(Conn *c, Stream *s) {
+    while (s->down.len) {
+        ssize_t r = send(s->fd, s->down.data + s->down.off, s->down.len, MSG_NOSIGNAL);
+        if (r > 0) {
+            buf_consume(&s->down, (size_t)r);
+            credit(c, s, (uint64_t)r);
+            continue;
         }
-    } else if (s && s->reading) {
-        stream_set_reading(c, s, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        s->reset_pending = 1;
+        s->check = 1;
+        break;
     }
-    after_callback(c);
-    c->in_callback--;
-    Py_DECREF(c);
-    Py_RETURN_NONE;
+    if (!s->down.len) {
+        buf_shrink(&s->down);
+        stream_set_writing(c, s, 0);
+        if (s->remote_end && !s->shut_wr && !s->reset_pending) write_side_done(s);
+    }
 }
 
-static PyObject *Conn_tcp_writable(Conn *c, PyObject *arg) {
-    uint32_t sid = (uint32_t)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) return NULL;
+/* The TCP sockets' epoll set is readable: act on every edge, then flush once (the DATA of all
+ * the streams that were read leave in one TLS write). */
+static PyObject *Conn_tcp_ready(Conn *c, PyObject *unused) {
+    if (c->epfd < 0) Py_RETURN_NONE;
     Py_INCREF(c);
     c->in_callback++;
-    Stream *s = find_stream(c, sid);
-    if (s && s->fd >= 0 && !s->reset) {
-        while (s->down.len) {
-            ssize_t r = send(s->fd, s->down.data + s->down.off, s->down.len, MSG_NOSIGNAL);
-            if (r > 0) {
-                buf_consume(&s->down, (size_t)r);
-                credit(c, s, (uint64_t)r);
-                continue;
-            }
-            if (r < 0 && errno == EINTR) continue;
-            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-            s->reset_pending = 1;
-            s->check = 1;
-            break;
+    struct epoll_event events[64];
+    for (int round = 0; round < 4 && c->epfd >= 0 && !c->torn_down; round++) {
+        int n = epoll_wait(c->epfd, events, 64, 0);
+        for (int i = 0; i < n; i++) {
+            Stream *s = find_stream(c, (uint32_t)events[i].data.u64);
+            uint32_t ev = events[i].events;
+            if (!s || s->fd < 0 || s->reset) continue; /* finished since: its fd is closed */
+            if (ev & (EPOLLRDHUP | EPOLLHUP)) s->rdhup = 1;
+            if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && s->writing) tcp_writable(c, s);
+            if ((ev & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && s->reading &&
+                !s->reset_pending)
+                stream_read_now(c, s);
         }
-        if (!s->down.len) {
-            buf_shrink(&s->down);
-            stream_set_writing(c, s, 0);
-            if (s->remote_end && !s->shut_wr && !s->reset_pending) write_side_done(s);
-        }
-    } else if (s && s->writing) {
-        stream_set_writing(c, s, 0);
+        if (n < 64) break;
     }
     after_callback(c);
     c->in_callback--;
@@ -474,13 +463,22 @@ static PyObject *Conn_get_closed(Conn *c, void *unused) {
     return PyBool_FromLong(c->torn_down || c->lost);
 }
 
+/* No descriptor is owned until __init__ succeeds (0 is not "none": it is stdin). */
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Conn *c = (Conn *)PyType_GenericNew(type, args, kwds);
+    if (c) {
+        c->fd = -1;
+        c->epfd = -1;
+    }
+    return (PyObject *)c;
+}
+
 static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->loop);
     Py_VISIT(c->owner);
     Py_VISIT(c->cb_tls_readable);
     Py_VISIT(c->cb_tls_writable);
-    Py_VISIT(c->cb_tcp_readable);
-    Py_VISIT(c->cb_tcp_writable);
+    Py_VISIT(c->cb_tcp_ready);
     return 0;
 }
 
@@ -489,8 +487,7 @@ static int Conn_clear(Conn *c) {
     Py_CLEAR(c->owner);
     Py_CLEAR(c->cb_tls_readable);
     Py_CLEAR(c->cb_tls_writable);
-    Py_CLEAR(c->cb_tcp_readable);
-    Py_CLEAR(c->cb_tcp_writable);
+    Py_CLEAR(c->cb_tcp_ready);
     return 0;
 }
 
@@ -506,6 +503,7 @@ static void Conn_dealloc(Conn *c) {
     }
     free(c->streams);
     if (c->fd >= 0 && !c->torn_down) close(c->fd);
+    if (c->epfd >= 0) close(c->epfd); /* not torn down: the loop is gone too */
     if (c->ssl) SSL_free(c->ssl);
     buf_free(&c->in);
     buf_free(&c->out);
@@ -543,8 +541,7 @@ static PyMethodDef Conn_methods[] = {
     {"stats", (PyCFunction)Conn_stats, METH_NOARGS, "Buffer sizes and windows, for tests."},
     {"_tls_readable", (PyCFunction)Conn_tls_readable, METH_NOARGS, NULL},
     {"_tls_writable", (PyCFunction)Conn_tls_writable, METH_NOARGS, NULL},
-    {"_tcp_readable", (PyCFunction)Conn_tcp_readable, METH_O, NULL},
-    {"_tcp_writable", (PyCFunction)Conn_tcp_writable, METH_O, NULL},
+    {"_tcp_ready", (PyCFunction)Conn_tcp_ready, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -558,7 +555,7 @@ static PyTypeObject ConnType = {
     .tp_basicsize = sizeof(Conn),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One HBONE TLS connection's data path: TLS, framing, DATA, flow control, splice.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Conn_new,
     .tp_init = (initproc)Conn_init,
     .tp_dealloc = (destructor)Conn_dealloc,
     .tp_traverse = (traverseproc)Conn_traverse,

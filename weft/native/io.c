@@ -12,25 +12,6 @@ static void report_unraisable(const char *where) {
     }
 }
 
-static void loop_call(Conn *c, PyObject *method, int fd, PyObject *cb, uint32_t sid) {
-    PyObject *fd_obj = PyLong_FromLong(fd);
-    PyObject *result = NULL;
-    if (fd_obj) {
-        if (cb == NULL) {
-            result = PyObject_CallMethodObjArgs(c->loop, method, fd_obj, NULL);
-        } else {
-            PyObject *sid_obj = PyLong_FromUnsignedLong(sid);
-            if (sid_obj) {
-                result = PyObject_CallMethodObjArgs(c->loop, method, fd_obj, cb, sid_obj, NULL);
-                Py_DECREF(sid_obj);
-            }
-        }
-        Py_DECREF(fd_obj);
-    }
-    if (!result) report_unraisable("weft._native: event loop registration");
-    Py_XDECREF(result);
-}
-
 void owner_call(Conn *c, PyObject *method, PyObject *args) {
     /* args is a new reference (or NULL after a failed build) */
     if (!args || !c->owner) {
@@ -46,22 +27,67 @@ void owner_call(Conn *c, PyObject *method, PyObject *args) {
     Py_XDECREF(result);
 }
 
+/* The connection's TCP sockets are watched by its own edge-triggered epoll set, registered once
+ * with the event loop (Conn._tcp_ready): a socket costs one epoll_ctl and no call into the loop.
+ * (uvloop's add_reader/remove_reader per socket cost a handle each way and about five epoll_ctl
+ * calls, libuv checking each descriptor with an ADD and a DEL first.) Closing a socket takes it
+ * out of the set. */
+static int ensure_epoll(Conn *c) {
+    if (c->epfd >= 0) return 0;
+    c->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (c->epfd < 0) return -1;
+    PyObject *fd = PyLong_FromLong(c->epfd);
+    PyObject *r =
+        fd ? PyObject_CallMethodObjArgs(c->loop, str_add_reader, fd, c->cb_tcp_ready, NULL) : NULL;
+    Py_XDECREF(fd);
+    if (!r) {
+        report_unraisable("weft._native: add_reader");
+        close(c->epfd);
+        c->epfd = -1;
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+void epoll_close(Conn *c) {
+    if (c->epfd < 0) return;
+    PyObject *fd = PyLong_FromLong(c->epfd);
+    PyObject *r = fd ? PyObject_CallMethodObjArgs(c->loop, str_remove_reader, fd, NULL) : NULL;
+    Py_XDECREF(fd);
+    if (!r) report_unraisable("weft._native: remove_reader");
+    Py_XDECREF(r);
+    close(c->epfd);
+    c->epfd = -1;
+}
+
+/* Readable and writable edges are both watched from the start (edge-triggered: no event storm
+ * at EOF, no re-registration); `reading` and `writing` say whether an edge is acted on. An edge
+ * ignored while reading was off is made up for by stream_read_now() when it resumes. */
+static void stream_watch(Conn *c, Stream *s) {
+    if (s->watched || s->fd < 0) return;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = s->id;
+    if (ensure_epoll(c) < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
+        s->reset_pending = 1;
+        s->check = 1;
+        return;
+    }
+    s->watched = 1;
+}
+
 void stream_set_reading(Conn *c, Stream *s, int on) {
-    if (s->fd < 0 || s->reading == on) return;
+    if (s->fd < 0) return;
     s->reading = on;
-    if (on)
-        loop_call(c, str_add_reader, s->fd, c->cb_tcp_readable, s->id);
-    else
-        loop_call(c, str_remove_reader, s->fd, NULL, 0);
+    if (on) stream_watch(c, s);
 }
 
 void stream_set_writing(Conn *c, Stream *s, int on) {
-    if (s->fd < 0 || s->writing == on) return;
+    if (s->fd < 0) return;
     s->writing = on;
-    if (on)
-        loop_call(c, str_add_writer, s->fd, c->cb_tcp_writable, s->id);
-    else
-        loop_call(c, str_remove_writer, s->fd, NULL, 0);
+    if (on) stream_watch(c, s);
 }
 
 void set_blocked(Conn *c, Stream *s, int on) {
@@ -132,6 +158,7 @@ void teardown(Conn *c) {
     c->lost = 1;
     tls_set_reading(c, 0);
     tls_set_writing(c, 0);
+    epoll_close(c);
     if (graceful) {
         ERR_clear_error();
         SSL_shutdown(c->ssl);

@@ -27,6 +27,7 @@
 #include <openssl/x509.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -77,7 +78,9 @@ typedef struct {
         known : 1,     /* Python was told of the stream: it hears of its end */
         awaiting : 1,  /* client: the response has not arrived */
         answered : 1,  /* server: the response went out */
-        refused : 1;   /* client: above the last stream id of the peer's GOAWAY */
+        refused : 1,   /* client: above the last stream id of the peer's GOAWAY */
+        watched : 1,   /* fd is in the connection's epoll set */
+        rdhup : 1;     /* epoll saw the peer's FIN: read on to it past a short read */
 } Stream;
 
 typedef struct {
@@ -86,7 +89,8 @@ typedef struct {
     int fd;
     int server;
     PyObject *loop, *owner;
-    PyObject *cb_tls_readable, *cb_tls_writable, *cb_tcp_readable, *cb_tcp_writable;
+    PyObject *cb_tls_readable, *cb_tls_writable, *cb_tcp_ready;
+    int epfd; /* the TCP sockets' own epoll set (edge-triggered), registered once with the loop */
     PyObject *fd_obj;
     int tls_reading, tls_writing, started;
     Buf in, out;
@@ -143,6 +147,8 @@ void owner_call(Conn *c, PyObject *method, PyObject *args);
 void stream_set_reading(Conn *c, Stream *s, int on);
 void stream_set_writing(Conn *c, Stream *s, int on);
 void set_blocked(Conn *c, Stream *s, int on);
+void epoll_close(Conn *c);
+void stream_read_now(Conn *c, Stream *s);
 void tls_set_reading(Conn *c, int on);
 void emit_window_update(Conn *c, uint32_t sid, uint64_t increment);
 void put32(unsigned char *p, uint32_t v);

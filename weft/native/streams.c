@@ -154,7 +154,9 @@ int stream_read_up(Conn *c, Stream *s, int *failed) {
             s->send_window -= r;
             c->conn_send_window -= r;
             s->to_tunnel += (uint64_t)r;
-            if (r < n) return 0;
+            /* A short read drained the socket, except that a FIN behind the data gives no new
+               edge: when epoll saw one, read on to it. */
+            if (r < n && !s->rdhup) return 0;
             continue;
         }
         if (r == 0) {
@@ -167,7 +169,23 @@ int stream_read_up(Conn *c, Stream *s, int *failed) {
         *failed = 1;
         return 0;
     }
+    /* more to read, and no new edge will say so: go on from resume_blocked() */
+    stream_set_reading(c, s, 0);
+    set_blocked(c, s, 1);
     return 0;
+}
+
+/* Read what the socket holds now (reading resumed, or an edge): EOF and failures are acted on
+ * by run_checks(). */
+void stream_read_now(Conn *c, Stream *s) {
+    int failed = 0;
+    int eof = stream_read_up(c, s, &failed);
+    if (failed) {
+        s->reset_pending = 1;
+        s->check = 1;
+    } else if (eof) {
+        s->check = 1;
+    }
 }
 
 /* The TCP side sent FIN and every byte before it is queued: END_STREAM. */
@@ -194,6 +212,7 @@ void resume_blocked(Conn *c) {
             s->check = 1; /* tell_eof after the loop */
         } else if (!s->reset) {
             stream_set_reading(c, s, 1);
+            stream_read_now(c, s); /* edges that came while it was blocked were not acted on */
         }
     }
 }
