@@ -37,9 +37,9 @@ async def open_from(
 async def connect_from(source: IPv4Address, address: IPv4Address, port: int) -> socket.socket:
     """open_from() as a bare connected non-blocking socket, for the native data path (no asyncio
     transport or streams: weft._native takes the descriptor, and sets TCP_NODELAY)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # non-blocking from socket() on: no separate ioctl per connection
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((str(source), 0))
         await _connect(sock, (str(address), port))
