@@ -7,10 +7,11 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from waypoint_testing import HOST, TEST_TIMEOUT_S, Backend, Client
+from waypoint_testing import HOST, TEST_TIMEOUT_S, Answer, Backend, Client
 
 from waypoint.config import (
     AuthorizationAction,
@@ -117,6 +118,33 @@ def prefix(value: str, *headers: HeaderMatch) -> RouteMatch:
 
 
 DEFAULT = (Route("default", backends=(V1,)),)
+NO_RETRY = (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),)
+
+
+@dataclass
+class Served:
+    """What a run of plain GETs saw: the answers in order, the backends, the access records."""
+
+    answers: list[Answer]
+    backends: list[Backend]
+    records: list[RequestRecord]
+
+
+def get_in_turn(routes: tuple[Route, ...], *targets: str, **options: Any) -> Served:
+    """GET each target in turn on one client connection through a fresh proxy (`run`'s options)."""
+    served = Served([], [], [])
+
+    async def scenario(
+        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
+    ) -> None:
+        client = await Client.connect(port)
+        served.answers.extend([await client.get(target) for target in targets])
+        client.close()
+        served.backends.extend(backends)
+        served.records.extend(records)
+
+    run(scenario, routes, **options)
+    return served
 
 
 # --- behaviour ---------------------------------------------------------------------------------
@@ -170,16 +198,9 @@ def test_header_match_sends_a_canary_user_to_v2_and_edits_the_response() -> None
 
 
 def test_upstream_connection_is_reused_across_requests() -> None:
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        for _ in range(3):
-            assert (await client.get("/")).response.status == 200
-        client.close()
-        assert backends[0].connections == 1
-
-    run(scenario, DEFAULT)
+    served = get_in_turn(DEFAULT, "/", "/", "/")
+    assert [answer.response.status for answer in served.answers] == [200, 200, 200]
+    assert served.backends[0].connections == 1
 
 
 def test_denied_request_gets_rbac_403_and_the_connection_stays_usable() -> None:
@@ -237,17 +258,9 @@ def test_a_503_is_retried_and_the_client_sees_the_success() -> None:
             ),
         ),
     )
-
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/flaky/1")
-        client.close()
-        assert answer.response.status == 200
-        assert records[0].attempts == 2
-
-    run(scenario, routes)
+    served = get_in_turn(routes, "/flaky/1")
+    assert served.answers[0].response.status == 200
+    assert served.records[0].attempts == 2
 
 
 def test_per_try_timeout_gives_504_at_the_deadline() -> None:
@@ -272,86 +285,42 @@ def test_per_try_timeout_gives_504_at_the_deadline() -> None:
 
 
 def test_refused_connection_is_503_upstream_connect_error() -> None:
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/")
-        client.close()
-        assert (answer.response.status, answer.reason) == (503, "upstream_connect_error")
-
-    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),),
-        endpoints={V1.authority: [f"127.0.0.1:{closed_port()}"]})  # fmt: skip
+    (answer,) = get_in_turn(
+        NO_RETRY, "/", endpoints={V1.authority: [f"127.0.0.1:{closed_port()}"]}
+    ).answers
+    assert (answer.response.status, answer.reason) == (503, "upstream_connect_error")
 
 
 def test_backend_reset_before_headers_is_503_upstream_reset() -> None:
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/reset")
-        client.close()
-        assert (answer.response.status, answer.reason) == (503, "upstream_reset")
-
-    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),))
+    (answer,) = get_in_turn(NO_RETRY, "/reset").answers
+    assert (answer.response.status, answer.reason) == (503, "upstream_reset")
 
 
 def test_backend_without_endpoints_is_no_healthy_upstream() -> None:
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/")
-        client.close()
-        assert (answer.response.status, answer.body) == (503, b"no healthy upstream")
-
-    run(scenario, DEFAULT, endpoints={V1.authority: []})
+    (answer,) = get_in_turn(DEFAULT, "/", endpoints={V1.authority: []}).answers
+    assert (answer.response.status, answer.body) == (503, b"no healthy upstream")
 
 
 def test_local_rate_limit_answers_429_once_tokens_run_out() -> None:
     routes = (Route("r", backends=(V1,), filters=(RateLimit(max_tokens=2, fill_interval_s=60),)),)
-
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        statuses = [(await client.get("/")).response.status for _ in range(3)]
-        client.close()
-        assert statuses == [200, 200, 429]
-
-    run(scenario, routes)
+    served = get_in_turn(routes, "/", "/", "/")
+    assert [answer.response.status for answer in served.answers] == [200, 200, 429]
 
 
 def test_injected_abort_answers_with_its_code() -> None:
     routes = (Route("r", backends=(V1,), filters=(FaultInjection(abort=FaultAbort(418, 100)),)),)
-
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/")
-        client.close()
-        assert (answer.response.status, answer.reason) == (418, "fault_injected")
-        assert backends[0].requests == []
-
-    run(scenario, routes)
+    served = get_in_turn(routes, "/")
+    assert (served.answers[0].response.status, served.answers[0].reason) == (418, "fault_injected")
+    assert served.backends[0].requests == []
 
 
 def test_redirect_is_answered_by_the_waypoint() -> None:
     routes = (Route("r", filters=(RequestRedirect(scheme="https", status_code=301),)),)
-
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        answer = await client.get("/a?b=1")
-        client.close()
-        assert (answer.response.status, answer.response.header("location")) == (
-            301,
-            f"https://{HOST}/a?b=1",
-        )
-
-    run(scenario, routes)
+    (answer,) = get_in_turn(routes, "/a?b=1").answers
+    assert (answer.response.status, answer.response.header("location")) == (
+        301,
+        f"https://{HOST}/a?b=1",
+    )
 
 
 def test_chunked_request_body_is_reframed_with_its_length() -> None:
@@ -439,20 +408,14 @@ def test_outlier_detection_ejects_the_failing_endpoint() -> None:
             consecutive_5xx_errors=2, base_ejection_time_s=30, max_ejection_percent=50
         ),
     )
-
-    async def scenario(
-        proxy: WaypointProxy, port: int, backends: list[Backend], records: list[RequestRecord]
-    ) -> None:
-        client = await Client.connect(port)
-        # The broken endpoint refuses connections: two failures in a row eject it.
-        statuses = [(await client.get("/")).response.status for _ in range(8)]
-        client.close()
-        assert statuses[:4].count(503) == 2
-        assert statuses[4:] == [200, 200, 200, 200]
-
+    # The broken endpoint refuses connections: two failures in a row eject it.
     endpoints = {V1.authority: [f"127.0.0.1:{closed_port()}", "backend:0"]}
-    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),),
-        endpoints=endpoints, traffic_policies=((V1.authority, policy),))  # fmt: skip
+    served = get_in_turn(
+        NO_RETRY, *["/"] * 8, endpoints=endpoints, traffic_policies=((V1.authority, policy),)
+    )
+    statuses = [answer.response.status for answer in served.answers]
+    assert statuses[:4].count(503) == 2
+    assert statuses[4:] == [200, 200, 200, 200]
 
 
 def test_malformed_request_gets_400_and_the_connection_closes() -> None:
@@ -528,7 +491,7 @@ def test_pooled_connection_closed_by_the_backend_is_replaced_not_failed() -> Non
         client.close()
         assert backends[0].connections == 2
 
-    run(scenario, (Route("r", backends=(V1,), retry=RetryPolicy(attempts=0)),))
+    run(scenario, NO_RETRY)
 
 
 def test_request_timeout_while_the_body_streams_closes_the_client_connection() -> None:
