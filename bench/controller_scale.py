@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc.aio
 
+from bench.controller_process import ControllerStartError, spawn_controller_process
 from controller.admin_client import AdminClient
 from controller.store import Store
 from weft.api.convert import ack_request, subscribe_request, update_from_proto
@@ -123,35 +124,11 @@ class Controller:
             capture_output=True,
         )
         self.state = state
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "weft.cli",
-                "controller",
-                "run",
-                "--state-dir",
-                str(state),
-                "--listen",
-                "127.0.0.1",
-                "--grpc-port",
-                "0",
-                "--join-port",
-                "0",
-                "--http-port",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "mTLS 127.0.0.1:" not in line:
-            self.stop()
-            raise SystemExit(f"controller did not start: {line!r}")
-        self.grpc = "127.0.0.1:" + line.split("mTLS 127.0.0.1:")[1].split(",")[0]
-        self.join = "127.0.0.1:" + line.split("join 127.0.0.1:")[1].split(",")[0]
+        try:
+            started = spawn_controller_process(state)
+        except ControllerStartError as error:
+            raise SystemExit(str(error)) from None
+        self.proc, self.grpc, self.join = started.proc, started.grpc, started.join
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.controller_process import spawn_controller_process
 from controller.admin_client import AdminClient
 from controller.ca_files import CAFiles
 from controller.server import Controller, ControllerConfig
@@ -129,32 +129,5 @@ def spawn_controller(state_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """`weft controller run` as a real child process; returns it and its gRPC address."""
     if not CAFiles(state_dir).exists():
         CAFiles(state_dir).init(TRUST_DOMAIN, dt.datetime.now(dt.UTC))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "weft.cli",
-            "controller",
-            "run",
-            "--state-dir",
-            str(state_dir),
-            "--listen",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--join-port",
-            "0",
-            "--http-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "mTLS 127.0.0.1:" not in line:
-        proc.kill()
-        proc.wait(5)
-        raise AssertionError(f"controller did not start: {line!r}")
-    return proc, "127.0.0.1:" + line.split("mTLS 127.0.0.1:")[1].split(",")[0]
+    started = spawn_controller_process(state_dir)
+    return started.proc, started.grpc
