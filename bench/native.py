@@ -13,6 +13,7 @@ from weft.errors import UnavailableError
 TOOLS_DIR = Path(__file__).parent / "tools"
 BUILD_DIR = Path(__file__).parent / ".build"
 TOOL_NAMES = ("echo_server", "http_server", "rr_client", "conn_client")
+SHARED_HEADER = TOOLS_DIR / "tool_common.h"  # #included by every tool: part of each one's hash
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def build_tools(build_dir: Path = BUILD_DIR) -> NativeTools:
 
 
 def _build_one(source: Path, build_dir: Path) -> Path:
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(source.read_bytes() + SHARED_HEADER.read_bytes()).hexdigest()[:12]
     binary = build_dir / f"{source.stem}-{digest}"
     if binary.exists():
         return binary.resolve()

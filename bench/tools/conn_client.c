@@ -17,6 +17,8 @@
  * usage: conn_client HOST PORT SIZE SECONDS MAX_CONNS [CONCURRENCY [INTERVAL_US]]
  * stdout: "connections N failures F elapsed_ns E" then "CONNECT_NS TOTAL_NS" per connection.
  */
+#include "tool_common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -43,25 +45,6 @@ static uint32_t *connect_ns, *total_ns;
 static long next_slot;              /* connections completed, in all threads (atomic) */
 static long failures;               /* atomic */
 static const char *last_error = ""; /* a static string; a racy write of a pointer is harmless */
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int full_io(int fd, char *buf, size_t len, int writing) {
-    size_t off = 0;
-    while (off < len) {
-        ssize_t n = writing ? write(fd, buf + off, len - off) : read(fd, buf + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        off += (size_t)n;
-    }
-    return 0;
-}
 
 static uint32_t clamp32(uint64_t v) { return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v; }
 

@@ -7,44 +7,11 @@
  * usage: echo_server BIND_ADDR PORT
  * It runs until killed (the harness kills it by pid at teardown).
  */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include "tool_common.h"
+
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#define MAX_EVENTS 256
 #define BUF_SIZE 65536
-
-static int set_nonblocking(int fd) {
-    int flags = fcntl(fd, F_GETFL, 0);
-    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-}
-
-static int listen_on(const char *addr, int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
-    if (fd < 0 || inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        fprintf(stderr, "echo_server: bad bind address %s\n", addr);
-        exit(2);
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 4096) < 0) {
-        fprintf(stderr, "echo_server: cannot listen on %s:%d: %s\n", addr, port, strerror(errno));
-        exit(1);
-    }
-    set_nonblocking(fd);
-    return fd;
-}
 
 /* Echo what is readable now; a short write (peer slow to read) is finished with a blocking
  * loop, which is fine for a request/response load where at most 1 KiB is in flight. */
@@ -72,34 +39,17 @@ static void echo_ready(int fd) {
     }
 }
 
+/* echo_server keeps no state per connection: every accepted one is served. */
+static int keep(int fd) {
+    (void)fd;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: echo_server BIND_ADDR PORT\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    int lfd = listen_on(argv[1], atoi(argv[2]));
-    int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
-    struct epoll_event events[MAX_EVENTS];
-    for (;;) {
-        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
-        for (int i = 0; i < n; i++) {
-            int fd = events[i].data.fd;
-            if (fd != lfd) {
-                echo_ready(fd);
-                continue;
-            }
-            for (;;) {
-                int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
-                if (c < 0)
-                    break;
-                int one = 1;
-                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
-                epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
-            }
-        }
-    }
+    serve_forever(listen_on("echo_server", argv[1], atoi(argv[2])), keep, echo_ready);
 }

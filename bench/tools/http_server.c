@@ -10,22 +10,11 @@
  * usage: http_server BIND_ADDR PORT
  * It runs until killed (the harness kills it by pid at teardown).
  */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include "tool_common.h"
+
 #include <poll.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#define MAX_EVENTS 256
 #define MAX_FDS 65536
 #define REQ_BUF 16384
 #define BODY_SIZE 1024
@@ -116,6 +105,14 @@ static void serve_ready(int fd) {
     }
 }
 
+/* A connection's request buffer, indexed by its fd; an fd beyond the table is refused. */
+static int open_conn(int fd) {
+    if (fd >= MAX_FDS)
+        return -1;
+    conns[fd] = calloc(1, sizeof(struct conn));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: http_server BIND_ADDR PORT\n");
@@ -123,42 +120,5 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     build_response();
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 ||
-        bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(lfd, 4096) < 0) {
-        fprintf(stderr, "http_server: cannot listen on %s:%s: %s\n", argv[1], argv[2],
-                strerror(errno));
-        return 1;
-    }
-    fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL, 0) | O_NONBLOCK);
-    int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
-    struct epoll_event events[MAX_EVENTS];
-    for (;;) {
-        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
-        for (int i = 0; i < n; i++) {
-            int fd = events[i].data.fd;
-            if (fd != lfd) {
-                serve_ready(fd);
-                continue;
-            }
-            for (;;) {
-                int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
-                if (c < 0)
-                    break;
-                if (c >= MAX_FDS) {
-                    close(c);
-                    continue;
-                }
-                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-                conns[c] = calloc(1, sizeof(struct conn));
-                struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
-                epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
-            }
-        }
-    }
+    serve_forever(listen_on("http_server", argv[1], atoi(argv[2])), open_conn, serve_ready);
 }

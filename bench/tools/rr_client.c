@@ -7,6 +7,8 @@
  * usage: rr_client HOST PORT SIZE SECONDS MAX_ROUNDS
  * stdout: "rounds N elapsed_ns E" then one round-trip time in nanoseconds per line.
  */
+#include "tool_common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -18,25 +20,6 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int full_io(int fd, char *buf, size_t len, int writing) {
-    size_t off = 0;
-    while (off < len) {
-        ssize_t n = writing ? write(fd, buf + off, len - off) : read(fd, buf + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        off += (size_t)n;
-    }
-    return 0;
-}
 
 int main(int argc, char **argv) {
     if (argc != 6) {

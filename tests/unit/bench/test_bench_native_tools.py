@@ -13,6 +13,7 @@ from typing import cast
 
 import pytest
 
+from bench import native
 from bench.listening import listening_ports
 from bench.loads.connrate import CONNRATE, parse_conn_output
 from bench.loads.request_response import parse_rr_output
@@ -62,6 +63,17 @@ def test_build_is_cached_by_source_hash(tools: NativeTools, tmp_path: Path) -> N
     again = build_tools(tools.rr_client.parent)
     assert again == tools
     assert tools.rr_client.name.startswith("rr_client-")
+
+
+def test_a_change_to_the_shared_header_rebuilds_the_tools(
+    tools: NativeTools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changed = tmp_path / "tool_common.h"
+    changed.write_bytes(native.SHARED_HEADER.read_bytes() + b"/* changed */\n")
+    monkeypatch.setattr(native, "SHARED_HEADER", changed)
+    rebuilt = native._build_one(native.TOOLS_DIR / "rr_client.c", tools.rr_client.parent)
+    assert rebuilt != tools.rr_client
+    assert rebuilt.name.startswith("rr_client-")
 
 
 def test_rr_client_stops_at_its_round_bound(tools: NativeTools, echo_port: int) -> None:
