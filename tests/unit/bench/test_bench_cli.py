@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,12 +71,25 @@ def test_quick_mode_fits_three_minutes_of_load_with_every_path() -> None:
     assert runs * FULL.rounds * (FULL.seconds + 1.0) < 14 * 60
 
 
+DIRECT_BULK = Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])
+
+
+def report_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str, **run: Any) -> str:
+    """What `weft bench --from` prints (with these options) for a run recorded with `run`'s
+    paths, figures, settings and machine."""
+    recorded = {"started": "t0", "finished": "t1", "machine": {}, "commit": {}, **run}
+    BenchResult(**recorded).save(tmp_path / "run.json")
+    assert main(["bench", "--from", str(tmp_path / "run.json"), *options]) == ExitCode.OK
+    return capsys.readouterr().out
+
+
 def test_check_from_a_recorded_run_prints_targets_without_root(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = BenchResult(
-        started="t0",
-        finished="t1",
+    out = report_of(
+        tmp_path,
+        capsys,
+        "--check",
         machine={"cpu_model": "test cpu", "cores": 2},
         commit={"sha": "abc"},
         settings={"rounds": 1, "mode": "quick"},
@@ -83,11 +97,8 @@ def test_check_from_a_recorded_run_prints_targets_without_root(
             PathInfo("direct", "", "direct", None, ["bulk"]),
             PathInfo("weft-same-node", "", "direct-same-node", None, ["bulk"], "not built yet"),
         ],
-        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+        figures=[DIRECT_BULK],
     )
-    result.save(tmp_path / "run.json")
-    assert main(["bench", "--check", "--from", str(tmp_path / "run.json")]) == ExitCode.OK
-    out = capsys.readouterr().out
     assert "not available" in out
     assert "n/a (path not available" in out
     assert "20.0 Gbit/s" in out
@@ -96,18 +107,13 @@ def test_check_from_a_recorded_run_prints_targets_without_root(
 def test_report_shows_only_the_loads_that_ran(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = BenchResult(
-        started="t0",
-        finished="t1",
-        machine={},
-        commit={},
+    out = report_of(
+        tmp_path,
+        capsys,
         settings={"rounds": 1, "mode": "custom", "loads": ["bulk"]},
         paths=[PathInfo("direct", "", "direct", None, ["bulk", "rr", "http1"])],
-        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+        figures=[DIRECT_BULK],
     )
-    result.save(tmp_path / "run.json")
-    assert main(["bench", "--from", str(tmp_path / "run.json")]) == ExitCode.OK
-    out = capsys.readouterr().out
     assert "bulk throughput" in out
     assert "rr p50" not in out
     assert "failed" not in out
@@ -116,11 +122,12 @@ def test_report_shows_only_the_loads_that_ran(
 def test_markdown_report_has_a_row_per_path_and_the_targets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = BenchResult(
-        started="t0",
-        finished="t1",
-        machine={},
-        commit={},
+    out = report_of(
+        tmp_path,
+        capsys,
+        "-o",
+        "markdown",
+        "--check",
         settings={"rounds": 2, "mode": "custom", "loads": ["bulk"]},
         paths=[
             PathInfo("direct", "", "direct", None, ["bulk"]),
@@ -132,9 +139,6 @@ def test_markdown_report_has_a_row_per_path_and_the_targets(
             Figure("stunnel", "bulk", "gbit_s", "Gbit/s", True, [5.0, 2.5], [1, 2]),
         ],
     )
-    result.save(tmp_path / "run.json")
-    assert main(["bench", "--from", str(tmp_path / "run.json"), "-o", "markdown", "--check"]) == 0
-    out = capsys.readouterr().out
     assert "| bulk throughput | direct | 15.0 Gbit/s | 67% | - | - | - |" in out
     assert "|  | stunnel | 3.75 Gbit/s | 67% | 0.25x | - | - |" in out
     assert "| weft-cross-node | not built yet |" in out
@@ -144,18 +148,18 @@ def test_markdown_report_has_a_row_per_path_and_the_targets(
 def test_json_output_is_the_result_with_its_checks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = BenchResult(
-        started="t0",
-        finished="t1",
+    out = report_of(
+        tmp_path,
+        capsys,
+        "-o",
+        "json",
+        "--check",
         machine={"cores": 2},
-        commit={},
         settings={"rounds": 1, "loads": ["bulk"]},
         paths=[PathInfo("direct", "", "direct", None, ["bulk"])],
-        figures=[Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])],
+        figures=[DIRECT_BULK],
     )
-    result.save(tmp_path / "run.json")
-    assert main(["bench", "--from", str(tmp_path / "run.json"), "-o", "json", "--check"]) == 0
-    document = json.loads(capsys.readouterr().out)
+    document = json.loads(out)
     assert document["machine"] == {"cores": 2}
     assert document["figures"][0]["median"] == 20.0
     assert {c["verdict"] for c in document["checks"]} == {"n/a"}
