@@ -83,6 +83,8 @@ BAGGAGE_WORKLOAD_KEYS = (
 )  # fmt: skip
 
 
+# Called twice per tunnel (authorize, connect) with the few authorities a node serves.
+@functools.lru_cache(maxsize=1024)
 def split_authority(authority: str) -> tuple[IPv4Address, int]:
     """`ip:port` -> (ip, port); LookupError (answered 503) for anything else."""
     host, _, port = authority.rpartition(":")
