@@ -1,5 +1,6 @@
 """Outbound capture (issue 5): which connects are redirected to the agent, what the agent learns
-about them from the maps, and what is left alone."""
+about them from the maps, and what is left alone; IPv4 sockets and AF_INET6 ones dialing
+IPv4-mapped addresses (::ffff:a.b.c.d, as grpcio does) alike."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -30,8 +32,18 @@ OPTED_OUT = Enrollment(Mode.NONE, Inbound.PERMISSIVE, IPv4Address(AGENT_ADDR))
 FORGET_WAIT_S = 3.0
 
 
+def mapped(addr: str) -> str:
+    """The IPv4-mapped IPv6 form of an IPv4 address: what an AF_INET6 socket dials."""
+    return f"::ffff:{addr}"
+
+
+# The same capture through connect4 (an IPv4 socket) and connect6 (an IPv4-mapped address).
+FAMILIES = [pytest.param(str, id="ipv4"), pytest.param(mapped, id="ipv4-mapped-ipv6")]
+
+
+@pytest.mark.parametrize("dial", FAMILIES)
 def test_captured_connect_reaches_the_agent_which_recovers_the_original_destination(
-    node: Node, node_listen: Listeners
+    node: Node, node_listen: Listeners, dial: Callable[[str], str]
 ) -> None:
     workload = node.workload("client", AMBIENT)
     agent = node_listen(AGENT_ADDR, 15001, "agent")
@@ -40,10 +52,11 @@ def test_captured_connect_reaches_the_agent_which_recovers_the_original_destinat
         node.maps.original_destination(conn.getpeername(), conn.getsockname())
     )
 
-    result = run_client(node.netns, workload, UNROUTED_ADDR, 80, "hello")
+    result = run_client(node.netns, workload, dial(UNROUTED_ADDR), 80, "hello")
 
     assert result.reply == "agent:hello"
-    assert result.peer == (UNROUTED_ADDR, 80)  # the application never sees the detour
+    assert result.peer is not None
+    assert result.peer[:2] == (dial(UNROUTED_ADDR), 80)  # the application never sees the detour
     assert seen == [OriginalDestination(IPv4Address(UNROUTED_ADDR), 80, cgroup_id(workload))]
     stats = node.maps.stats(cgroup_id(workload))
     assert stats is not None
@@ -66,14 +79,16 @@ def test_original_destination_entries_are_forgotten_when_the_connection_closes(
 @dataclass(frozen=True)
 class Bypass:
     enrollment: Enrollment | None
-    dst: str
+    dst: str  # where the server listens
     skip_port: int | None = None
+    dial: Callable[[str], str] = str  # the address form the client dials dst by
 
 
 @pytest.mark.parametrize(
     "case",
     [
         pytest.param(Bypass(AMBIENT, "127.0.0.1"), id="loopback destination"),
+        pytest.param(Bypass(AMBIENT, "127.0.0.1", dial=mapped), id="ipv4-mapped loopback"),
         pytest.param(Bypass(AMBIENT, SERVER_ADDR, skip_port=8080), id="excluded port"),
         pytest.param(Bypass(OPTED_OUT, SERVER_ADDR), id="workload opted out (mode none)"),
         pytest.param(Bypass(None, SERVER_ADDR), id="not enrolled, like the agent's own cgroup"),
@@ -89,13 +104,26 @@ def test_connects_that_must_not_be_captured_reach_their_destination(
     if skip_port is not None:
         node.maps.skip_port(skip_port)
     try:
-        result = run_client(node.netns, workload, dst, 8080, "hi")
+        result = run_client(node.netns, workload, case.dial(dst), 8080, "hi")
     finally:
         if skip_port is not None:
             node.maps.unskip_port(skip_port)
     assert result.reply == "server:hi"
     stats = node.maps.stats(cgroup_id(workload))
     assert stats is None or stats.captured == 0
+
+
+def test_v4_mapped_connect_of_a_workload_not_enrolled_reaches_its_destination(
+    node: Node, node_listen: Listeners
+) -> None:
+    workload = node.workload("plain6", None)
+    node_listen(AGENT_ADDR, 15001, "agent")
+    server = node_listen(SERVER_ADDR, 8080, "server")
+    result = run_client(node.netns, workload, mapped(SERVER_ADDR), 8080, "hi")
+    assert result.reply == "server:hi"
+    assert result.peer is not None
+    assert result.peer[:2] == (mapped(SERVER_ADDR), 8080)
+    assert len(server.accepted) == 1
 
 
 def test_a_workload_talking_to_its_agent_directly_is_not_captured_into_it(

@@ -65,40 +65,37 @@ BROKEN = ProgramSpec(
 )
 
 
-def test_verifier_refusal_names_the_program_includes_the_log_and_attaches_nothing(
-    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
-) -> None:
+def refusal_of_broken(source: str, tmp_path: Path, cgroups: CgroupTree, pin_root: Path) -> str:
+    """Attach CONNECT4 with weft_broken.c holding `source`: the refusal's text, once it is
+    checked that neither program stays attached and the loader's scope is gone."""
     loader = Loader(
         "broken",
         pin_root=pin_root,
-        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", BROKEN_VERIFIER),
+        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", source),
     )
     with pytest.raises(ProgramLoadError) as exc:
         loader.attach([CONNECT4, BROKEN], cgroups.workloads)
-    text = str(exc.value)
+    assert attached(cgroups.workloads, CONNECT4.attach_type) == []
+    assert not loader.scope_dir.exists()
+    return str(exc.value)
+
+
+def test_verifier_refusal_names_the_program_includes_the_log_and_attaches_nothing(
+    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
+) -> None:
+    text = refusal_of_broken(BROKEN_VERIFIER, tmp_path, cgroups, pin_root)
     assert "weft_broken" in text
     assert "failed to load" in text
     assert "invalid mem access" in text  # the verifier's own words
-    assert attached(cgroups.workloads, CONNECT4.attach_type) == []
-    assert not loader.scope_dir.exists()
 
 
 def test_compile_error_names_the_file_and_quotes_clang(
     tmp_path: Path, cgroups: CgroupTree, pin_root: Path
 ) -> None:
-    loader = Loader(
-        "broken",
-        pin_root=pin_root,
-        ebpf_dir=ebpf_dir_with(tmp_path, "weft_broken.c", BROKEN_SYNTAX),
-    )
-    with pytest.raises(ProgramLoadError) as exc:
-        loader.attach([CONNECT4, BROKEN], cgroups.workloads)
-    text = str(exc.value)
+    text = refusal_of_broken(BROKEN_SYNTAX, tmp_path, cgroups, pin_root)
     assert "weft_broken.c" in text
     assert "failed to compile" in text
     assert "undeclared_identifier" in text
-    assert attached(cgroups.workloads, CONNECT4.attach_type) == []
-    assert not loader.scope_dir.exists()
 
 
 def test_a_missing_cflag_is_a_compile_error_not_a_silent_default(

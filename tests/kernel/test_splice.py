@@ -3,9 +3,11 @@ bytes cross between them without reaching the agent, and are counted for the sou
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 from kernel_sandbox import AGENT_ADDR, SERVER_ADDR, Listeners, Node
@@ -32,15 +34,16 @@ def tcp_socket() -> socket.socket:
     return s
 
 
-def test_spliced_pair_carries_both_directions_without_the_agent_reading_a_byte(
-    node: Node, node_listen: Listeners
-) -> None:
-    workload = cgroup_id(node.workload("splice-src", AMBIENT))
-    node_listen(SERVER_ADDR, 7070, "server")  # answers b"server:" + everything it read
+@contextlib.contextmanager
+def accepted_at_the_agent(
+    node: Node, port: int
+) -> Iterator[tuple[socket.socket, socket.socket, socket.socket]]:
+    """In the node's netns: a client connected to the agent's AGENT_ADDR:port, the agent's
+    accepted end of it (downstream), and an upstream socket not yet connected."""
 
     def make_listener() -> socket.socket:
         s = tcp_socket()
-        s.bind((AGENT_ADDR, 15101))
+        s.bind((AGENT_ADDR, port))
         s.listen(1)
         return s
 
@@ -49,24 +52,34 @@ def test_spliced_pair_carries_both_directions_without_the_agent_reading_a_byte(
         node.netns.socket_in(tcp_socket) as client,
         node.netns.socket_in(tcp_socket) as upstream,
     ):
-        client.connect((AGENT_ADDR, 15101))
+        client.connect((AGENT_ADDR, port))
         downstream, _ = agent_listener.accept()
         with downstream:
-            downstream.settimeout(TIMEOUT_S)
-            upstream.connect((SERVER_ADDR, 7070))
-            splice = Splice(node.maps, downstream, upstream, workload)
-            splice.start()
+            yield client, downstream, upstream
 
-            client.sendall(PAYLOAD)
-            client.shutdown(socket.SHUT_WR)
-            # The agent's only job now is to pass on each end of stream (a FIN is not data).
-            assert splice.forward_until_eof(downstream, TIMEOUT_S) == 0  # no byte came up
-            splice.pass_end_of_stream(downstream, TIMEOUT_S)
-            # The server's answer went by in the kernel too; only its FIN came up.
-            assert splice.forward_until_eof(upstream, TIMEOUT_S) == 0
-            splice.pass_end_of_stream(upstream, TIMEOUT_S)
-            reply = read_to_eof(client)
-            splice.stop()
+
+def test_spliced_pair_carries_both_directions_without_the_agent_reading_a_byte(
+    node: Node, node_listen: Listeners
+) -> None:
+    workload = cgroup_id(node.workload("splice-src", AMBIENT))
+    node_listen(SERVER_ADDR, 7070, "server")  # answers b"server:" + everything it read
+
+    with accepted_at_the_agent(node, 15101) as (client, downstream, upstream):
+        downstream.settimeout(TIMEOUT_S)
+        upstream.connect((SERVER_ADDR, 7070))
+        splice = Splice(node.maps, downstream, upstream, workload)
+        splice.start()
+
+        client.sendall(PAYLOAD)
+        client.shutdown(socket.SHUT_WR)
+        # The agent's only job now is to pass on each end of stream (a FIN is not data).
+        assert splice.forward_until_eof(downstream, TIMEOUT_S) == 0  # no byte came up
+        splice.pass_end_of_stream(downstream, TIMEOUT_S)
+        # The server's answer went by in the kernel too; only its FIN came up.
+        assert splice.forward_until_eof(upstream, TIMEOUT_S) == 0
+        splice.pass_end_of_stream(upstream, TIMEOUT_S)
+        reply = read_to_eof(client)
+        splice.stop()
 
     assert reply == b"server:" + PAYLOAD
     stats = node.maps.stats(workload)
@@ -85,36 +98,23 @@ def test_a_request_queued_before_the_splice_started_is_sent_on_without_further_d
 ) -> None:
     server = node_listen(SERVER_ADDR, 7071, "server")
 
-    def make_listener() -> socket.socket:
-        s = tcp_socket()
-        s.bind((AGENT_ADDR, 15102))
-        s.listen(1)
-        return s
-
-    with (
-        node.netns.socket_in(make_listener) as agent_listener,
-        node.netns.socket_in(tcp_socket) as client,
-        node.netns.socket_in(tcp_socket) as upstream,
-    ):
-        client.connect((AGENT_ADDR, 15102))
-        downstream, _ = agent_listener.accept()
-        with downstream:
-            upstream.connect((SERVER_ADDR, 7071))
-            client.sendall(b"GET / HTTP/1.1\r\n\r\n")  # sent before the agent has decided
-            assert select.select([downstream], [], [], TIMEOUT_S)[0]  # queued at the agent
-            splice = Splice(node.maps, downstream, upstream, 0)
-            splice.start()
-            # The client sends nothing more; the queued request must still go on by itself.
-            deadline = time.monotonic() + TIMEOUT_S
-            cookie = socket_cookie(downstream)
-            while not (node.maps.spliced_from(cookie) and splice.drained(downstream)):
-                assert time.monotonic() < deadline, "the queued request was never sent on"
-                time.sleep(0.01)
-            client.shutdown(socket.SHUT_WR)
-            assert splice.forward_until_eof(downstream, TIMEOUT_S) == 0
-            splice.pass_end_of_stream(downstream, TIMEOUT_S)
-            splice.forward_until_eof(upstream, TIMEOUT_S)
-            splice.pass_end_of_stream(upstream, TIMEOUT_S)
-            assert read_to_eof(client) == b"server:GET / HTTP/1.1\r\n\r\n"
-            splice.stop()
+    with accepted_at_the_agent(node, 15102) as (client, downstream, upstream):
+        upstream.connect((SERVER_ADDR, 7071))
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")  # sent before the agent has decided
+        assert select.select([downstream], [], [], TIMEOUT_S)[0]  # queued at the agent
+        splice = Splice(node.maps, downstream, upstream, 0)
+        splice.start()
+        # The client sends nothing more; the queued request must still go on by itself.
+        deadline = time.monotonic() + TIMEOUT_S
+        cookie = socket_cookie(downstream)
+        while not (node.maps.spliced_from(cookie) and splice.drained(downstream)):
+            assert time.monotonic() < deadline, "the queued request was never sent on"
+            time.sleep(0.01)
+        client.shutdown(socket.SHUT_WR)
+        assert splice.forward_until_eof(downstream, TIMEOUT_S) == 0
+        splice.pass_end_of_stream(downstream, TIMEOUT_S)
+        splice.forward_until_eof(upstream, TIMEOUT_S)
+        splice.pass_end_of_stream(upstream, TIMEOUT_S)
+        assert read_to_eof(client) == b"server:GET / HTTP/1.1\r\n\r\n"
+        splice.stop()
     assert [a.data for a in server.accepted] == [b"GET / HTTP/1.1\r\n\r\n"]
