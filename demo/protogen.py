@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from weft.api.protogen import mypy_plugin_args
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO_FILE = PACKAGE_DIR / "proto" / "ratings.proto"
 GENERATED_NAMES = (
@@ -16,15 +18,6 @@ GENERATED_NAMES = (
     "ratings_pb2_grpc.py",
     "ratings_pb2_grpc.pyi",
 )
-
-
-def _plugin(name: str) -> str:
-    """A mypy-protobuf plugin next to this interpreter (the virtualenv's bin/), or on PATH."""
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not found: install mypy-protobuf into this environment")
-    return found
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -47,8 +40,7 @@ def generate(out_dir: Path) -> list[Path]:
             [
                 "grpc_tools.protoc",
                 f"-I{staging}",
-                f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-                f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+                *mypy_plugin_args(),
                 f"--python_out={generated}",
                 f"--grpc_python_out={generated}",
                 f"--mypy_out={generated}",

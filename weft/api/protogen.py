@@ -17,12 +17,21 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def _plugin(name: str) -> str:
-    """The mypy-protobuf plugin next to this interpreter (the virtualenv's bin/)."""
+    """A mypy-protobuf plugin next to this interpreter (the virtualenv's bin/), or on PATH."""
     candidate = Path(sys.executable).parent / name
     found = str(candidate) if candidate.exists() else shutil.which(name)
     if not found:
         raise SystemExit(f"{name} not found: install mypy-protobuf into this environment")
     return found
+
+
+def mypy_plugin_args() -> list[str]:
+    """protoc's --plugin arguments for mypy-protobuf's .pyi stubs (--mypy_out, --mypy_grpc_out);
+    demo.protogen uses them too."""
+    return [
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+    ]
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -36,8 +45,7 @@ def generate(out_dir: Path) -> list[Path]:
         "protoc",
         f"-I{ROOT}",
         f"-I{include}",
-        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        *mypy_plugin_args(),
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
