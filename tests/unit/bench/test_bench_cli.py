@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,29 +73,32 @@ def test_quick_mode_fits_three_minutes_of_load_with_every_path() -> None:
 
 
 DIRECT_BULK = Figure("direct", "bulk", "gbit_s", "Gbit/s", True, [20.0], [1])
+DIRECT = PathInfo("direct", "", "direct", None, ["bulk"])
+Report = Callable[..., str]
 
 
-def report_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str, **run: Any) -> str:
-    """What `weft bench --from` prints (with these options) for a run recorded with `run`'s
-    paths, figures, settings and machine."""
-    recorded = {"started": "t0", "finished": "t1", "machine": {}, "commit": {}, **run}
-    BenchResult(**recorded).save(tmp_path / "run.json")
-    assert main(["bench", "--from", str(tmp_path / "run.json"), *options]) == ExitCode.OK
-    return capsys.readouterr().out
+@pytest.fixture
+def report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Report:
+    """report(*options, **run): what `weft bench --from` prints (with these options) for a run
+    recorded with `run`'s paths, figures, settings and machine."""
+
+    def report_of(*options: str, **run: Any) -> str:
+        recorded = {"started": "t0", "finished": "t1", "machine": {}, "commit": {}, **run}
+        BenchResult(**recorded).save(tmp_path / "run.json")
+        assert main(["bench", "--from", str(tmp_path / "run.json"), *options]) == ExitCode.OK
+        return capsys.readouterr().out
+
+    return report_of
 
 
-def test_check_from_a_recorded_run_prints_targets_without_root(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = report_of(
-        tmp_path,
-        capsys,
+def test_check_from_a_recorded_run_prints_targets_without_root(report: Report) -> None:
+    out = report(
         "--check",
         machine={"cpu_model": "test cpu", "cores": 2},
         commit={"sha": "abc"},
         settings={"rounds": 1, "mode": "quick"},
         paths=[
-            PathInfo("direct", "", "direct", None, ["bulk"]),
+            DIRECT,
             PathInfo("weft-same-node", "", "direct-same-node", None, ["bulk"], "not built yet"),
         ],
         figures=[DIRECT_BULK],
@@ -104,12 +108,8 @@ def test_check_from_a_recorded_run_prints_targets_without_root(
     assert "20.0 Gbit/s" in out
 
 
-def test_report_shows_only_the_loads_that_ran(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = report_of(
-        tmp_path,
-        capsys,
+def test_report_shows_only_the_loads_that_ran(report: Report) -> None:
+    out = report(
         settings={"rounds": 1, "mode": "custom", "loads": ["bulk"]},
         paths=[PathInfo("direct", "", "direct", None, ["bulk", "rr", "http1"])],
         figures=[DIRECT_BULK],
@@ -119,18 +119,14 @@ def test_report_shows_only_the_loads_that_ran(
     assert "failed" not in out
 
 
-def test_markdown_report_has_a_row_per_path_and_the_targets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = report_of(
-        tmp_path,
-        capsys,
+def test_markdown_report_has_a_row_per_path_and_the_targets(report: Report) -> None:
+    out = report(
         "-o",
         "markdown",
         "--check",
         settings={"rounds": 2, "mode": "custom", "loads": ["bulk"]},
         paths=[
-            PathInfo("direct", "", "direct", None, ["bulk"]),
+            DIRECT,
             PathInfo("stunnel", "", "direct", None, ["bulk"]),
             PathInfo("weft-cross-node", "", "direct", "stunnel", ["bulk"], "not built yet"),
         ],
@@ -145,18 +141,14 @@ def test_markdown_report_has_a_row_per_path_and_the_targets(
     assert "n/a (path not available: weft-cross-node)" in out
 
 
-def test_json_output_is_the_result_with_its_checks(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = report_of(
-        tmp_path,
-        capsys,
+def test_json_output_is_the_result_with_its_checks(report: Report) -> None:
+    out = report(
         "-o",
         "json",
         "--check",
         machine={"cores": 2},
         settings={"rounds": 1, "loads": ["bulk"]},
-        paths=[PathInfo("direct", "", "direct", None, ["bulk"])],
+        paths=[DIRECT],
         figures=[DIRECT_BULK],
     )
     document = json.loads(out)
