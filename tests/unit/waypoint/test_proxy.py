@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -617,18 +618,28 @@ async def upgrading_backend(reader: asyncio.StreamReader, writer: asyncio.Stream
     writer.close()
 
 
+@contextlib.asynccontextmanager
+async def proxy_to_upgrading_backend() -> AsyncIterator[tuple[int, list[RequestRecord]]]:
+    """A proxy (DEFAULT routes) in front of `upgrading_backend`: its port and access records."""
+    backend = await asyncio.start_server(upgrading_backend, "127.0.0.1", 0)
+    endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+    records: list[RequestRecord] = []
+    proxy = WaypointProxy(
+        WaypointConfig(services=(ServiceConfig(HOST, 9080, DEFAULT),)),
+        {V1.authority: [endpoint]},
+        access_log=records.append,
+    )
+    _, port = await proxy.start()
+    try:
+        yield port, records
+    finally:
+        await proxy.close()
+        backend.close()
+
+
 def test_upgrade_accepted_by_the_backend_becomes_a_two_way_byte_stream() -> None:
     async def main() -> tuple[bytes, list[RequestRecord]]:
-        backend = await asyncio.start_server(upgrading_backend, "127.0.0.1", 0)
-        endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
-        records: list[RequestRecord] = []
-        proxy = WaypointProxy(
-            WaypointConfig(services=(ServiceConfig(HOST, 9080, DEFAULT),)),
-            {V1.authority: [endpoint]},
-            access_log=records.append,
-        )
-        _, port = await proxy.start()
-        try:
+        async with proxy_to_upgrading_backend() as (port, records):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 f"GET /chat HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\n"
@@ -642,9 +653,6 @@ def test_upgrade_accepted_by_the_backend_becomes_a_two_way_byte_stream() -> None
             assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
             assert b"upgrade: echo" in head.lower()
             return echoed, records
-        finally:
-            await proxy.close()
-            backend.close()
 
     echoed, records = asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S))
     assert echoed == b"EARLY AND LATE"
@@ -653,23 +661,12 @@ def test_upgrade_accepted_by_the_backend_becomes_a_two_way_byte_stream() -> None
 
 def test_upgrade_refused_by_the_backend_keeps_http_going() -> None:
     async def main() -> tuple[int, int]:
-        backend = await asyncio.start_server(upgrading_backend, "127.0.0.1", 0)
-        endpoint = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
-        proxy = WaypointProxy(
-            WaypointConfig(services=(ServiceConfig(HOST, 9080, DEFAULT),)),
-            {V1.authority: [endpoint]},
-            access_log=lambda record: None,
-        )
-        _, port = await proxy.start()
-        try:
+        async with proxy_to_upgrading_backend() as (port, _):
             client = await Client.connect(port)
             refused = await client.get("/chat", "Connection: Upgrade", "Upgrade: other")
             again = await client.get("/chat", "Connection: Upgrade", "Upgrade: other")
             client.close()
             return refused.response.status, again.response.status
-        finally:
-            await proxy.close()
-            backend.close()
 
     assert asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_S)) == (400, 400)
 
