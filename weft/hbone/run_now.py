@@ -9,7 +9,6 @@ one.
 
 from __future__ import annotations
 
-import asyncio
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
@@ -30,13 +29,23 @@ class Pending(Generic[T]):
         return _resume(self._coro, self._yielded)
 
 
+# True while run_now() drives a coroutine outside any task of its own. in_task() reads this
+# rather than asyncio.current_task(): a C callback can run inside some task's call into C, and
+# that task is not the one the coroutine will continue in.
+_driving = False
+
+
 def run_now(coro: Coroutine[Any, Any, T]) -> T | Pending[T]:
     """`coro`'s result if it finishes without suspending; else a Pending to finish in a task.
     Its exceptions propagate as they would from `await coro`."""
+    global _driving
+    outer, _driving = _driving, True
     try:
         yielded = coro.send(None)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        _driving = outer
     return Pending(coro, yielded)
 
 
@@ -55,7 +64,7 @@ def _yield_in_task() -> Generator[Any, Any, None]:
 async def in_task() -> None:
     """Within run_now(): go on in a task from here (asyncio.timeout() and the like need one).
     Elsewhere (already in a task): nothing."""
-    if asyncio.current_task() is None:
+    if _driving:
         await _yield_in_task()
 
 
