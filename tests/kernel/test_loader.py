@@ -65,9 +65,24 @@ BROKEN = ProgramSpec(
 )
 
 
-def refusal_of_broken(source: str, tmp_path: Path, cgroups: CgroupTree, pin_root: Path) -> str:
-    """Attach CONNECT4 with weft_broken.c holding `source`: the refusal's text, once it is
-    checked that neither program stays attached and the loader's scope is gone."""
+@pytest.mark.parametrize(
+    ("source", "quoted"),
+    [
+        pytest.param(
+            BROKEN_VERIFIER,
+            ("weft_broken", "failed to load", "invalid mem access"),  # the verifier's own words
+            id="verifier refusal names the program and includes the log",
+        ),
+        pytest.param(
+            BROKEN_SYNTAX,
+            ("weft_broken.c", "failed to compile", "undeclared_identifier"),
+            id="compile error names the file and quotes clang",
+        ),
+    ],
+)
+def test_a_program_that_does_not_build_is_refused_with_the_reason_and_attaches_nothing(
+    source: str, quoted: tuple[str, ...], tmp_path: Path, cgroups: CgroupTree, pin_root: Path
+) -> None:
     loader = Loader(
         "broken",
         pin_root=pin_root,
@@ -75,27 +90,10 @@ def refusal_of_broken(source: str, tmp_path: Path, cgroups: CgroupTree, pin_root
     )
     with pytest.raises(ProgramLoadError) as exc:
         loader.attach([CONNECT4, BROKEN], cgroups.workloads)
+    for words in quoted:
+        assert words in str(exc.value)
     assert attached(cgroups.workloads, CONNECT4.attach_type) == []
     assert not loader.scope_dir.exists()
-    return str(exc.value)
-
-
-def test_verifier_refusal_names_the_program_includes_the_log_and_attaches_nothing(
-    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
-) -> None:
-    text = refusal_of_broken(BROKEN_VERIFIER, tmp_path, cgroups, pin_root)
-    assert "weft_broken" in text
-    assert "failed to load" in text
-    assert "invalid mem access" in text  # the verifier's own words
-
-
-def test_compile_error_names_the_file_and_quotes_clang(
-    tmp_path: Path, cgroups: CgroupTree, pin_root: Path
-) -> None:
-    text = refusal_of_broken(BROKEN_SYNTAX, tmp_path, cgroups, pin_root)
-    assert "weft_broken.c" in text
-    assert "failed to compile" in text
-    assert "undeclared_identifier" in text
 
 
 def test_a_missing_cflag_is_a_compile_error_not_a_silent_default(
