@@ -77,6 +77,17 @@ def baggage_workload(headers: Headers, peer: Identity) -> str:
     return ""
 
 
+# Distinct (peer, authority, header block) judgements an HBONE listener keeps per node state.
+AUTHORIZED_MEMO_LIMIT = 1024
+
+
+def _record_fields(record: ConnectionRecord) -> dict[str, Any]:
+    """The fields a judged tunnel's record starts with (its clock starts anew each time)."""
+    fields = dict(vars(record))
+    del fields["started"]
+    return fields
+
+
 # The keys ztunnel reads a workload's name from, in its order.
 BAGGAGE_WORKLOAD_KEYS = (
     "k8s.deployment.name", "k8s.cronjob.name", "k8s.pod.name", "k8s.job.name",
@@ -158,8 +169,10 @@ class Inbound:
         source_ip: IPv4Address | None,
         port: int,
         record: ConnectionRecord,
+        *,
+        state: NodeState | None = None,
     ) -> bool:
-        state = self._state()
+        state = self._state() if state is None else state
         record.destination_workload = target.metadata.name
         record.destination_namespace = target.metadata.namespace
         record.destination_principal = state.identity(target).uri
@@ -185,38 +198,69 @@ class Inbound:
     def _authorizer(
         self, listener: IPv4Address
     ) -> Callable[[Identity, str, Headers], asyncio.Future[bool] | Any]:
+        # What a tunnel's record says before its bytes (who, to whom, the decision) follows from
+        # the node state, the peer, the authority and the header block alone, and a source agent
+        # sends the same few again and again: each is judged once per state (a bounded memo),
+        # and a tunnel's record is made from that judgement's fields in one call (a judgement
+        # cost ~20 Python calls of address hashing and lookups per tunnel).
+        memo: dict[tuple[Identity, str, Headers], tuple[dict[str, Any], bool]] = {}
+        memo_state: list[NodeState | None] = [None]
+
         async def authorize(peer: Identity, authority: str, headers: Headers) -> bool:
-            source_ip = forwarded_for(headers)
-            record = ConnectionRecord("inbound", str(source_ip or "?"), authority)
-            record.route = "hbone"
-            record.security = "mutual_tls"
-            record.source_principal = peer.uri
-            record.source_namespace = peer.namespace
-            source = self._state().workload_at(source_ip) if source_ip is not None else None
-            # The controller sends a node only the workloads it may connect to, so a client on
-            # another node is usually unknown here: its agent names it in the baggage header.
-            record.source_workload = (
-                source.metadata.name if source is not None else baggage_workload(headers, peer)
-            )
-            try:
-                address, port = split_authority(authority)
-            except LookupError as err:
-                record.outcome, record.reason = "error", str(err)
-                self._telemetry.connection_closed(record)
-                return False
-            target = self._state().workload_at(address)
-            if address != listener or target is None:
-                record.outcome = "denied"
-                record.reason = f"{authority} is not the workload behind {listener}:{self.port}"
-                self._telemetry.connection_closed(record)
-                return False
-            if not self._judge(target, peer, source_ip, port, record):
+            state = self._state()
+            if state is not memo_state[0]:
+                memo.clear()
+                memo_state[0] = state
+            key = (peer, authority, headers)
+            found = memo.get(key)
+            if found is None:
+                record, allowed = self._authorize(state, listener, peer, authority, headers)
+                if len(memo) >= AUTHORIZED_MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = (_record_fields(record), allowed)
+            else:
+                fields, allowed = found
+                record = ConnectionRecord(**fields)
+            if not allowed:
                 self._telemetry.connection_closed(record)
                 return False
             _current.set(record)
             return True
 
         return authorize
+
+    def _authorize(
+        self,
+        state: NodeState,
+        listener: IPv4Address,
+        peer: Identity,
+        authority: str,
+        headers: Headers,
+    ) -> tuple[ConnectionRecord, bool]:
+        """A tunnel's record as far as its CONNECT tells, and whether it may go on."""
+        source_ip = forwarded_for(headers)
+        record = ConnectionRecord("inbound", str(source_ip or "?"), authority)
+        record.route = "hbone"
+        record.security = "mutual_tls"
+        record.source_principal = peer.uri
+        record.source_namespace = peer.namespace
+        source = state.workload_at(source_ip) if source_ip is not None else None
+        # The controller sends a node only the workloads it may connect to, so a client on
+        # another node is usually unknown here: its agent names it in the baggage header.
+        record.source_workload = (
+            source.metadata.name if source is not None else baggage_workload(headers, peer)
+        )
+        try:
+            address, port = split_authority(authority)
+        except LookupError as err:
+            record.outcome, record.reason = "error", str(err)
+            return record, False
+        target = state.workload_at(address)
+        if address != listener or target is None:
+            record.outcome = "denied"
+            record.reason = f"{authority} is not the workload behind {listener}:{self.port}"
+            return record, False
+        return record, self._judge(target, peer, source_ip, port, record, state=state)
 
     async def _connect(self, authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await self._connect_counted(authority, open_from)

@@ -131,7 +131,7 @@ def plan_route(
     # node delivers that port to its agent (agent.tunnel.delivery), so no node table is needed.
     return Route(
         RouteKind.HBONE, endpoint.address, port, endpoint, service_name,
-        peer=(str(endpoint.address), HBONE_PORT),
+        peer=(address_text(endpoint.address), HBONE_PORT),
     )  # fmt: skip
 
 
@@ -271,7 +271,7 @@ class OutboundProxy:
         record.source_namespace = source.metadata.namespace
         record.source_principal = source_identity.uri
         route = plan_route(state, self.balancer, address, port, source_ip)
-        record.route = route.kind.value
+        record.route = route.kind._value_  # the value, without Enum's property (two calls)
         record.destination_service = route.service
         record.endpoint = f"{address_text(route.address)}:{route.port}"
         if route.endpoint is not None:

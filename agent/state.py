@@ -120,6 +120,14 @@ class NodeState:
 
     def in_mesh(self, workload: Workload) -> bool:
         """Captured and reachable over HBONE: its namespace opted in and it did not opt out."""
+        # Asked per connection; answered once per workload (ten Python calls otherwise).
+        cache = self._index.in_mesh
+        found = cache.get(id(workload))
+        if found is None or found[0] is not workload:
+            found = cache[id(workload)] = (workload, self._in_mesh(workload))
+        return found[1]
+
+    def _in_mesh(self, workload: Workload) -> bool:
         namespace = self.namespace(workload.metadata.namespace)
         if namespace is None or namespace.dataplane_mode != DataplaneMode.AMBIENT:
             return False
@@ -231,6 +239,7 @@ class _Index:
                 self.service_targets[key] = ServiceTarget(service, service_port, endpoints)
         # Filled as the data path asks: id(workload) -> (workload, answer).
         self.services_of: dict[int, tuple[Workload, list[Service]]] = {}
+        self.in_mesh: dict[int, tuple[Workload, bool]] = {}
         self.policies_of: dict[int, tuple[Workload, list[AuthorizationPolicy]]] = {}
         self.mtls_modes: dict[tuple[int, int], tuple[Workload, MutualTLSMode]] = {}
 

@@ -4,14 +4,14 @@ Metric names and labels are Istio's (reporter="source" on the outbound side, "de
 the inbound side), so dashboards built for ztunnel read a Weft agent unchanged. The registry is
 the agent's own, so tests read it without global state.
 
-Both run for every connection, so both are cheap: a label set's four series are looked up once,
-the JSON line is made by a function generated from the record's fields (the text json.dumps
-would give, a fifth of its time; weft.access_log, shared with the waypoint), and lines go to the
-agent's stderr in the format of its log (`<time> INFO weft.access: {...}`) through a BufferedLog
-that writes once per event-loop iteration, not through logging's per-record machinery (a line
-cost 45 us that way); a stderr that cannot be written drops lines, never a connection. The
-`weft.access` logger's level still turns them on and off
-(`/logging?logger=weft.access&level=warning`).
+Both run for every connection, so both are cheap: a label set's four series are looked up once
+(and counted through their values, see `_series`), the JSON line is made by a function generated
+from the record's fields (the text json.dumps would give, a fifth of its time; weft.access_log,
+shared with the waypoint), and lines go to the agent's stderr in the format of its log
+(`<time> INFO weft.access: {...}`) through a BufferedLog that writes once per event-loop
+iteration, not through logging's per-record machinery (a line cost 45 us that way); a stderr
+that cannot be written drops lines, never a connection. The `weft.access` logger's level still
+turns them on and off (`/logging?logger=weft.access&level=warning`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -43,6 +43,13 @@ TCP_LABELS = (
     "response_code",
     "connection_security_policy",
 )
+
+
+class _Value(Protocol):
+    """What a prometheus_client series counts in (MutexValue, or MultiProcessValue)."""
+
+    def inc(self, amount: float) -> None: ...
+
 
 access_log = logging.getLogger("weft.access")
 log = logging.getLogger(__name__)
@@ -143,10 +150,10 @@ class Telemetry:
         self.config_version = Gauge(
             "weft_config_version", "The discovery version in force", registry=self.registry
         )
-        self._children: dict[tuple[str, ...], tuple[Counter, Counter, Counter, Counter]] = {}
+        self._children: dict[tuple[str, ...], tuple[_Value, _Value, _Value, _Value]] = {}
 
     def connection_opened(self, record: ConnectionRecord) -> None:
-        self._series(record.label_values())[0].inc()
+        self._series(record.label_values())[0].inc(1)
 
     def connection_closed(self, record: ConnectionRecord) -> None:
         """Count bytes and the close, and write the connection's access-log line."""
@@ -155,7 +162,7 @@ class Telemetry:
             self.refused.labels(record.direction, record.outcome).inc()
         else:
             _, closed, sent, received = self._series(record.label_values())
-            closed.inc()
+            closed.inc(1)
             sent.inc(record.sent_bytes)
             received.inc(record.received_bytes)
         if access_log.isEnabledFor(logging.INFO):  # `<asctime> INFO weft.access: {...}`
@@ -169,16 +176,19 @@ class Telemetry:
                 f"{self._stamp},{milliseconds:03d} INFO weft.access: {_format_line(record)}"
             )
 
-    def _series(self, values: tuple[str, ...]) -> tuple[Counter, Counter, Counter, Counter]:
-        """The four istio_tcp_* series of one label set; prometheus_client's labels() lookup
-        (kwargs, validation, a lock) cost more than the rest of opening a connection."""
+    def _series(self, values: tuple[str, ...]) -> tuple[_Value, _Value, _Value, _Value]:
+        """The values of one label set's four istio_tcp_* series; prometheus_client's labels()
+        lookup (kwargs, validation, a lock) cost more than the rest of opening a connection.
+        A child Counter's `inc` checks, each time, what holds for these (a labelled child, an
+        amount >= 0, no exemplar) in three Python calls: its value is counted directly (the
+        same number at a scrape; tests/unit/agent/test_agent_telemetry.py reads the exposition)."""
         series = self._children.get(values)
         if series is None:
             series = (
-                self.opened.labels(*values),
-                self.closed.labels(*values),
-                self.sent.labels(*values),
-                self.received.labels(*values),
+                self.opened.labels(*values)._value,
+                self.closed.labels(*values)._value,
+                self.sent.labels(*values)._value,
+                self.received.labels(*values)._value,
             )
             self._children[values] = series
         return series

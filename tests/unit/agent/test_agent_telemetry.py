@@ -169,3 +169,35 @@ def test_a_broken_access_log_pipe_costs_lines_not_connections(
     warnings = [r.getMessage() for r in caplog.records if r.name == "weft.access_log"]
     assert len(warnings) == 1
     assert "BrokenPipeError" in warnings[0]
+
+
+def test_a_label_sets_four_series_count_what_its_connections_did() -> None:
+    """The series are counted through their values (Telemetry._series): a scrape reads the
+    opened and closed connections and both byte counts of each label set, Istio's names."""
+    telemetry = Telemetry(io.StringIO())
+    for sent, received, principal in ((5, 7, "a"), (11, 13, "a"), (17, 19, "b")):
+        record = ConnectionRecord("outbound", "10.0.0.1:1000", "10.0.0.2:80")
+        record.source_principal = principal
+        record.security = "mutual_tls"
+        telemetry.connection_opened(record)
+        record.sent_bytes, record.received_bytes = sent, received
+        telemetry.connection_closed(record)
+    samples = {
+        (sample.name, sample.labels["source_principal"]): sample.value
+        for metric in telemetry.registry.collect()
+        for sample in metric.samples
+        if sample.name.startswith("istio_tcp_") and sample.name.endswith("_total")
+    }
+    assert samples == {
+        ("istio_tcp_connections_opened_total", "a"): 2,
+        ("istio_tcp_connections_closed_total", "a"): 2,
+        ("istio_tcp_sent_bytes_total", "a"): 16,
+        ("istio_tcp_received_bytes_total", "a"): 20,
+        ("istio_tcp_connections_opened_total", "b"): 1,
+        ("istio_tcp_connections_closed_total", "b"): 1,
+        ("istio_tcp_sent_bytes_total", "b"): 17,
+        ("istio_tcp_received_bytes_total", "b"): 19,
+    }
+    assert b'istio_tcp_sent_bytes_total{connection_security_policy="mutual_tls"' in (
+        telemetry.exposition()
+    )
