@@ -71,9 +71,10 @@ class HboneInbound:
 class _ProxyServer(HboneServer):
     """weft.hbone's server whose tunnels the proxy serves in place of connect() and relay().
 
-    It overrides the server's per-tunnel task (`_serve_tunnel`): the stream is handed to the
-    proxy instead of being spliced to a TCP connection. Every authenticated peer may open a
-    tunnel (what it may do is L7 policy, per request), so authorize() is not consulted.
+    It overrides the server's per-stream hook (`serve_stream`, Python data path only): the
+    stream is handed to the proxy instead of being spliced to a TCP connection. Every
+    authenticated peer may open a tunnel (what it may do is L7 policy, per request), so
+    authorize() is not consulted.
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class _ProxyServer(HboneServer):
         super().__init__(ssl_context, _allow, _no_connect, settings=settings)
         self.proxy = proxy
 
-    async def _serve_tunnel(
+    async def serve_stream(
         self,
         session: TunnelSession,
         peer: Identity,

@@ -51,7 +51,13 @@ class ServerStats:
 
 
 class HboneServer:
-    """The HBONE listener (port 15008): one TLS connection per peer, one stream per tunnel."""
+    """The HBONE listener (port 15008): one TLS connection per peer, one stream per tunnel.
+
+    On the Python data path each authenticated CONNECT is served by `serve_stream()`, whose
+    default authorizes, connects and relays; a subclass overrides it to serve the stream itself
+    (the waypoint hands it to its proxy). The native path has no HboneStream to hand out, so a
+    server that overrides `serve_stream()` must run on the Python path.
+    """
 
     def __init__(
         self,
@@ -67,6 +73,14 @@ class HboneServer:
         connect_socket: ConnectSocket | None = None,
     ) -> None:
         self.ssl_context = ssl_context
+        # Checked before check_data_path: that this server cannot run natively matters more than
+        # whether C is built.
+        if data_path == "native" and type(self).serve_stream is not HboneServer.serve_stream:
+            raise HboneError(
+                f"{type(self).__name__} overrides serve_stream(), which only the Python HBONE "
+                "data path calls (the native path hands out no HboneStream)",
+                hint='construct it with data_path="python"',
+            )
         # "native": connections run on weft._native (C moves the bytes), see native_session.
         self.data_path = check_data_path(data_path)
         self.authorize = authorize
@@ -274,18 +288,28 @@ class HboneServer:
         assert isinstance(session, _ServerSession)
         assert session.peer is not None
         task = asyncio.get_running_loop().create_task(
-            self._serve_tunnel(session, session.peer, stream, request)
+            self.serve_stream(session, session.peer, stream, request)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve_tunnel(
+    async def serve_stream(
         self,
         session: TunnelSession,
         peer: Identity,
         stream: HboneStream,
         request: TunnelRequested,
     ) -> None:
+        """Serve one CONNECT stream (the Python data path's per-tunnel task; see the class doc).
+
+        `peer` is the client's verified SPIFFE identity and `request` the CONNECT's authority
+        and headers. The stream is unanswered: answer it with `session.accept(stream)` (200;
+        StreamClosedError if the client gave up) or `session.reject(stream, status)`, then read
+        and write it. The default authorizes (401), connects within connect_timeout (503),
+        relays and reports the result to `relayed`; an override keeps `self.stats` itself. The
+        task is cancelled when the server closes. Nothing catches what escapes an override: catch
+        its failures and reset the stream (`stream.abort()`), as the default does.
+        """
         try:
             allowed = await self.authorize(peer, request.authority, request.headers)
         except Exception:
