@@ -19,7 +19,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from agent.addresses import address_text, parse_address
+from agent.addresses import parse_address
 from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
 from agent.telemetry import ConnectionRecord, Telemetry
@@ -37,6 +37,22 @@ from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Work
 log = logging.getLogger(__name__)
 
 HBONE_PORT = 15008
+
+# address -> its text, for the few addresses a node's connections name (a bounded memo, keyed by
+# the address's integer: agent.addresses.address_text's lru_cache hashes an IPv4Address in
+# three Python calls, and a connection names up to three addresses).
+_ADDRESS_TEXTS: dict[int, str] = {}
+_ADDRESS_TEXTS_LIMIT = 4096
+
+
+def _address_text(address: IPv4Address) -> str:
+    """str(address), remembered."""
+    text = _ADDRESS_TEXTS.get(address._ip)  # type: ignore[attr-defined]  # what int() returns
+    if text is None:
+        if len(_ADDRESS_TEXTS) >= _ADDRESS_TEXTS_LIMIT:
+            _ADDRESS_TEXTS.clear()
+        text = _ADDRESS_TEXTS[int(address)] = str(address)
+    return text
 
 
 class RouteKind(StrEnum):
@@ -131,7 +147,7 @@ def plan_route(
     # node delivers that port to its agent (agent.tunnel.delivery), so no node table is needed.
     return Route(
         RouteKind.HBONE, endpoint.address, port, endpoint, service_name,
-        peer=(address_text(endpoint.address), HBONE_PORT),
+        peer=(_address_text(endpoint.address), HBONE_PORT),
     )  # fmt: skip
 
 
@@ -258,7 +274,7 @@ class OutboundProxy:
             accepted.abort()
             return False
         address, port, cgroup_id = original
-        record.dst = f"{address_text(address)}:{port}"
+        record.dst = f"{_address_text(address)}:{port}"
         state = self._state()
         source_ip = parse_address(peer[0])
         source = state.workload_at(source_ip)
@@ -273,7 +289,7 @@ class OutboundProxy:
         route = plan_route(state, self.balancer, address, port, source_ip)
         record.route = route.kind._value_  # the value, without Enum's property (two calls)
         record.destination_service = route.service
-        record.endpoint = f"{address_text(route.address)}:{route.port}"
+        record.endpoint = f"{_address_text(route.address)}:{route.port}"
         if route.endpoint is not None:
             record.destination_workload = route.endpoint.metadata.name
             record.destination_namespace = route.endpoint.metadata.namespace
