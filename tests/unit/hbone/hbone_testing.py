@@ -1,24 +1,34 @@
-"""Helpers for HBONE tests: a throwaway mesh PKI (ECDSA P-256 CA, SPIFFE SVIDs), a uvloop runner."""
+"""Helpers for HBONE tests: a throwaway mesh PKI, loopback TCP targets, raw h2 clients, a runner."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
-from collections.abc import Callable, Coroutine
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import h2.config
+import h2.connection
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from weft.hbone.request import parse_authority
 from weft.identity import Identity
 from weft.pki import build_self_signed_ca
-from weft.tls import Svid
+from weft.tls import Svid, client_context
 
 T = TypeVar("T")
+
+LOOPBACK = "127.0.0.1"
+Headers = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -94,3 +104,111 @@ def run(main: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30.0) -> T:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(bounded())
+
+
+# --- loopback TCP targets behind an HboneServer ---------------------------------------------
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until the client half-closes, then half-close back."""
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
+    writer.close()
+
+
+async def count_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read everything until FIN, then answer with the byte count: needs a real half-close."""
+    total = 0
+    while data := await reader.read(65536):
+        total += len(data)
+    writer.write(f"got {total}".encode())
+    await writer.drain()
+    writer.close()
+
+
+async def reset_after_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Say hello, wait for a 3-byte answer, then abort the connection with a TCP RST."""
+    writer.write(b"hello")
+    await writer.drain()
+    await reader.readexactly(3)
+    abort_with_rst(writer)
+
+
+def abort_with_rst(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), not a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def targets() -> AsyncIterator[dict[str, str]]:
+    """The "echo", "count" and "reset" targets listening on loopback: name -> authority."""
+    handlers = {"echo": echo, "count": count_then_reply, "reset": reset_after_hello}
+    listeners = {name: await asyncio.start_server(h, LOOPBACK, 0) for name, h in handlers.items()}
+    try:
+        yield {name: authority_of(listener) for name, listener in listeners.items()}
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def authority_of(listener: asyncio.Server) -> str:
+    return f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def allow_all(peer: Identity, authority: str, headers: Headers) -> bool:
+    return True
+
+
+async def connect_tcp(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = parse_authority(authority)
+    return await asyncio.open_connection(host, port)
+
+
+# --- hand-made clients --------------------------------------------------------------------
+
+
+def h2_client() -> h2.connection.H2Connection:
+    """An h2 client connection whose preface (and SETTINGS) wait in data_to_send()."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    return client
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends before it closes; a TLS alert also counts as closed."""
+    received = b""
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        while data := await asyncio.wait_for(reader.read(65536), 5):
+            received += data
+    return received
+
+
+def refused_client_contexts(ca: TestCa, svid: Svid) -> dict[str, ssl.SSLContext]:
+    """Client TLS contexts a mesh server must refuse, by kind: "no-alpn-h2" (ALPN http/1.1),
+    "no-certificate" and "untrusted-certificate" (an SVID from another root)."""
+    no_alpn_h2 = client_context(svid, ca.bundle_pem)
+    no_alpn_h2.set_alpn_protocols(["http/1.1"])
+    no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    no_certificate.check_hostname = False
+    no_certificate.load_verify_locations(cadata=ca.bundle_pem.decode())
+    no_certificate.set_alpn_protocols(["h2"])
+    untrusted = client_context(make_ca("rogue root").issue(CLIENT_ID), ca.bundle_pem)
+    return {
+        "no-alpn-h2": no_alpn_h2,
+        "no-certificate": no_certificate,
+        "untrusted-certificate": untrusted,
+    }

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import ssl
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,7 +15,21 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, make_ca, run
+from hbone_testing import (
+    CLIENT_ID,
+    LOOPBACK,
+    SERVER_ID,
+    Headers,
+    TestCa,
+    allow_all,
+    closed_port,
+    connect_tcp,
+    h2_client,
+    read_until_closed,
+    refused_client_contexts,
+    run,
+    targets,
+)
 
 from weft.hbone import (
     HboneError,
@@ -29,51 +43,9 @@ from weft.hbone import (
 )
 from weft.hbone.accept import IP_TRANSPARENT
 from weft.hbone.relay import relay
-from weft.hbone.request import MalformedRequestError, parse_authority
+from weft.hbone.request import MalformedRequestError
 from weft.identity import Identity
 from weft.tls import Svid, client_context, server_context
-
-LOOPBACK = "127.0.0.1"
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo until the client half-closes, then half-close back."""
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        await writer.drain()
-    writer.close()
-
-
-async def count_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read everything until FIN, then answer with the byte count: needs a real half-close."""
-    total = 0
-    while data := await reader.read(65536):
-        total += len(data)
-    writer.write(f"got {total}".encode())
-    await writer.drain()
-    writer.close()
-
-
-async def reset_after_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Say hello, wait for the answer, then abort the connection with a TCP RST."""
-    writer.write(b"hello")
-    await writer.drain()
-    await reader.readexactly(3)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-async def allow_all(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
-    return True
-
-
-async def connect_tcp(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = parse_authority(authority)
-    return await asyncio.open_connection(host, port)
 
 
 @dataclass
@@ -115,39 +87,33 @@ async def loopback_mesh(
     ca: TestCa,
     client_svid: Svid,
     server_svid: Svid,
-    authorize: Callable[[Identity, str, tuple[tuple[str, str], ...]], Awaitable[bool]] = allow_all,
+    authorize: Callable[[Identity, str, Headers], Awaitable[bool]] = allow_all,
     **pool_options: float,
 ) -> AsyncIterator[Mesh]:
-    listeners = {
-        name: await asyncio.start_server(handler, LOOPBACK, 0)
-        for name, handler in [
-            ("echo", echo),
-            ("count", count_then_reply),
-            ("reset", reset_after_hello),
-        ]
-    }
-    targets = {
-        name: f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
-        for name, listener in listeners.items()
-    }
-    server = HboneServer(server_context(server_svid, ca.bundle_pem), authorize, connect_tcp)
-    await server.start(LOOPBACK, 0)
-    pool = HbonePool(lambda source: client_context(client_svid, ca.bundle_pem), **pool_options)  # type: ignore[arg-type]
-    mesh = Mesh(ca, client_svid, server, pool, targets)
-    try:
-        yield mesh
-    finally:
-        await mesh.pool.close()
-        await mesh.server.close()  # the test may have replaced the server
-        for listener in listeners.values():
-            listener.close()
+    async with targets() as authorities:
+        server = HboneServer(server_context(server_svid, ca.bundle_pem), authorize, connect_tcp)
+        await server.start(LOOPBACK, 0)
+        pool = HbonePool(lambda source: client_context(client_svid, ca.bundle_pem), **pool_options)  # type: ignore[arg-type]
+        mesh = Mesh(ca, client_svid, server, pool, authorities)
+        try:
+            yield mesh
+        finally:
+            await mesh.pool.close()
+            await mesh.server.close()  # the test may have replaced the server
 
 
-def test_tunnel_carries_data_both_ways_with_half_close(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+MeshFactory = Callable[..., contextlib.AbstractAsyncContextManager[Mesh]]
+
+
+@pytest.fixture
+def new_mesh(ca: TestCa, client_svid: Svid, server_svid: Svid) -> MeshFactory:
+    """loopback_mesh() on the session's PKI: new_mesh(authorize, **pool_options)."""
+    return functools.partial(loopback_mesh, ca, client_svid, server_svid)
+
+
+def test_tunnel_carries_data_both_ways_with_half_close(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open("count")
             await stream.write(b"x" * 100_000)
             stream.close_write()  # the target answers only after it sees our FIN
@@ -156,13 +122,11 @@ def test_tunnel_carries_data_both_ways_with_half_close(
     run(main)
 
 
-def test_bulk_echo_beyond_the_flow_control_windows_is_byte_exact(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_bulk_echo_beyond_the_flow_control_windows_is_byte_exact(new_mesh: MeshFactory) -> None:
     payload = os.urandom(24 * 1024 * 1024)  # > the 16 MiB connection window
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open()
 
             async def send() -> None:
@@ -177,9 +141,7 @@ def test_bulk_echo_beyond_the_flow_control_windows_is_byte_exact(
     run(main)
 
 
-def test_mesh_headers_reach_authorize_with_the_client_identity(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_mesh_headers_reach_authorize_with_the_client_identity(new_mesh: MeshFactory) -> None:
     seen: list[tuple[Identity, str, tuple[tuple[str, str], ...]]] = []
 
     async def record(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
@@ -187,7 +149,7 @@ def test_mesh_headers_reach_authorize_with_the_client_identity(
         return True
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid, record) as mesh:
+        async with new_mesh(record) as mesh:
             headers = [("forwarded", "for=10.0.0.5"), ("baggage", "a=b"), ("traceparent", "00-1")]
             stream = await mesh.open(headers=headers)
             stream.close_write()
@@ -197,9 +159,7 @@ def test_mesh_headers_reach_authorize_with_the_client_identity(
     run(main)
 
 
-def test_many_application_connections_share_one_tls_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_many_application_connections_share_one_tls_connection(new_mesh: MeshFactory) -> None:
     async def one_exchange(mesh: Mesh, index: int) -> bytes:
         stream = await mesh.open()
         await stream.write(b"%d" % index)
@@ -207,7 +167,7 @@ def test_many_application_connections_share_one_tls_connection(
         return await read_all(stream)
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             for index in range(20):  # one after the other
                 assert await one_exchange(mesh, index) == b"%d" % index
             replies = await asyncio.gather(*(one_exchange(mesh, i) for i in range(50)))
@@ -219,11 +179,9 @@ def test_many_application_connections_share_one_tls_connection(
     run(main)
 
 
-def test_the_101st_concurrent_stream_opens_a_second_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_the_101st_concurrent_stream_opens_a_second_connection(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             streams = await asyncio.gather(*(mesh.open() for _ in range(100)))
             assert mesh.pool.stats.handshakes == 1
             streams.append(await mesh.open())
@@ -239,11 +197,9 @@ def test_the_101st_concurrent_stream_opens_a_second_connection(
     run(main)
 
 
-def test_idle_timeout_closes_the_pooled_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_idle_timeout_closes_the_pooled_connection(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid, idle_timeout=0.2) as mesh:
+        async with new_mesh(idle_timeout=0.2) as mesh:
             await mesh.assert_serving()
             assert mesh.pool.connection_count() == 1
             await asyncio.sleep(0.6)
@@ -255,11 +211,9 @@ def test_idle_timeout_closes_the_pooled_connection(
     run(main)
 
 
-def test_a_busy_connection_is_not_closed_by_the_idle_timeout(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_a_busy_connection_is_not_closed_by_the_idle_timeout(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid, idle_timeout=0.1) as mesh:
+        async with new_mesh(idle_timeout=0.1) as mesh:
             stream = await mesh.open()
             await asyncio.sleep(0.3)
             await stream.write(b"late")
@@ -270,14 +224,14 @@ def test_a_busy_connection_is_not_closed_by_the_idle_timeout(
     run(main)
 
 
-def test_denied_authorization_is_401(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
+def test_denied_authorization_is_401(new_mesh: MeshFactory) -> None:
     async def deny(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
         return authority != mesh_targets["count"]
 
     mesh_targets: dict[str, str] = {}
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid, deny) as mesh:
+        async with new_mesh(deny) as mesh:
             mesh_targets.update(mesh.targets)
             with pytest.raises(TunnelRefusedError) as refused:
                 await mesh.open("count")
@@ -290,15 +244,11 @@ def test_denied_authorization_is_401(ca: TestCa, client_svid: Svid, server_svid:
     run(main)
 
 
-def test_unreachable_target_is_503(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind((LOOPBACK, 0))
-        closed_port = probe.getsockname()[1]
-
+def test_unreachable_target_is_503(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             with pytest.raises(TunnelRefusedError) as refused:
-                await mesh.open(f"{LOOPBACK}:{closed_port}")
+                await mesh.open(f"{LOOPBACK}:{closed_port()}")
             assert refused.value.status == 503
             assert mesh.server.stats.tunnels_unavailable == 1
             await mesh.assert_serving()
@@ -306,11 +256,9 @@ def test_unreachable_target_is_503(ca: TestCa, client_svid: Svid, server_svid: S
     run(main)
 
 
-def test_target_reset_reaches_the_client_as_stream_reset(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_target_reset_reaches_the_client_as_stream_reset(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open("reset")
             assert await stream.read() == b"hello"
             await stream.write(b"ack")
@@ -322,9 +270,7 @@ def test_target_reset_reaches_the_client_as_stream_reset(
     run(main)
 
 
-def test_client_abort_resets_the_target_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_client_abort_resets_the_target_connection(new_mesh: MeshFactory) -> None:
     outcome: asyncio.Future[str]
 
     async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -340,7 +286,7 @@ def test_client_abort_resets_the_target_connection(
         nonlocal outcome
         outcome = asyncio.get_running_loop().create_future()
         watcher = await asyncio.start_server(watch, LOOPBACK, 0)
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open(f"{LOOPBACK}:{watcher.sockets[0].getsockname()[1]}")
             await stream.write(b"a")
             await asyncio.sleep(0.05)
@@ -351,11 +297,9 @@ def test_client_abort_resets_the_target_connection(
     run(main)
 
 
-def test_bad_authority_is_refused_before_anything_is_sent(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_bad_authority_is_refused_before_anything_is_sent(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             with pytest.raises(MalformedRequestError):
                 await mesh.open("shop.svc:80")
             await mesh.assert_serving()
@@ -363,11 +307,9 @@ def test_bad_authority_is_refused_before_anything_is_sent(
     run(main)
 
 
-def test_pool_refuses_a_peer_with_the_wrong_identity(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_pool_refuses_a_peer_with_the_wrong_identity(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             impostor_check = Identity.parse("spiffe://cluster.local/ns/bank/sa/vault")
             with pytest.raises(TunnelUnavailableError, match="presented identity"):
                 await mesh.pool.open_stream(
@@ -382,18 +324,14 @@ def test_pool_refuses_a_peer_with_the_wrong_identity(
     run(main)
 
 
-def test_pool_reports_a_closed_port_as_unavailable(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        closed_port = probe.getsockname()[1]
+def test_pool_reports_a_closed_port_as_unavailable(new_mesh: MeshFactory) -> None:
+    port = closed_port()
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
-            with pytest.raises(TunnelUnavailableError, match=f"{closed_port}"):
+        async with new_mesh() as mesh:
+            with pytest.raises(TunnelUnavailableError, match=f"{port}"):
                 await mesh.pool.open_stream(
-                    CLIENT_ID, SERVER_ID, (LOOPBACK, closed_port), mesh.targets["echo"]
+                    CLIENT_ID, SERVER_ID, (LOOPBACK, port), mesh.targets["echo"]
                 )
 
     run(main)
@@ -408,73 +346,36 @@ async def raw_tls(
     return await asyncio.open_connection(LOOPBACK, mesh.server.port, ssl=context)
 
 
-async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
-    """Everything the server sends before it closes; a TLS alert also counts as closed."""
-    received = b""
-    with contextlib.suppress(ssl.SSLError, ConnectionError):
-        while data := await asyncio.wait_for(reader.read(65536), 5):
-            received += data
-    return received
-
-
-def test_client_without_alpn_h2_is_disconnected(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+@pytest.mark.parametrize(
+    ("kind", "sends_preface", "counter", "expected"),
+    [
+        pytest.param("no-alpn-h2", False, "connections_refused", 1, id="no-alpn-h2"),
+        pytest.param("no-certificate", True, "connections_accepted", 0, id="no-certificate"),
+        pytest.param(
+            "untrusted-certificate", True, "connections_accepted", 0, id="untrusted-certificate"
+        ),
+    ],
+)
+def test_clients_the_tls_handshake_refuses_are_disconnected(
+    new_mesh: MeshFactory, kind: str, sends_preface: bool, counter: str, expected: int
 ) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
-            context = client_context(client_svid, ca.bundle_pem)
-            context.set_alpn_protocols(["http/1.1"])
+        async with new_mesh() as mesh:
+            context = refused_client_contexts(mesh.ca, mesh.client_svid)[kind]
             reader, writer = await raw_tls(mesh, context)
+            if sends_preface:
+                writer.write(h2_client().data_to_send())
             assert await read_until_closed(reader) == b""
             writer.close()
-            assert mesh.server.stats.connections_refused == 1
+            assert getattr(mesh.server.stats, counter) == expected
             await mesh.assert_serving()
 
     run(main)
 
 
-def test_client_without_a_certificate_is_disconnected(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_garbage_instead_of_tls_is_disconnected(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.load_verify_locations(cadata=ca.bundle_pem.decode())
-            context.set_alpn_protocols(["h2"])
-            reader, writer = await raw_tls(mesh, context)
-            writer.write(h2_preface())
-            assert await read_until_closed(reader) == b""
-            writer.close()
-            assert mesh.server.stats.connections_accepted == 0
-            await mesh.assert_serving()
-
-    run(main)
-
-
-def test_client_with_an_untrusted_certificate_is_disconnected(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
-    rogue = make_ca("rogue root")
-
-    async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
-            context = client_context(rogue.issue(CLIENT_ID), ca.bundle_pem)
-            reader, writer = await raw_tls(mesh, context)
-            writer.write(h2_preface())
-            assert await read_until_closed(reader) == b""
-            writer.close()
-            assert mesh.server.stats.connections_accepted == 0
-            await mesh.assert_serving()
-
-    run(main)
-
-
-def test_garbage_instead_of_tls_is_disconnected(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
-    async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             reader, writer = await asyncio.open_connection(LOOPBACK, mesh.server.port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(2000))
             await read_until_closed(reader)
@@ -484,28 +385,21 @@ def test_garbage_instead_of_tls_is_disconnected(
     run(main)
 
 
-def test_garbage_inside_tls_gets_goaway_and_a_close(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_garbage_inside_tls_gets_goaway_and_a_close(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
-            reader, writer = await raw_tls(mesh, client_context(client_svid, ca.bundle_pem))
-            writer.write(h2_preface() + b"\xff" * (2 * 1024 * 1024))  # one endless frame
+        async with new_mesh() as mesh:
+            reader, writer = await raw_tls(
+                mesh, client_context(mesh.client_svid, mesh.ca.bundle_pem)
+            )
+            client = h2_client()
+            writer.write(client.data_to_send() + b"\xff" * (2 * 1024 * 1024))  # one endless frame
             received = await read_until_closed(reader)
             writer.close()
-            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-            client.initiate_connection()
             parsed = client.receive_data(received)
             assert any(isinstance(e, h2.events.ConnectionTerminated) for e in parsed)
             await mesh.assert_serving()
 
     run(main)
-
-
-def h2_preface() -> bytes:
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    return client.data_to_send()
 
 
 async def raw_request(mesh: Mesh, headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
@@ -553,14 +447,10 @@ async def raw_request(mesh: Mesh, headers: list[tuple[bytes, bytes]]) -> tuple[i
     ],
 )
 def test_malformed_requests_are_400_and_the_server_keeps_serving(
-    ca: TestCa,
-    client_svid: Svid,
-    server_svid: Svid,
-    headers: list[tuple[bytes, bytes]],
-    expected_status: int,
+    new_mesh: MeshFactory, headers: list[tuple[bytes, bytes]], expected_status: int
 ) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             status, _ = await raw_request(mesh, headers)
             assert status == expected_status
             await mesh.assert_serving()
@@ -569,10 +459,10 @@ def test_malformed_requests_are_400_and_the_server_keeps_serving(
 
 
 def test_oversized_headers_close_the_connection_and_the_server_keeps_serving(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    new_mesh: MeshFactory,
 ) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             headers = [
                 (b":method", b"CONNECT"),
                 (b":authority", b"10.0.0.1:80"),
@@ -587,10 +477,10 @@ def test_oversized_headers_close_the_connection_and_the_server_keeps_serving(
 
 
 def test_pool_dials_again_after_the_peer_closed_its_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    new_mesh: MeshFactory, ca: TestCa, server_svid: Svid
 ) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             await mesh.assert_serving()
             port = mesh.server.port
             await mesh.server.close()  # e.g. the destination agent restarted
@@ -606,9 +496,9 @@ def test_pool_dials_again_after_the_peer_closed_its_connection(
     run(main)
 
 
-def test_server_close_resets_open_tunnels(ca: TestCa, client_svid: Svid, server_svid: Svid) -> None:
+def test_server_close_resets_open_tunnels(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open()
             await mesh.server.close()
             with pytest.raises(StreamResetError):
@@ -617,15 +507,13 @@ def test_server_close_resets_open_tunnels(ca: TestCa, client_svid: Svid, server_
     run(main)
 
 
-def test_a_connect_the_peer_never_answers_times_out(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_a_connect_the_peer_never_answers_times_out(new_mesh: MeshFactory) -> None:
     async def stall(peer: Identity, authority: str, headers: tuple[tuple[str, str], ...]) -> bool:
         await asyncio.sleep(3600)
         return True
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid, stall, response_timeout=0.2) as mesh:
+        async with new_mesh(stall, response_timeout=0.2) as mesh:
             with pytest.raises(TunnelUnavailableError, match="did not answer the CONNECT"):
                 await mesh.open()
             assert mesh.pool.connection_count() == 1  # the connection itself is fine
@@ -633,11 +521,9 @@ def test_a_connect_the_peer_never_answers_times_out(
     run(main)
 
 
-def test_server_closes_cleanly_after_its_clients_already_hung_up(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_server_closes_cleanly_after_its_clients_already_hung_up(new_mesh: MeshFactory) -> None:
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open()  # left open: the server still holds its session
             await stream.write(b"x")
             await mesh.pool.close()  # the client side goes first: the server sees the hang-up
@@ -648,13 +534,13 @@ def test_server_closes_cleanly_after_its_clients_already_hung_up(
 
 
 def test_server_close_while_clients_hang_up_on_asyncios_loop(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    new_mesh: MeshFactory, ca: TestCa, client_svid: Svid
 ) -> None:
     """asyncio's SSL transport raises AttributeError on abort() once closed twice; clients
     hanging up as the server closes used to make HboneServer.close() do just that."""
 
     async def round_(delay: float | None) -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             pools = [
                 HbonePool(lambda source: client_context(client_svid, ca.bundle_pem))
                 for _ in range(3)
@@ -678,13 +564,11 @@ def test_server_close_while_clients_hang_up_on_asyncios_loop(
         runner.run(asyncio.wait_for(main(), 60))
 
 
-def test_server_reports_what_each_tunnel_relayed(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_server_reports_what_each_tunnel_relayed(new_mesh: MeshFactory) -> None:
     results: list[RelayResult] = []
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             mesh.server.relayed = results.append
             stream = await mesh.open("count")
             await stream.write(b"x" * 70_000)
@@ -700,9 +584,7 @@ def test_server_reports_what_each_tunnel_relayed(
     assert results == [RelayResult(bytes_to_tunnel=9, bytes_from_tunnel=70_000, reset=False)]
 
 
-def test_a_target_that_does_not_read_stops_the_client_at_its_window(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_a_target_that_does_not_read_stops_the_client_at_its_window(new_mesh: MeshFactory) -> None:
     """The relay acknowledges tunnel bytes only as TCP takes them: no unbounded buffering."""
 
     async def main() -> None:
@@ -712,7 +594,7 @@ def test_a_target_that_does_not_read_stops_the_client_at_its_window(
             accepted.append(writer)
 
         sink = await asyncio.start_server(never_read, LOOPBACK, 0)
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             stream = await mesh.open(f"{LOOPBACK}:{sink.sockets[0].getsockname()[1]}")
             writing = asyncio.ensure_future(stream.write(b"y" * (64 * 1024 * 1024)))
             await asyncio.sleep(1.0)
@@ -749,14 +631,12 @@ def test_transparent_listener_sets_ip_transparent_before_bind(
     run(main)
 
 
-def test_request_response_through_relays_on_both_ends_is_byte_exact(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_request_response_through_relays_on_both_ends_is_byte_exact(new_mesh: MeshFactory) -> None:
     """The agent's per-message path: app -> relay -> HBONE -> relay -> echo, 1 KiB at a time."""
     rounds, size = 300, 1024
 
     async def main() -> None:
-        async with loopback_mesh(ca, client_svid, server_svid) as mesh:
+        async with new_mesh() as mesh:
             relayed: asyncio.Future[RelayResult] = asyncio.get_running_loop().create_future()
 
             async def outbound(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
