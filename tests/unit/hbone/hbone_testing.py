@@ -8,8 +8,8 @@ import datetime
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import h2.config
@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from weft.hbone import HboneError, HbonePool, HboneServer, RelayResult
+from weft.hbone.relay import relay
 from weft.hbone.request import parse_authority
 from weft.identity import Identity
 from weft.pki import build_self_signed_ca
-from weft.tls import Svid, client_context
+from weft.tls import Svid, client_context, server_context
 
 T = TypeVar("T")
 
@@ -212,3 +214,111 @@ def refused_client_contexts(ca: TestCa, svid: Svid) -> dict[str, ssl.SSLContext]
         "no-certificate": no_certificate,
         "untrusted-certificate": untrusted,
     }
+
+
+# --- an application connection through a relaying front, HBONE and a server, to the targets ----
+
+
+@dataclass
+class RelayMesh:
+    """Front (client relay) -> HBONE -> server -> targets, on the given data paths."""
+
+    ca: TestCa
+    client_svid: Svid
+    pool: HbonePool
+    server: HboneServer
+    targets: dict[str, str]
+    results: list[RelayResult] = field(default_factory=list)
+    server_results: list[RelayResult] = field(default_factory=list)
+    front_port: int = 0
+    refusals: list[BaseException] = field(default_factory=list)
+
+    async def connect(
+        self, target: str = "echo"
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An application connection to `target` through the front and the tunnel."""
+        reader, writer = await asyncio.open_connection(LOOPBACK, self.front_port)
+        authority = self.targets.get(target, target).encode()
+        writer.write(len(authority).to_bytes(1, "big") + authority)
+        return reader, writer
+
+    async def tls_connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw TLS connection to the server with the client's SVID (for hand-made h2)."""
+        context = client_context(self.client_svid, self.ca.bundle_pem)
+        return await asyncio.open_connection(LOOPBACK, self.server.port, ssl=context)
+
+    def sessions(self) -> list[Any]:
+        sessions: list[Any] = list(self.server._sessions)
+        for group in self.pool._connections.values():
+            sessions += [c.session for c in group if c.session is not None]
+        return sessions
+
+
+@contextlib.asynccontextmanager
+async def mesh_on(
+    ca: TestCa,
+    client_svid: Svid,
+    server_svid: Svid,
+    paths: tuple[str, str],
+    *,
+    authorize: Callable[[Identity, str, Headers], Awaitable[bool]] = allow_all,
+    expected: Identity = SERVER_ID,
+) -> AsyncIterator[RelayMesh]:
+    """A RelayMesh whose pool and server run the (client, server) data paths `paths`."""
+    client_path, server_path = paths
+    async with targets() as authorities:
+        server_results: list[RelayResult] = []
+        server = HboneServer(
+            server_context(server_svid, ca.bundle_pem),
+            authorize,
+            connect_tcp,
+            relayed=server_results.append,
+            data_path=server_path,
+        )
+        await server.start(LOOPBACK, 0)
+        pool = HbonePool(
+            lambda source: client_context(client_svid, ca.bundle_pem), data_path=client_path
+        )
+        mesh = RelayMesh(ca, client_svid, pool, server, authorities, server_results=server_results)
+
+        async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # The application names its target in a 1-byte-length prefix (an agent would use
+            # the original destination); everything after it is relayed.
+            authority = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+            try:
+                stream = await pool.open_stream(
+                    CLIENT_ID, expected, (LOOPBACK, server.port), authority
+                )
+            except HboneError as error:
+                mesh.refusals.append(error)
+                writer.transport.abort()
+                return
+            mesh.results.append(await relay(stream, reader, writer))
+
+        front_listener = await asyncio.start_server(front, LOOPBACK, 0)
+        mesh.front_port = front_listener.sockets[0].getsockname()[1]
+        try:
+            yield mesh
+        finally:
+            front_listener.close()
+            await pool.close()
+            await server.close()
+
+
+MeshOpener = Callable[..., contextlib.AbstractAsyncContextManager[RelayMesh]]
+
+
+async def settle(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `condition()` holds, `timeout` seconds at most."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def assert_serving(mesh: RelayMesh) -> None:
+    """A fresh application connection still echoes: what came before did not hurt the server."""
+    reader, writer = await mesh.connect()
+    writer.write(b"still here")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"still here"
+    writer.close()

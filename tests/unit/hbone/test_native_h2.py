@@ -17,10 +17,19 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
-from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, run
+from hbone_testing import (
+    CLIENT_ID,
+    SERVER_ID,
+    MeshOpener,
+    RelayMesh,
+    TestCa,
+    assert_serving,
+    h2_client,
+    run,
+    settle,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_native_hbone import Mesh, assert_serving, h2_client, mesh_on, native_server, settle
 
 from weft.hbone import HbonePool
 from weft.hbone.errors import TunnelUnavailableError
@@ -53,9 +62,7 @@ def connect_block(authority: str, *extra: tuple[str, str]) -> bytes:
 
 
 async def exchange(
-    mesh: Mesh,
-    client_svid: Svid,
-    ca: TestCa,
+    mesh: RelayMesh,
     data: bytes,
     *,
     until: Callable[[Events], bool],
@@ -64,9 +71,7 @@ async def exchange(
     """Send `data` on a new TLS connection to the native server; the events an h2 client parses
     from the answer, once `until(events)` holds or the server closed (5 s at most)."""
     client = client or h2_client()
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", mesh.server.port, ssl=client_context(client_svid, ca.bundle_pem)
-    )
+    reader, writer = await mesh.tls_connect()
     writer.write(data)
     events: Events = []
     with contextlib.suppress(ssl.SSLError, ConnectionError, TimeoutError):
@@ -89,16 +94,14 @@ def terminated(events: Events) -> int | None:
 
 
 def test_settings_are_sent_validated_and_acknowledged_and_pings_answered(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    native_mesh: MeshOpener,
 ) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
             client.ping(b"12345678")
             events = await exchange(
                 mesh,
-                client_svid,
-                ca,
                 client.data_to_send(),
                 until=lambda e: (
                     any(isinstance(x, h2.events.PingAckReceived) for x in e)
@@ -143,13 +146,13 @@ def test_settings_are_sent_validated_and_acknowledged_and_pings_answered(
     ],
 )
 def test_protocol_violations_are_goaway_with_the_right_code(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, frames: bytes, code: int
+    native_mesh: MeshOpener, frames: bytes, code: int
 ) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             preface = h2_client().data_to_send()
             events = await exchange(
-                mesh, client_svid, ca, preface + frames, until=lambda e: terminated(e) is not None
+                mesh, preface + frames, until=lambda e: terminated(e) is not None
             )
             assert terminated(events) == code
             await assert_serving(mesh)
@@ -157,36 +160,28 @@ def test_protocol_violations_are_goaway_with_the_right_code(
     run(main)
 
 
-def test_the_first_frame_must_be_settings_and_the_preface_exact(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_the_first_frame_must_be_settings_and_the_preface_exact(native_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
             events = await exchange(
-                mesh, client_svid, ca, preface + frame(0x6, 0, 0, b"\0" * 8), until=lambda e: False
+                mesh, preface + frame(0x6, 0, 0, b"\0" * 8), until=lambda e: False
             )
             assert terminated(events) == 0x1
-            events = await exchange(
-                mesh, client_svid, ca, b"GET / HTTP/1.1\r\n\r\n", until=lambda e: False
-            )
+            events = await exchange(mesh, b"GET / HTTP/1.1\r\n\r\n", until=lambda e: False)
             assert terminated(events) == 0x1
             await assert_serving(mesh)
 
     run(main)
 
 
-def test_priority_and_unknown_frames_are_ignored(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_priority_and_unknown_frames_are_ignored(native_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
             extra = frame(0x2, 0, 3, b"\0\0\0\0\x10") + frame(0xBB, 0xFF, 7, b"whatever")
             events = await exchange(
                 mesh,
-                client_svid,
-                ca,
                 client.data_to_send() + extra + frame(0x6, 0, 0, b"abcdefgh"),
                 until=lambda e: any(isinstance(x, h2.events.PingAckReceived) for x in e),
                 client=client,
@@ -197,14 +192,12 @@ def test_priority_and_unknown_frames_are_ignored(
     run(main)
 
 
-def test_a_connect_in_headers_and_continuation_frames_is_served(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_a_connect_in_headers_and_continuation_frames_is_served(native_mesh: MeshOpener) -> None:
     """A header block cut into HEADERS (padded, with a priority) + CONTINUATION + CONTINUATION;
     an interleaved frame in the middle of one is a PROTOCOL_ERROR."""
 
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
             client.send_headers(1, [(":method", "CONNECT"), (":authority", "x:1")])  # state
             block = connect_block(mesh.targets["echo"], ("forwarded", "for=10.0.0.1"))
@@ -218,8 +211,6 @@ def test_a_connect_in_headers_and_continuation_frames_is_served(
             preface = h2_client().data_to_send()
             events = await exchange(
                 mesh,
-                client_svid,
-                ca,
                 preface + frames,
                 until=lambda e: any(isinstance(x, h2.events.StreamEnded) for x in e),
                 client=client,
@@ -231,8 +222,6 @@ def test_a_connect_in_headers_and_continuation_frames_is_served(
             interleaved = frame(0x1, 0, 3, block[:5]) + frame(0x6, 0, 0, b"\0" * 8)
             events = await exchange(
                 mesh,
-                client_svid,
-                ca,
                 preface + interleaved,
                 until=lambda e: terminated(e) is not None,
             )
@@ -243,13 +232,13 @@ def test_a_connect_in_headers_and_continuation_frames_is_served(
 
 
 def test_streams_over_the_limit_are_refused_and_bad_connects_cost_one_stream(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    native_mesh: MeshOpener,
 ) -> None:
     """101 CONNECTs at once (before the client could know our limit): one REFUSED_STREAM. An
     oversized header list and a malformed CONNECT are 400 on their stream only."""
 
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2.connection.H2Connection(
                 h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
             )
@@ -275,9 +264,7 @@ def test_streams_over_the_limit_are_refused_and_bad_connects_cost_one_stream(
                 resets = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
                 return len(answered | resets) >= 103
 
-            events = await exchange(
-                mesh, client_svid, ca, client.data_to_send(), until=done, client=client
-            )
+            events = await exchange(mesh, client.data_to_send(), until=done, client=client)
             statuses = {
                 e.stream_id: dict(e.headers)[b":status"]
                 for e in events
@@ -299,13 +286,13 @@ def test_streams_over_the_limit_are_refused_and_bad_connects_cost_one_stream(
 
 
 def test_a_draining_server_finishes_its_streams_and_the_pool_dials_anew(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    native_mesh: MeshOpener,
 ) -> None:
     """GOAWAY from the server (drain): the open tunnel goes on; the pool opens the next tunnel
     on a new connection, and the old one closes once its last stream ends."""
 
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             reader, writer = await mesh.connect()
             writer.write(b"one")
             assert await reader.readexactly(3) == b"one"
@@ -377,13 +364,11 @@ _frames = st.builds(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames=st.lists(_frames, min_size=1, max_size=6))
 def test_frame_level_garbage_is_answered_or_closed_and_the_server_keeps_serving(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, frames: list[bytes]
+    native_mesh: MeshOpener, frames: list[bytes]
 ) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, ("native", "native")) as mesh:
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", mesh.server.port, ssl=client_context(client_svid, ca.bundle_pem)
-            )
+        async with native_mesh() as mesh:
+            reader, writer = await mesh.tls_connect()
             writer.write(h2_client().data_to_send() + b"".join(frames) + PING)
             # answered (the last PING comes back) or closed: either way, not hung
             received = b""

@@ -9,35 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-import socket
 import ssl
 import struct
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hbone_testing import CLIENT_ID, SERVER_ID, TestCa, make_ca, run
+from hbone_testing import (
+    CLIENT_ID,
+    LOOPBACK,
+    SERVER_ID,
+    Headers,
+    MeshOpener,
+    RelayMesh,
+    TestCa,
+    abort_with_rst,
+    assert_serving,
+    authority_of,
+    closed_port,
+    h2_client,
+    mesh_on,
+    refused_client_contexts,
+    run,
+    settle,
+)
 
-from weft.hbone import HboneError, HbonePool, HboneServer, RelayResult, TunnelRefusedError
+from weft.hbone import HboneError, RelayResult, TunnelRefusedError
 from weft.hbone.errors import TunnelUnavailableError
 from weft.hbone.native_session import NativeSession, check_data_path, native_available
-from weft.hbone.relay import relay
-from weft.hbone.request import parse_authority
 from weft.identity import Identity
-from weft.tls import Svid, client_context, peer_identity_der, server_context
+from weft.tls import Svid, peer_identity_der
 
-LOOPBACK = "127.0.0.1"
 # (client data path, server data path): interop both ways, native on both ends, and the
 # Python path as the reference
 PATHS = [("native", "python"), ("python", "native"), ("native", "native"), ("python", "python")]
-Headers = tuple[tuple[str, str], ...]
 
 pytestmark = [
     pytest.mark.native,
@@ -48,140 +58,23 @@ pytestmark = [
 ]
 
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        await writer.drain()
-    writer.close()
+@pytest.fixture(params=PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
+def paths(request: pytest.FixtureRequest) -> tuple[str, str]:
+    path: tuple[str, str] = request.param
+    return path
 
 
-async def count_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answers only after the FIN: needs a real half-close through the tunnel."""
-    total = 0
-    while data := await reader.read(65536):
-        total += len(data)
-    writer.write(f"got {total}".encode())
-    await writer.drain()
-    writer.close()
-
-
-async def reset_after_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"hello")
-    await writer.drain()
-    await reader.readexactly(3)
-    writer.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-    )
-    writer.transport.abort()
-
-
-async def allow_all(peer: Identity, authority: str, headers: Headers) -> bool:
-    return True
-
-
-async def connect_tcp(authority: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = parse_authority(authority)
-    return await asyncio.open_connection(host, port)
-
-
-@dataclass
-class Mesh:
-    """Front (client relay) -> HBONE -> server -> targets, on the given data paths."""
-
-    pool: HbonePool
-    server: HboneServer
-    targets: dict[str, str]
-    results: list[RelayResult] = field(default_factory=list)
-    server_results: list[RelayResult] = field(default_factory=list)
-    front_port: int = 0
-    refusals: list[BaseException] = field(default_factory=list)
-
-    async def connect(
-        self, target: str = "echo"
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """An application connection to `target` through the front and the tunnel."""
-        reader, writer = await asyncio.open_connection(LOOPBACK, self.front_port)
-        authority = self.targets.get(target, target).encode()
-        writer.write(len(authority).to_bytes(1, "big") + authority)
-        return reader, writer
-
-    def sessions(self) -> list[Any]:
-        sessions: list[Any] = list(self.server._sessions)
-        for group in self.pool._connections.values():
-            sessions += [c.session for c in group if c.session is not None]
-        return sessions
-
-
-@contextlib.asynccontextmanager
-async def mesh_on(
-    ca: TestCa,
-    client_svid: Svid,
-    server_svid: Svid,
-    paths: tuple[str, str],
-    *,
-    authorize: Callable[[Identity, str, Headers], Awaitable[bool]] = allow_all,
-    expected: Identity = SERVER_ID,
-) -> AsyncIterator[Mesh]:
-    client_path, server_path = paths
-    handlers = {"echo": echo, "count": count_then_reply, "reset": reset_after_hello}
-    listeners = {name: await asyncio.start_server(h, LOOPBACK, 0) for name, h in handlers.items()}
-    targets = {
-        name: f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
-        for name, listener in listeners.items()
-    }
-    server_results: list[RelayResult] = []
-    server = HboneServer(
-        server_context(server_svid, ca.bundle_pem),
-        authorize,
-        connect_tcp,
-        relayed=server_results.append,
-        data_path=server_path,
-    )
-    await server.start(LOOPBACK, 0)
-    pool = HbonePool(
-        lambda source: client_context(client_svid, ca.bundle_pem), data_path=client_path
-    )
-    mesh = Mesh(pool, server, targets, server_results=server_results)
-
-    async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The application names its target in a 1-byte-length prefix (an agent would use the
-        # original destination); everything after it is relayed.
-        authority = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
-        try:
-            stream = await pool.open_stream(CLIENT_ID, expected, (LOOPBACK, server.port), authority)
-        except HboneError as error:
-            mesh.refusals.append(error)
-            writer.transport.abort()
-            return
-        mesh.results.append(await relay(stream, reader, writer))
-
-    front_listener = await asyncio.start_server(front, LOOPBACK, 0)
-    mesh.front_port = front_listener.sockets[0].getsockname()[1]
-    try:
-        yield mesh
-    finally:
-        front_listener.close()
-        await pool.close()
-        await server.close()
-        for listener in listeners.values():
-            listener.close()
-
-
-async def settle(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_data_both_ways_with_half_close(
+@pytest.fixture
+def open_mesh(
     ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+) -> MeshOpener:
+    """mesh_on() on the session's PKI and this case's data paths: open_mesh(authorize=...)."""
+    return functools.partial(mesh_on, ca, client_svid, server_svid, paths)
+
+
+def test_data_both_ways_with_half_close(open_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect("count")
             writer.write(b"x" * 100_000)
             writer.write_eof()  # the target answers only after our FIN reached it
@@ -194,14 +87,11 @@ def test_data_both_ways_with_half_close(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_one_mebibyte_echo_and_request_response_are_byte_exact(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_one_mebibyte_echo_and_request_response_are_byte_exact(open_mesh: MeshOpener) -> None:
     """1 MiB goes beyond the default 64 KiB windows and through WINDOW_UPDATEs both ways."""
 
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect()
             for index in range(200):
                 message = index.to_bytes(4, "big") * 256
@@ -220,10 +110,7 @@ def test_one_mebibyte_echo_and_request_response_are_byte_exact(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_the_target_half_closes_first(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_the_target_half_closes_first(open_mesh: MeshOpener) -> None:
     """The other direction's half-close: the target's FIN, then our bytes still get through."""
 
     async def first_fin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -236,8 +123,8 @@ def test_the_target_half_closes_first(
 
     async def main() -> None:
         listener = await asyncio.start_server(first_fin, LOOPBACK, 0)
-        target = f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        target = authority_of(listener)
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect(target)
             assert await reader.read() == b"bye"  # EOF reached us: the tunnel carried the FIN
             writer.write(b"after your FIN")
@@ -251,12 +138,9 @@ def test_the_target_half_closes_first(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_a_target_reset_reaches_the_application_and_back(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_a_target_reset_reaches_the_application_and_back(open_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect("reset")
             assert await reader.readexactly(5) == b"hello"
             writer.write(b"hi!")
@@ -269,10 +153,7 @@ def test_a_target_reset_reaches_the_application_and_back(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_an_application_reset_reaches_the_target(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_an_application_reset_reaches_the_target(open_mesh: MeshOpener) -> None:
     outcome: asyncio.Future[str]
 
     async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -289,14 +170,11 @@ def test_an_application_reset_reaches_the_target(
         nonlocal outcome
         outcome = asyncio.get_running_loop().create_future()
         listener = await asyncio.start_server(watch, LOOPBACK, 0)
-        target = f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        target = authority_of(listener)
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect(target)
             assert await reader.readexactly(5) == b"ready"
-            writer.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-            writer.transport.abort()
+            abort_with_rst(writer)
             assert await asyncio.wait_for(outcome, 5) == "reset"
             await settle(lambda: len(mesh.server_results) == 1)
             assert mesh.server_results[0].reset is True
@@ -305,12 +183,9 @@ def test_an_application_reset_reaches_the_target(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_many_streams_share_one_tls_connection(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_many_streams_share_one_tls_connection(open_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        async with open_mesh() as mesh:
 
             async def exchange(index: int) -> bytes:
                 reader, writer = await mesh.connect()
@@ -332,10 +207,7 @@ def test_many_streams_share_one_tls_connection(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_refused_connects_are_401_and_503(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_refused_connects_are_401_and_503(open_mesh: MeshOpener) -> None:
     seen: list[Identity] = []
 
     async def only_echo(peer: Identity, authority: str, headers: Headers) -> bool:
@@ -343,12 +215,8 @@ def test_refused_connects_are_401_and_503(
         return not authority.endswith(":1")
 
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths, authorize=only_echo) as mesh:
-            free = socket.socket()
-            free.bind((LOOPBACK, 0))
-            closed_port = free.getsockname()[1]
-            free.close()
-            for target in (f"{LOOPBACK}:1", f"{LOOPBACK}:{closed_port}"):
+        async with open_mesh(authorize=only_echo) as mesh:
+            for target in (f"{LOOPBACK}:1", f"{LOOPBACK}:{closed_port()}"):
                 reader, writer = await mesh.connect(target)
                 with contextlib.suppress(ConnectionError):
                     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -370,12 +238,9 @@ def test_refused_connects_are_401_and_503(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_the_pool_refuses_a_peer_with_the_wrong_identity(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_the_pool_refuses_a_peer_with_the_wrong_identity(open_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths, expected=CLIENT_ID) as mesh:
+        async with open_mesh(expected=CLIENT_ID) as mesh:
             reader, writer = await mesh.connect()
             with contextlib.suppress(ConnectionError):
                 await asyncio.wait_for(reader.read(), 5)
@@ -388,10 +253,7 @@ def test_the_pool_refuses_a_peer_with_the_wrong_identity(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_a_target_that_does_not_read_holds_memory_at_the_windows(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_a_target_that_does_not_read_holds_memory_at_the_windows(open_mesh: MeshOpener) -> None:
     """Back-pressure: window is given back only for bytes the target's socket took."""
     held: list[asyncio.StreamWriter] = []
 
@@ -400,8 +262,8 @@ def test_a_target_that_does_not_read_holds_memory_at_the_windows(
 
     async def main() -> None:
         listener = await asyncio.start_server(never_read, LOOPBACK, 0)
-        target = f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        target = authority_of(listener)
+        async with open_mesh() as mesh:
             _, writer = await mesh.connect(target)
             chunk = b"z" * (1024 * 1024)
             offered = 0
@@ -424,12 +286,9 @@ def test_a_target_that_does_not_read_holds_memory_at_the_windows(
     run(main)
 
 
-@pytest.mark.parametrize("paths", PATHS, ids=lambda p: f"{p[0]}-to-{p[1]}")
-def test_the_server_closing_mid_stream_resets_the_application(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, paths: tuple[str, str]
-) -> None:
+def test_the_server_closing_mid_stream_resets_the_application(open_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with mesh_on(ca, client_svid, server_svid, paths) as mesh:
+        async with open_mesh() as mesh:
             reader, writer = await mesh.connect()
             writer.write(b"ping")
             assert await reader.readexactly(4) == b"ping"
@@ -446,16 +305,8 @@ def test_the_server_closing_mid_stream_resets_the_application(
 # --- the native server against hand-made (bad) input -------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def native_server(ca: TestCa, client_svid: Svid, server_svid: Svid) -> AsyncIterator[Mesh]:
-    async with mesh_on(ca, client_svid, server_svid, ("native", "native")) as mesh:
-        yield mesh
-
-
-async def raw_tls_exchange(mesh: Mesh, client_svid: Svid, ca: TestCa, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(
-        LOOPBACK, mesh.server.port, ssl=client_context(client_svid, ca.bundle_pem)
-    )
+async def raw_tls_exchange(mesh: RelayMesh, data: bytes) -> bytes:
+    reader, writer = await mesh.tls_connect()
     writer.write(data)
     received = b""
     with contextlib.suppress(ssl.SSLError, ConnectionError, TimeoutError):
@@ -463,20 +314,6 @@ async def raw_tls_exchange(mesh: Mesh, client_svid: Svid, ca: TestCa, data: byte
             received += chunk
     writer.close()
     return received
-
-
-def h2_client() -> h2.connection.H2Connection:
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    return client
-
-
-async def assert_serving(mesh: Mesh) -> None:
-    reader, writer = await mesh.connect()
-    writer.write(b"still here")
-    writer.write_eof()
-    assert await asyncio.wait_for(reader.read(), 5) == b"still here"
-    writer.close()
 
 
 @pytest.mark.parametrize(
@@ -493,14 +330,12 @@ async def assert_serving(mesh: Mesh) -> None:
     ],
 )
 def test_garbage_frames_close_the_connection_not_the_server(
-    ca: TestCa, client_svid: Svid, server_svid: Svid, garbage: bytes
+    native_mesh: MeshOpener, garbage: bytes
 ) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
-            received = await raw_tls_exchange(
-                mesh, client_svid, ca, client.data_to_send() + garbage
-            )
+            received = await raw_tls_exchange(mesh, client.data_to_send() + garbage)
             events = client.receive_data(received)
             assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
             await assert_serving(mesh)
@@ -508,13 +343,11 @@ def test_garbage_frames_close_the_connection_not_the_server(
     run(main)
 
 
-def test_data_beyond_the_window_is_a_flow_control_error(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
+def test_data_beyond_the_window_is_a_flow_control_error(native_mesh: MeshOpener) -> None:
     """A client that ignores our window: FLOW_CONTROL_ERROR, and only its connection goes."""
 
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
             client.send_headers(
                 1,
@@ -527,7 +360,7 @@ def test_data_beyond_the_window_is_a_flow_control_error(
             frame = struct.pack(">HBBBL", 256 * 1024 >> 8, 0, 0, 0, 1)  # 256 KiB DATA frames
             for _ in range(80):  # 20 MiB: beyond the 16 MiB connection window
                 flood += frame + b"\0" * (256 * 1024)
-            received = await raw_tls_exchange(mesh, client_svid, ca, client.data_to_send() + flood)
+            received = await raw_tls_exchange(mesh, client.data_to_send() + flood)
             events = client.receive_data(received)
             [terminated] = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
             assert terminated.error_code in (h2.errors.ErrorCodes.FLOW_CONTROL_ERROR,)
@@ -536,21 +369,10 @@ def test_data_beyond_the_window_is_a_flow_control_error(
     run(main)
 
 
-def test_clients_without_a_certificate_or_alpn_are_refused(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
-) -> None:
-    rogue = make_ca("rogue root")
-
+def test_clients_without_a_certificate_or_alpn_are_refused(native_mesh: MeshOpener) -> None:
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
-            no_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            no_cert.check_hostname = False
-            no_cert.load_verify_locations(cadata=ca.bundle_pem.decode())
-            no_cert.set_alpn_protocols(["h2"])
-            wrong_alpn = client_context(client_svid, ca.bundle_pem)
-            wrong_alpn.set_alpn_protocols(["http/1.1"])
-            untrusted = client_context(rogue.issue(CLIENT_ID), ca.bundle_pem)
-            for context in (no_cert, wrong_alpn, untrusted):
+        async with native_mesh() as mesh:
+            for context in refused_client_contexts(mesh.ca, mesh.client_svid).values():
                 with contextlib.suppress(ssl.SSLError, ConnectionError):
                     reader, writer = await asyncio.open_connection(
                         LOOPBACK, mesh.server.port, ssl=context
@@ -622,19 +444,17 @@ def test_peer_identity_der_reads_the_spiffe_id(ca: TestCa, client_svid: Svid) ->
 
 
 def test_data_sent_with_the_connect_is_held_until_the_stream_is_attached(
-    ca: TestCa, client_svid: Svid, server_svid: Svid
+    native_mesh: MeshOpener,
 ) -> None:
     """A client may send DATA right behind its CONNECT: the native server holds it (within the
     stream window) while it authorizes and connects, and delivers it once spliced."""
 
     async def main() -> None:
-        async with native_server(ca, client_svid, server_svid) as mesh:
+        async with native_mesh() as mesh:
             client = h2_client()
             client.send_headers(1, [(":method", "CONNECT"), (":authority", mesh.targets["echo"])])
             client.send_data(1, b"early bytes", end_stream=True)
-            reader, writer = await asyncio.open_connection(
-                LOOPBACK, mesh.server.port, ssl=client_context(client_svid, ca.bundle_pem)
-            )
+            reader, writer = await mesh.tls_connect()
             writer.write(client.data_to_send())
             status, echoed, ended = None, b"", False
             async with asyncio.timeout(5):
