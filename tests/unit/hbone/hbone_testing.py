@@ -159,6 +159,29 @@ async def targets() -> AsyncIterator[dict[str, str]]:
             listener.close()
 
 
+@contextlib.asynccontextmanager
+async def ending_watcher(greeting: bytes = b"") -> AsyncIterator[tuple[str, asyncio.Future[str]]]:
+    """A target that sends `greeting`, then tells how its (first) connection ended: "reset"
+    for a TCP RST, "eof after <bytes read>" for a FIN. Yields (authority, that outcome)."""
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        try:
+            data = await reader.read()
+            outcome.set_result(f"eof after {data!r}")
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        writer.close()
+
+    listener = await asyncio.start_server(watch, LOOPBACK, 0)
+    try:
+        yield authority_of(listener), outcome
+    finally:
+        listener.close()
+
+
 def authority_of(listener: asyncio.Server) -> str:
     return f"{LOOPBACK}:{listener.sockets[0].getsockname()[1]}"
 

@@ -24,6 +24,7 @@ from hbone_testing import (
     allow_all,
     closed_port,
     connect_tcp,
+    ending_watcher,
     h2_client,
     read_until_closed,
     refused_client_contexts,
@@ -271,28 +272,13 @@ def test_target_reset_reaches_the_client_as_stream_reset(new_mesh: MeshFactory) 
 
 
 def test_client_abort_resets_the_target_connection(new_mesh: MeshFactory) -> None:
-    outcome: asyncio.Future[str]
-
-    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            data = await reader.read(100)
-            data += await reader.read(100)
-            outcome.set_result(f"eof after {data!r}")
-        except ConnectionResetError:
-            outcome.set_result("reset")
-        writer.close()
-
     async def main() -> None:
-        nonlocal outcome
-        outcome = asyncio.get_running_loop().create_future()
-        watcher = await asyncio.start_server(watch, LOOPBACK, 0)
-        async with new_mesh() as mesh:
-            stream = await mesh.open(f"{LOOPBACK}:{watcher.sockets[0].getsockname()[1]}")
+        async with ending_watcher() as (target, outcome), new_mesh() as mesh:
+            stream = await mesh.open(target)
             await stream.write(b"a")
             await asyncio.sleep(0.05)
             stream.abort()
             assert await asyncio.wait_for(outcome, 5) == "reset"
-        watcher.close()
 
     run(main)
 

@@ -32,6 +32,7 @@ from hbone_testing import (
     assert_serving,
     authority_of,
     closed_port,
+    ending_watcher,
     h2_client,
     mesh_on,
     refused_client_contexts,
@@ -154,31 +155,14 @@ def test_a_target_reset_reaches_the_application_and_back(open_mesh: MeshOpener) 
 
 
 def test_an_application_reset_reaches_the_target(open_mesh: MeshOpener) -> None:
-    outcome: asyncio.Future[str]
-
-    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"ready")
-        await writer.drain()
-        try:
-            data = await reader.read()
-            outcome.set_result(f"eof after {data!r}")
-        except ConnectionResetError:
-            outcome.set_result("reset")
-        writer.close()
-
     async def main() -> None:
-        nonlocal outcome
-        outcome = asyncio.get_running_loop().create_future()
-        listener = await asyncio.start_server(watch, LOOPBACK, 0)
-        target = authority_of(listener)
-        async with open_mesh() as mesh:
+        async with ending_watcher(b"ready") as (target, outcome), open_mesh() as mesh:
             reader, writer = await mesh.connect(target)
             assert await reader.readexactly(5) == b"ready"
             abort_with_rst(writer)
             assert await asyncio.wait_for(outcome, 5) == "reset"
             await settle(lambda: len(mesh.server_results) == 1)
             assert mesh.server_results[0].reset is True
-        listener.close()
 
     run(main)
 
