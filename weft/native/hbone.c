@@ -52,6 +52,9 @@ static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
         return -1;
     }
     SSL_set_mode(c->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    /* one read() takes every record that arrived, not a header read and a body read per record
+     * (tls_read reads on to SSL_ERROR_WANT_READ, so nothing is left in OpenSSL's buffer) */
+    SSL_set_read_ahead(c->ssl, 1);
     if (!SSL_set_fd(c->ssl, fd)) {
         PyErr_SetString(PyExc_OSError, "SSL_set_fd failed");
         return -1;
