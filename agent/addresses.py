@@ -16,7 +16,17 @@ def parse_address(text: str) -> IPv4Address:
     return IPv4Address(text)
 
 
-@functools.lru_cache(maxsize=_ADDRESS_CACHE_LIMIT)
+# address -> its text, keyed by the address's integer (IPv4Address._ip, what int() returns): an
+# lru_cache would hash the IPv4Address, three Python calls, and a connection names up to three
+# addresses. Bounded like the parse cache.
+_ADDRESS_TEXTS: dict[int, str] = {}
+
+
 def address_text(address: IPv4Address) -> str:
     """str(address), remembered."""
-    return str(address)
+    text = _ADDRESS_TEXTS.get(address._ip)  # type: ignore[attr-defined]
+    if text is None:
+        if len(_ADDRESS_TEXTS) >= _ADDRESS_CACHE_LIMIT:
+            _ADDRESS_TEXTS.clear()
+        text = _ADDRESS_TEXTS[int(address)] = str(address)
+    return text

@@ -16,9 +16,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Protocol
 
+from agent.addresses import address_text as _address_text
 from agent.addresses import parse_address
 from agent.bpf.maps import NodeMaps
 from agent.state import NodeState, endpoints_in_order, workload_name
@@ -26,7 +27,7 @@ from agent.telemetry import ConnectionRecord, Telemetry
 from agent.tunnel.kernel_splice import splice_connections
 from agent.tunnel.pipe import pipe
 from weft.hbone import HboneError, HbonePool, TunnelRefusedError, relay
-from weft.hbone.accept import accept_waiting, listening_socket
+from weft.hbone.accept import accept_descriptors, accept_waiting, listening_socket
 from weft.hbone.native_session import NativeStream, unanswered_error
 from weft.hbone.pool import PoolKey
 from weft.hbone.relay import abort_socket, abort_tcp, relay_socket
@@ -37,22 +38,6 @@ from weft.model import DestinationRule, Kind, LoadBalancerPolicy, Waypoint, Work
 log = logging.getLogger(__name__)
 
 HBONE_PORT = 15008
-
-# address -> its text, for the few addresses a node's connections name (a bounded memo, keyed by
-# the address's integer: agent.addresses.address_text's lru_cache hashes an IPv4Address in
-# three Python calls, and a connection names up to three addresses).
-_ADDRESS_TEXTS: dict[int, str] = {}
-_ADDRESS_TEXTS_LIMIT = 4096
-
-
-def _address_text(address: IPv4Address) -> str:
-    """str(address), remembered."""
-    text = _ADDRESS_TEXTS.get(address._ip)  # type: ignore[attr-defined]  # what int() returns
-    if text is None:
-        if len(_ADDRESS_TEXTS) >= _ADDRESS_TEXTS_LIMIT:
-            _ADDRESS_TEXTS.clear()
-        text = _ADDRESS_TEXTS[int(address)] = str(address)
-    return text
 
 
 class RouteKind(StrEnum):
@@ -158,15 +143,32 @@ OriginalDestination = Callable[
 
 
 class _Accepted:
-    """One captured connection as accepted: a bare socket, made into asyncio streams only for
-    the routes that need them (an HBONE tunnel on the native data path hands it to C as is)."""
+    """One captured connection as accepted: a bare descriptor, made into a socket object only
+    when a route needs one (an HBONE tunnel on the native data path hands the descriptor to C as
+    it is) and into asyncio streams only for the routes that need them."""
 
-    __slots__ = ("reader", "sock", "writer")
+    __slots__ = ("_sock", "family", "fd", "reader", "writer")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, fd: int, family: int, sock: socket.socket | None = None) -> None:
+        self.fd = fd  # non-blocking
+        self.family = family
+        self._sock = sock
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+
+    @property
+    def sock(self) -> socket.socket:
+        if self._sock is None:
+            # SOCK_NONBLOCK: the object knows the descriptor is non-blocking (no ioctl)
+            self._sock = socket.socket(
+                self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0, self.fd
+            )
+        return self._sock
+
+    def handed_over(self) -> None:
+        """C owns the descriptor now (or closed it): forget it without closing it."""
+        if self._sock is not None:
+            self._sock.detach()
 
     async def streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.reader is None or self.writer is None:
@@ -204,6 +206,10 @@ class OutboundProxy:
         telemetry.track_pool(pool.stats)
         self.balancer = LoadBalancer()
         self._listener: socket.socket | None = None
+        # The listener's own address when it is bound to one (not the wildcard): then every
+        # connection it accepts has that local address (it is not IP_TRANSPARENT, and capture
+        # rewrites connect() to it), so no getsockname() per connection.
+        self._local_address: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -214,7 +220,12 @@ class OutboundProxy:
 
     async def start(self, host: str, port: int) -> None:
         sock = listening_socket(host, port)
+        # Set once here: Linux copies it to every socket accepted from this listener, so C
+        # need not set it per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = sock
+        local = sock.getsockname()
+        self._local_address = None if ip_address(local[0]).is_unspecified else (local[0], local[1])
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     async def close(self) -> None:
@@ -229,23 +240,31 @@ class OutboundProxy:
     def _accept(self) -> None:
         """The listener is readable: take every waiting connection."""
         assert self._listener is not None
-        accept_waiting(self._listener, self._start, "outbound")
+        if not accept_descriptors(self._listener, self._start, "outbound"):
+            accept_waiting(self._listener, self._start_socket, "outbound")
 
-    def _start(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        sock.setblocking(False)  # TCP_NODELAY: set by C at attach, or by an asyncio transport
+    def _start_socket(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        """_start() for a socket object (accepted without weft._native)."""
+        sock.setblocking(False)
+        self._start(sock.fileno(), peer, sock)
+
+    def _start(self, fd: int, peer: tuple[str, int], sock: socket.socket | None = None) -> None:
+        """Serve one accepted connection, its descriptor non-blocking and TCP_NODELAY (from the
+        listener)."""
+        assert self._listener is not None
+        accepted = _Accepted(fd, self._listener.family, sock)
         # Served within this callback as far as it goes without waiting (an HBONE tunnel on a
         # ready native connection goes all the way: no task per connection); a task goes on
         # from where it had to wait.
-        outcome = run_now(self._handle(sock, peer))
+        outcome = run_now(self._handle(accepted, peer))
         if isinstance(outcome, Pending):
             task = asyncio.get_running_loop().create_task(outcome.resume())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        local = sock.getsockname()
+    async def _handle(self, accepted: _Accepted, peer: tuple[str, int]) -> None:
+        local = self._local_address or accepted.sock.getsockname()
         record = ConnectionRecord("outbound", f"{peer[0]}:{peer[1]}", "?")
-        accepted = _Accepted(sock)
         handed_off = False  # C reports the end (the record is closed then)
         try:
             handed_off = await self._serve(accepted, peer, (local[0], local[1]), record)
@@ -439,19 +458,19 @@ class OutboundProxy:
                 record.outcome = "reset" if reset else "ok"
             telemetry.connection_closed(record)
 
-        sock = accepted.sock
         try:
             stream = self._pool.open_socket_now(
-                key, authority, headers, sock.fileno(), on_response=on_response, on_end=on_end
-            )
+                key, authority, headers, accepted.fd, on_response=on_response, on_end=on_end,
+                nodelay_set=True,  # inherited from the listener
+            )  # fmt: skip
         except HboneError as err:  # C closed the socket
-            sock.detach()
+            accepted.handed_over()
             record.outcome, record.reason = "unavailable", str(err)
             telemetry.connection_closed(record)
             return True
         if stream is None:
             return False
-        sock.detach()  # C owns the descriptor now
+        accepted.handed_over()  # C owns the descriptor now
         return True
 
 

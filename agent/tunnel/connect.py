@@ -19,6 +19,8 @@ import os
 import socket
 from ipaddress import IPv4Address
 
+from agent.addresses import address_text
+
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # linux/in.h
 
 
@@ -41,8 +43,8 @@ async def connect_from(source: IPv4Address, address: IPv4Address, port: int) -> 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((str(source), 0))
-        await _connect(sock, (str(address), port))
+        sock.bind((address_text(source), 0))  # formatted once per address, not per connection
+        await _connect(sock, (address_text(address), port))
     except BaseException:
         sock.close()
         raise

@@ -6,6 +6,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from weft.hbone.native_session import native_accept
+
 log = logging.getLogger(__name__)
 
 IP_TRANSPARENT = 19  # linux/in.h; the socket module does not export it
@@ -35,6 +37,28 @@ def accept_waiting(
             log.warning("%s accept failed: %s", what, error)
             return
         start(socket.socket(family, socket.SOCK_STREAM, 0, fd), (peer[0], peer[1]))
+
+
+def accept_descriptors(
+    listener: socket.socket, start: Callable[[int, tuple[str, int]], None], what: str
+) -> bool:
+    """accept_waiting() handing over bare descriptors, non-blocking from accept4() (weft._native):
+    no ioctl(FIONBIO) per connection for setblocking(False), and no socket object (Python 3.11
+    checks a descriptor it wraps with a getsockname()). False, accepting nothing, without
+    weft._native: then use accept_waiting()."""
+    accept = native_accept
+    if accept is None:
+        return False
+    fd = listener.fileno()
+    while True:
+        try:
+            accepted = accept(fd)
+        except OSError as error:
+            log.warning("%s accept failed: %s", what, error)
+            return True
+        if accepted is None:
+            return True
+        start(accepted[0], (accepted[1], accepted[2]))
 
 
 def listening_socket(host: str, port: int, *, transparent: bool = False) -> socket.socket:

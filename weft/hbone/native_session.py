@@ -34,13 +34,18 @@ log = logging.getLogger(__name__)
 
 # The C module this code speaks to; a build from older sources is not used (`pip install -e .`
 # rebuilds it; scripts/setup.sh does when weft/native/ changed).
-API_VERSION = 2
+API_VERSION = 3
 try:
     from weft import _native  # type: ignore[attr-defined]
 except ImportError:  # not built (e.g. no libssl headers): the python data path only
     _native = None
 if _native is not None and getattr(_native, "API_VERSION", None) != API_VERSION:
     _native = None
+# weft._native.accept(listener fd): (fd, peer host, peer port), the socket non-blocking from
+# accept4(); None when nothing waits. None itself without the module.
+native_accept: Callable[[int], tuple[int, str, int] | None] | None = (
+    None if _native is None else _native.accept
+)
 
 DATA_PATHS = ("python", "native")
 # handshake() results of the C object
@@ -275,11 +280,14 @@ class NativeSession:
         fd: int,
         on_response: ResponseCallback,
         on_end: EndCallback,
+        *,
+        nodelay_set: bool = False,
     ) -> NativeStream:
         """CONNECT `authority` and splice the TCP socket `fd` (owned by C from now on): its
         first bytes leave with the HEADERS; a status other than 200 resets it. No task, future
         or await: C calls on_response once, then on_end once. StreamClosedError (fd closed) if
-        this connection takes no new stream."""
+        this connection takes no new stream. `nodelay_set`: fd has TCP_NODELAY already (an
+        accepted socket inherits it from its listener), C does not set it again."""
         block = header_block(authority, headers)
         stream_id = self._next_stream_id
         stream = self._register(stream_id, authority)  # C may report on it within open()
@@ -287,7 +295,7 @@ class NativeSession:
         stream.on_end = on_end
         self._responses[stream_id] = on_response
         try:
-            self.conn.open(stream_id, block, fd)
+            self.conn.open(stream_id, block, fd, b"", nodelay_set)
         except ConnectionError as error:  # C closed fd
             self.streams.pop(stream_id, None)
             self._responses.pop(stream_id, None)

@@ -120,11 +120,13 @@ class HbonePool:
         *,
         on_response: ResponseCallback,
         on_end: EndCallback,
+        nodelay_set: bool = False,
     ) -> NativeStream | None:
         """The native fast path of open_stream() + relay: if a pooled connection is ready and
         has room, open the tunnel on it with the TCP socket `fd` (C owns it from then on and
         splices it on 200) and return the stream; None (fd untouched) otherwise, for the caller
-        to open_stream() and wait. C calls on_response once, then on_end once."""
+        to open_stream() and wait. C calls on_response once, then on_end once. `nodelay_set`:
+        `fd` has TCP_NODELAY already (inherited from its listener)."""
         for connection in self._connections.get(key, ()):
             session = connection.session
             if (
@@ -133,7 +135,9 @@ class HbonePool:
                 and connection.reserved < self.max_streams
                 and session.has_room()
             ):
-                stream = session.open_socket(authority, headers, fd, on_response, on_end)
+                stream = session.open_socket(
+                    authority, headers, fd, on_response, on_end, nodelay_set=nodelay_set
+                )
                 connection.reserve()
                 self.stats.streams_opened += 1
                 stream.add_finished_callback(connection.release_stream)

@@ -2,6 +2,8 @@
  * loop) and the module's init. See native.h for how the engine is split. */
 #include "native.h"
 
+#include <arpa/inet.h>
+
 PyObject *str_add_reader, *str_remove_reader, *str_add_writer, *str_remove_writer;
 PyObject *str_request, *str_response, *str_goaway, *str_error, *str_lost, *str_finished;
 static PyTypeObject *ssl_context_type;
@@ -267,14 +269,16 @@ static PyObject *closed_stream(unsigned long sid, int fd) {
 
 static PyObject *Conn_room(Conn *c, PyObject *unused) { return PyLong_FromLong(room(c)); }
 
-/* open(sid, block, fd=-1, buffered=b""): HEADERS (CONNECT) on a new stream, whose id the
- * caller names (it is known to Python before any callback about it); with fd, the socket's
- * bytes follow as DATA at once, in the same TLS write. */
+/* open(sid, block, fd=-1, buffered=b"", nodelay_set=False): HEADERS (CONNECT) on a new stream,
+ * whose id the caller names (it is known to Python before any callback about it); with fd, the
+ * socket's bytes follow as DATA at once, in the same TLS write. nodelay_set: fd has TCP_NODELAY
+ * already (an accepted socket inherits it from its listener): no setsockopt here. */
 static PyObject *Conn_open(Conn *c, PyObject *args) {
     Py_buffer block, buffered = {0};
-    int fd = -1;
+    int fd = -1, nodelay_set = 0;
     unsigned long wanted;
-    if (!PyArg_ParseTuple(args, "ky*|iy*", &wanted, &block, &fd, &buffered)) return NULL;
+    if (!PyArg_ParseTuple(args, "ky*|iy*p", &wanted, &block, &fd, &buffered, &nodelay_set))
+        return NULL;
     PyObject *result = NULL;
     if (room(c) <= 0 || !c->started) {
         if (fd >= 0) close(fd);
@@ -310,7 +314,8 @@ static PyObject *Conn_open(Conn *c, PyObject *args) {
     } while (left);
     int failed = 0;
     if (fd >= 0)
-        failed = attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, 0);
+        failed = attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, 0,
+                               nodelay_set);
     leave(c);
     result = failed ? PyErr_NoMemory() : PyLong_FromUnsignedLong(sid);
 done:
@@ -334,7 +339,8 @@ static PyObject *Conn_respond(Conn *c, PyObject *args) {
     enter(c);
     emit_status(c, (uint32_t)sid, 200, 0);
     s->answered = 1;
-    int failed = attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, eof);
+    int failed =
+        attach_common(c, s, fd, buffered.buf, buffered.buf ? (size_t)buffered.len : 0, eof, 0);
     leave(c);
     if (failed)
         PyErr_NoMemory();
@@ -392,7 +398,7 @@ static PyObject *Conn_attach(Conn *c, PyObject *args) {
         return closed_stream(sid, fd);
     }
     enter(c);
-    int failed = attach_common(c, s, fd, buffered.buf, (size_t)buffered.len, eof);
+    int failed = attach_common(c, s, fd, buffered.buf, (size_t)buffered.len, eof, 0);
     PyBuffer_Release(&buffered);
     leave(c);
     if (failed) return PyErr_NoMemory();
@@ -525,8 +531,9 @@ static PyMethodDef Conn_methods[] = {
     {"alpn", (PyCFunction)Conn_alpn, METH_NOARGS, "The negotiated ALPN protocol, or None."},
     {"start", (PyCFunction)Conn_start, METH_NOARGS, "Start moving bytes (after the handshake)."},
     {"open", (PyCFunction)Conn_open, METH_VARARGS,
-     "open(stream_id, block, fd=-1, buffered=b''): client: send a CONNECT (an HPACK block "
-     "without the dynamic table) on the next stream and splice fd (owned after)."},
+     "open(stream_id, block, fd=-1, buffered=b'', nodelay_set=False): client: send a CONNECT "
+     "(an HPACK block without the dynamic table) on the next stream and splice fd (owned "
+     "after; nodelay_set: it has TCP_NODELAY already)."},
     {"room", (PyCFunction)Conn_room, METH_NOARGS, "How many more streams open() takes now."},
     {"respond", (PyCFunction)Conn_respond, METH_VARARGS,
      "respond(stream_id, fd, buffered=b'', eof=False): server: answer 200 and splice fd."},
@@ -567,6 +574,49 @@ static PyTypeObject ConnType = {
     .tp_getset = Conn_getset,
 };
 
+/* accept(listener_fd): one waiting connection as (fd, peer host, peer port), None if none waits.
+ * accept4(SOCK_NONBLOCK | SOCK_CLOEXEC): the socket is non-blocking from the start, without the
+ * ioctl(FIONBIO) a Python socket's setblocking(False) costs per connection. */
+static PyObject *native_accept(PyObject *unused, PyObject *arg) {
+    long listener = PyLong_AsLong(arg);
+    if (listener == -1 && PyErr_Occurred()) return NULL;
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof(peer);
+    int fd = accept4((int)listener, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char host[INET6_ADDRSTRLEN];
+    unsigned port;
+    const char *text = NULL;
+    if (peer.ss_family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&peer;
+        text = inet_ntop(AF_INET, &in4->sin_addr, host, sizeof(host));
+        port = ntohs(in4->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&peer;
+        text = inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    }
+    if (!text) {
+        close(fd);
+        PyErr_Format(PyExc_OSError, "accept(): a peer of address family %d, not IPv4 or IPv6",
+                     (int)peer.ss_family);
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(isI)", fd, host, port);
+    if (!result) close(fd);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"accept", (PyCFunction)native_accept, METH_O,
+     "accept(listener_fd): (fd, peer host, peer port) of a waiting connection, non-blocking "
+     "and close-on-exec from accept4(); None if none waits; OSError on other errors."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "weft._native",
     "The compiled HBONE data path (TLS, DATA frames, flow control, TCP splice).", -1, NULL,
@@ -597,6 +647,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&ConnType);
     if (PyModule_AddObject(m, "Connection", (PyObject *)&ConnType) < 0) return NULL;
     if (weft_hpack_add_functions(m) < 0) return NULL;
+    if (PyModule_AddFunctions(m, module_methods) < 0) return NULL;
     if (PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0)
         return NULL;
     /* weft.hbone.native_session refuses a module built from other sources (a stale build) */

@@ -47,7 +47,7 @@ enum { E_NO = 0x0, E_PROTOCOL = 0x1, E_INTERNAL = 0x2, E_FLOW_CONTROL = 0x3,
        E_STREAM_CLOSED = 0x5, E_FRAME_SIZE = 0x6, E_REFUSED = 0x7, E_CANCEL = 0x8,
        E_COMPRESSION = 0x9, E_CONNECT = 0xa, E_CALM = 0xb };
 
-#define WEFT_NATIVE_API_VERSION 2
+#define WEFT_NATIVE_API_VERSION 3
 #define MAX_STREAM_ID 0x7fffffffU
 /* A header block (HEADERS + CONTINUATION) larger than this ends the connection: it cannot be
  * skipped without losing the HPACK state, and a CONNECT needs a few hundred bytes. */
@@ -172,7 +172,8 @@ void parse(Conn *c);
 void teardown(Conn *c);
 void after_callback(Conn *c);
 void tls_read(Conn *c);
-int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, int eof);
+int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, int eof,
+                  int nodelay_set);
 long room(Conn *c);
 
 #endif

@@ -310,8 +310,10 @@ void deliver(Conn *c, Stream *s, const char *data, size_t len) {
     }
 }
 
-/* Splice s to the TCP socket fd (owned from now on), with what was already read of it. */
-int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, int eof) {
+/* Splice s to the TCP socket fd (owned from now on), with what was already read of it;
+ * `nodelay_set`: fd has TCP_NODELAY already (inherited from its listener), no setsockopt. */
+int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, int eof,
+                  int nodelay_set) {
     if (buf_append(&s->up, buffered, len) < 0) {
         close(fd);
         return -1;
@@ -319,8 +321,10 @@ int attach_common(Conn *c, Stream *s, int fd, const char *buffered, size_t len, 
     s->fd = fd;
     s->attached = 1;
     s->tcp_eof = eof ? 1 : 0;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (!nodelay_set) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     /* what the tunnel sent before the attach */
     if (s->down.len) {
         Buf held = s->down;
