@@ -129,12 +129,8 @@ class HbonePool:
         `fd` has TCP_NODELAY already (inherited from its listener)."""
         for connection in self._connections.get(key, ()):
             session = connection.session
-            if (
-                isinstance(session, NativeSession)
-                and not connection._closing
-                and connection.reserved < self.max_streams
-                and session.has_room()
-            ):
+            # a handshaken native session: has_room() then asks the pool's and C's limits
+            if isinstance(session, NativeSession) and connection.has_room():
                 stream = session.open_socket(
                     authority, headers, fd, on_response, on_end, nodelay_set=nodelay_set
                 )

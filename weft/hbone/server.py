@@ -240,14 +240,7 @@ class HboneServer:
     ) -> None:
         assert isinstance(session, _NativeServerSession)
         assert session.peer is not None
-        try:
-            allowed = await self.authorize(session.peer, request.authority, request.headers)
-        except Exception:
-            log.exception(
-                "authorize() failed for %s -> %s; refusing", session.peer, request.authority
-            )
-            allowed = False
-        if not allowed:
+        if not await self._authorized(session.peer, request.authority, request.headers):
             self.stats.tunnels_denied += 1
             session.reject(stream, 401)
             return
@@ -282,6 +275,14 @@ class HboneServer:
         if self.connect_socket is None:
             await relay(stream, reader, writer)
 
+    async def _authorized(self, peer: Identity, authority: str, headers: Headers) -> bool:
+        """authorize() for both data paths; a failure of it is logged and refuses (401)."""
+        try:
+            return await self.authorize(peer, authority, headers)
+        except Exception:
+            log.exception("authorize() failed for %s -> %s; refusing", peer, authority)
+            return False
+
     def _on_tunnel_requested(
         self, session: TunnelSession, stream: HboneStream, request: TunnelRequested
     ) -> None:
@@ -310,12 +311,7 @@ class HboneServer:
         task is cancelled when the server closes. Nothing catches what escapes an override: catch
         its failures and reset the stream (`stream.abort()`), as the default does.
         """
-        try:
-            allowed = await self.authorize(peer, request.authority, request.headers)
-        except Exception:
-            log.exception("authorize() failed for %s -> %s; refusing", peer, request.authority)
-            allowed = False
-        if not allowed:
+        if not await self._authorized(peer, request.authority, request.headers):
             self.stats.tunnels_denied += 1
             session.reject(stream, 401)
             return
